@@ -1,0 +1,1 @@
+"""The HTTP surface: Ollama (/api) and OpenAI (/v1) routes, request schemas, error mapping."""

@@ -1,0 +1,121 @@
+"""Assembling the HTTP app: routes, middleware in one explicit order, error handlers, lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from homeport import metrics
+from homeport.api import ollama_routes, openai_routes
+from homeport.api.common import AppState
+from homeport.api.errors import homeport_error, http_error, unexpected_error
+from homeport.engine.service import Engine
+from homeport.errors import HomeportError
+from homeport.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+_SLASHES = re.compile(r"/{2,}")
+
+
+class NormalizePath:
+    """Collapse repeated slashes: CodeCompanion sends ``//api/chat`` when the URL ends in ``/``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "//" in scope["path"]:
+            scope = dict(scope)
+            scope["path"] = _SLASHES.sub("/", scope["path"])
+            scope["raw_path"] = scope["path"].encode()
+        await self.app(scope, receive, send)
+
+
+class CountRequests:
+    """Counts requests by route template and final status for /metrics."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            metrics.REQUESTS.labels(path, str(status)).inc()
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+@dataclass
+class AppParts:
+    """What the app is built from; extra middleware (the network guard) and routes plug in here."""
+
+    store: ModelStore
+    engine: Engine
+    max_body_bytes: int
+    middleware: list[Middleware] = field(default_factory=list)
+    routes: list[BaseRoute] = field(default_factory=list)
+    on_startup: list[Callable[[], None]] = field(default_factory=list)
+
+
+def create_app(parts: AppParts) -> Starlette:
+    state = AppState(store=parts.store, engine=parts.engine, max_body_bytes=parts.max_body_bytes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await parts.engine.start()
+        for hook in parts.on_startup:
+            hook()
+        try:
+            yield
+        finally:
+            await parts.engine.close()
+
+    # Order, outermost first: paths are normalised before anything looks at them, then counted,
+    # then the guard (when configured) decides who may continue.
+    middleware = [Middleware(NormalizePath), Middleware(CountRequests), *parts.middleware]
+    app = Starlette(
+        routes=[
+            *ollama_routes.routes,
+            *openai_routes.routes,
+            *parts.routes,
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
+        middleware=middleware,
+        exception_handlers={
+            HomeportError: homeport_error,
+            HTTPException: http_error,
+            Exception: unexpected_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.homeport = state
+    return app

@@ -1,0 +1,78 @@
+"""What every route shares: the app's state, model lookup, timestamps and model descriptions."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+
+from homeport.engine.parsing import ToolCall
+from homeport.engine.service import Engine
+from homeport.errors import BadRequestError
+from homeport.store import ModelRecord, ModelStore
+
+OLLAMA_COMPAT_VERSION = "0.12.0"
+
+
+@dataclass
+class AppState:
+    store: ModelStore
+    engine: Engine
+    max_body_bytes: int
+
+
+def state_of(request: Request) -> AppState:
+    state: AppState = request.app.state.homeport
+    return state
+
+
+def resolve_model(state: AppState, name: str) -> ModelRecord:
+    """The record for ``name``: 400 when missing or invalid, 404 when not in the store."""
+    if not name:
+        raise BadRequestError("model is required")
+    return state.store.resolve(name)
+
+
+def rfc3339(moment: datetime | None = None) -> str:
+    moment = moment or datetime.now(UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def nanoseconds(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def details(record: ModelRecord) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": record.family,
+        "families": record.families,
+        "parameter_size": record.parameter_size,
+        "quantization_level": record.quantization_level,
+    }
+
+
+def model_summary(record: ModelRecord) -> dict[str, Any]:
+    """A model as /api/tags lists it."""
+    return {
+        "name": record.name.display,
+        "model": record.name.display,
+        "modified_at": rfc3339(record.modified_at),
+        "size": record.size,
+        "digest": record.manifest_digest,
+        "details": details(record),
+    }
+
+
+def tool_call_id() -> str:
+    return f"call_{secrets.token_hex(8)}"
+
+
+def ollama_tool_calls(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
+    return [{"id": tool_call_id(),
+             "function": {"index": call.index, "name": call.name, "arguments": call.arguments}}
+            for call in calls]

@@ -1,0 +1,368 @@
+"""Ollama's native API: /api/chat, /api/generate, embeddings, and model listing and info.
+
+Handlers translate wire shapes to engine calls and back; the engine does the work. Streams are
+NDJSON, one object per token, with the final object carrying ``done_reason`` and the timings in
+nanoseconds; an error after the stream started is one more ``{"error": ...}`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from homeport.api import schemas
+from homeport.api.body import read_json
+from homeport.api.common import (
+    OLLAMA_COMPAT_VERSION,
+    details,
+    model_summary,
+    nanoseconds,
+    ollama_tool_calls,
+    resolve_model,
+    rfc3339,
+    state_of,
+)
+from homeport.api.streaming import NDJSON, StreamResponse, cancel_on_disconnect, ndjson_line
+from homeport.engine.service import (
+    ChatMessage,
+    Done,
+    Generation,
+    GenerationInput,
+    Output,
+    capabilities,
+    l2_normalize,
+)
+from homeport.errors import BadRequestError, HomeportError
+from homeport.store import ModelRecord
+
+log = logging.getLogger(__name__)
+
+
+def timings_fields(done: Done) -> dict[str, Any]:
+    """The final chunk's metrics; zero values are left out, as Ollama leaves them out."""
+    t = done.timings
+    fields = {
+        "total_duration": nanoseconds(t.total),
+        "load_duration": nanoseconds(t.load),
+        "prompt_eval_count": t.prompt_eval_count,
+        "prompt_eval_duration": nanoseconds(t.prompt_eval),
+        "eval_count": t.eval_count,
+        "eval_duration": nanoseconds(t.eval),
+    }
+    return {key: value for key, value in fields.items() if value}
+
+
+def to_chat_message(message: schemas.MessageIn) -> ChatMessage:
+    tool_calls = None
+    if message.tool_calls:
+        tool_calls = []
+        for call in message.tool_calls:
+            arguments: Any = call.function.arguments
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments or "{}")
+                except ValueError:
+                    arguments = {}
+            tool_calls.append({"type": "function", "id": call.id,
+                               "function": {"name": call.function.name, "arguments": arguments}})
+    return ChatMessage(
+        role=message.role, content=message.content or "", thinking=message.thinking,
+        images=list(message.images or []), tool_calls=tool_calls, tool_name=message.tool_name,
+        tool_call_id=message.tool_call_id,
+    )
+
+
+def _tools(tools: list[schemas.Tool] | None) -> list[dict[str, Any]] | None:
+    return [tool.model_dump(exclude_none=True) for tool in tools] if tools else None
+
+
+async def _collect(generation: Generation) -> tuple[str, str, list[dict[str, Any]], Done]:
+    content: list[str] = []
+    thinking: list[str] = []
+    calls: list[dict[str, Any]] = []
+    done: Done | None = None
+    async for event in generation.events():
+        if isinstance(event, Output):
+            content.append(event.content)
+            thinking.append(event.thinking)
+            calls.extend(ollama_tool_calls(event.tool_calls))
+        else:
+            done = event
+    assert done is not None
+    return "".join(content), "".join(thinking), calls, done
+
+
+async def _ndjson(generation: Generation, encode: Callable[[Output | Done], dict[str, Any]],
+                  ) -> AsyncIterator[bytes]:
+    try:
+        async for event in generation.events():
+            yield ndjson_line(encode(event))
+    except HomeportError as exc:
+        yield ndjson_line({"error": exc.message})
+    finally:
+        await generation.close()
+
+
+async def _start(request: Request, generation_input: GenerationInput) -> Generation:
+    engine = state_of(request).engine
+    return await cancel_on_disconnect(request.receive,
+                                      engine.start_generation(generation_input))
+
+
+# --- /api/chat -----------------------------------------------------------------------------------
+
+
+def _chat_message(content: str, thinking: str = "",
+                  tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if thinking:
+        message["thinking"] = thinking
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
+
+
+async def chat(request: Request) -> Response:
+    state = state_of(request)
+    body = await read_json(request, schemas.ChatRequest, state.max_body_bytes)
+    record = resolve_model(state, body.model)
+    name = body.model
+
+    def envelope(**fields: Any) -> dict[str, Any]:
+        return {"model": name, "created_at": rfc3339(), **fields}
+
+    if not body.messages:
+        done = await cancel_on_disconnect(
+            request.receive, state.engine.load(record, body.options, body.keep_alive))
+        return JSONResponse(envelope(message=_chat_message(""), done_reason=done.reason,
+                                     done=True))
+    generation = await _start(request, GenerationInput(
+        record=record, options=body.options, keep_alive=body.keep_alive,
+        messages=[to_chat_message(message) for message in body.messages],
+        tools=_tools(body.tools), think=body.think, format=body.format,
+        truncate=body.truncate is not False,
+    ))
+    if body.stream is False:
+        content, thinking, calls, done = await cancel_on_disconnect(
+            request.receive, _collect(generation))
+        return JSONResponse(envelope(message=_chat_message(content, thinking, calls),
+                                     done_reason=done.reason, done=True, **timings_fields(done)))
+
+    def encode(event: Output | Done) -> dict[str, Any]:
+        if isinstance(event, Output):
+            return envelope(message=_chat_message(
+                event.content, event.thinking, ollama_tool_calls(event.tool_calls)), done=False)
+        return envelope(message=_chat_message(""), done_reason=event.reason, done=True,
+                        **timings_fields(event))
+
+    return StreamResponse(_ndjson(generation, encode), NDJSON)
+
+
+# --- /api/generate -------------------------------------------------------------------------------
+
+
+async def generate(request: Request) -> Response:
+    state = state_of(request)
+    body = await read_json(request, schemas.GenerateRequest, state.max_body_bytes)
+    if body.raw and (body.template or body.system or body.context):
+        raise BadRequestError("raw mode does not support template, system, or context")
+    record = resolve_model(state, body.model)
+    name = body.model
+
+    def envelope(**fields: Any) -> dict[str, Any]:
+        return {"model": name, "created_at": rfc3339(), **fields}
+
+    if not body.prompt and not body.suffix and not body.context:
+        done = await cancel_on_disconnect(
+            request.receive, state.engine.load(record, body.options, body.keep_alive))
+        return JSONResponse(envelope(response="", done=True, done_reason=done.reason))
+    generation = await _start(request, GenerationInput(
+        record=record, options=body.options, keep_alive=body.keep_alive, prompt=body.prompt,
+        system=body.system, suffix=body.suffix, raw=body.raw, context=body.context,
+        think=body.think, format=body.format, truncate=body.truncate is not False,
+    ))
+
+    def final(done: Done, text: str = "", thinking: str = "") -> dict[str, Any]:
+        fields: dict[str, Any] = {"response": text}
+        if thinking:
+            fields["thinking"] = thinking
+        fields.update(done=True, done_reason=done.reason)
+        if not body.raw:
+            fields["context"] = list(done.context)
+        return envelope(**fields, **timings_fields(done))
+
+    if body.stream is False:
+        content, thinking, _, done = await cancel_on_disconnect(
+            request.receive, _collect(generation))
+        return JSONResponse(final(done, content, thinking))
+
+    def encode(event: Output | Done) -> dict[str, Any]:
+        if isinstance(event, Done):
+            return final(event)
+        fields: dict[str, Any] = {"response": event.content}
+        if event.thinking:
+            fields["thinking"] = event.thinking
+        return envelope(**fields, done=False)
+
+    return StreamResponse(_ndjson(generation, encode), NDJSON)
+
+
+# --- embeddings ----------------------------------------------------------------------------------
+
+
+async def embed(request: Request) -> Response:
+    state = state_of(request)
+    body = await read_json(request, schemas.EmbedRequest, state.max_body_bytes)
+    record = resolve_model(state, body.model)
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    if inputs == [""]:
+        inputs = []
+    if not inputs:
+        done = await state.engine.load(record, body.options, body.keep_alive)
+        return JSONResponse({"model": body.model, "embeddings": [],
+                             "load_duration": nanoseconds(done.timings.load)})
+    started = time.perf_counter()
+    vectors, tokens, load_seconds = await cancel_on_disconnect(
+        request.receive, state.engine.embed(
+            record, inputs, truncate=body.truncate is not False, options=body.options,
+            keep_alive=body.keep_alive))
+    return JSONResponse({
+        "model": body.model,
+        "embeddings": [l2_normalize(vector, body.dimensions) for vector in vectors],
+        "total_duration": nanoseconds(time.perf_counter() - started),
+        "load_duration": nanoseconds(load_seconds),
+        "prompt_eval_count": tokens,
+    })
+
+
+async def embeddings(request: Request) -> Response:
+    """The legacy endpoint: one prompt, one un-normalised vector."""
+    state = state_of(request)
+    body = await read_json(request, schemas.EmbeddingsRequest, state.max_body_bytes)
+    record = resolve_model(state, body.model)
+    if not body.prompt:
+        await state.engine.load(record, body.options, body.keep_alive)
+        return JSONResponse({"embedding": []})
+    vectors, _, _ = await cancel_on_disconnect(request.receive, state.engine.embed(
+        record, [body.prompt], truncate=True, options=body.options, keep_alive=body.keep_alive))
+    return JSONResponse({"embedding": vectors[0]})
+
+
+# --- listing and info ----------------------------------------------------------------------------
+
+
+async def root(request: Request) -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+async def version(request: Request) -> Response:
+    from homeport import __version__
+
+    return JSONResponse({"version": OLLAMA_COMPAT_VERSION, "homeport": __version__})
+
+
+async def tags(request: Request) -> Response:
+    records = state_of(request).store.list_models()
+    records.sort(key=lambda record: record.modified_at, reverse=True)
+    return JSONResponse({"models": [model_summary(record) for record in records]})
+
+
+async def ps(request: Request) -> Response:
+    manager = state_of(request).engine.manager
+    models = []
+    for runner in manager.runners:
+        entry = model_summary(runner.record)
+        entry.update(
+            size=runner.size,
+            expires_at=rfc3339(runner.expires_at_wall()),
+            size_vram=0,
+            context_length=runner.settings.n_ctx_per_seq,
+            slots={"busy": runner.scheduler.busy_slots, "total": runner.settings.n_seq},
+            queued=runner.scheduler.queued,
+        )
+        models.append(entry)
+    return JSONResponse({"models": models})
+
+
+def _parameters_text(parameters: dict[str, Any]) -> str:
+    lines = []
+    for key, value in parameters.items():
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"{key:<30} {json.dumps(item)}")
+    return "\n".join(lines)
+
+
+def _modelfile(record: ModelRecord, template: str) -> str:
+    lines = [f"# Modelfile generated by \"homeport show\"\nFROM {record.name.display}"]
+    if template:
+        lines.append(f'TEMPLATE """{template}"""')
+    if record.system:
+        lines.append(f'SYSTEM """{record.system}"""')
+    for key, value in record.parameters.items():
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"PARAMETER {key} {item}")
+    for text in record.license:
+        lines.append(f'LICENSE """{text}"""')
+    return "\n".join(lines) + "\n"
+
+
+async def show(request: Request) -> Response:
+    state = state_of(request)
+    body = await read_json(request, schemas.ShowRequest, state.max_body_bytes)
+    record = resolve_model(state, body.model or body.name)
+    template = record.template or record.gguf.chat_template or ""
+    response: dict[str, Any] = {
+        "license": "\n".join(record.license) or record.gguf.metadata.get("general.license", ""),
+        "modelfile": _modelfile(record, template),
+        "parameters": _parameters_text(record.parameters),
+        "template": template,
+        "details": details(record),
+        "model_info": record.gguf.model_info(),
+        "capabilities": capabilities(record),
+        "modified_at": rfc3339(record.modified_at),
+    }
+    if record.system:
+        response["system"] = record.system
+    if record.messages:
+        response["messages"] = record.messages
+    return JSONResponse(response)
+
+
+async def copy(request: Request) -> Response:
+    state = state_of(request)
+    body = await read_json(request, schemas.CopyRequest, state.max_body_bytes)
+    if not body.source or not body.destination:
+        raise BadRequestError("source and destination are required")
+    state.store.copy(body.source, body.destination)
+    return Response(status_code=200)
+
+
+async def delete(request: Request) -> Response:
+    state = state_of(request)
+    body = await read_json(request, schemas.DeleteRequest, state.max_body_bytes)
+    name = body.model or body.name
+    resolve_model(state, name)
+    state.store.delete(name)
+    return Response(status_code=200)
+
+
+routes = [
+    Route("/", root, methods=["GET", "HEAD"]),
+    Route("/api/version", version, methods=["GET", "HEAD"]),
+    Route("/api/tags", tags, methods=["GET", "HEAD"]),
+    Route("/api/ps", ps, methods=["GET"]),
+    Route("/api/show", show, methods=["POST"]),
+    Route("/api/copy", copy, methods=["POST"]),
+    Route("/api/delete", delete, methods=["DELETE"]),
+    Route("/api/chat", chat, methods=["POST"]),
+    Route("/api/generate", generate, methods=["POST"]),
+    Route("/api/embed", embed, methods=["POST"]),
+    Route("/api/embeddings", embeddings, methods=["POST"]),
+]

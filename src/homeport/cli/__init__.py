@@ -1,0 +1,45 @@
+"""The ``homeport`` command: one click group, one module per group of subcommands.
+
+Only ``serve`` imports server code. Every other command talks to a server through
+``homeport.client``. Expected failures (``HomeportError``) print one line and exit 1; anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+
+from homeport import __version__
+from homeport.errors import HomeportError
+
+err_console = Console(stderr=True, highlight=False)
+
+
+class HomeportGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HomeportError as exc:
+            err_console.print(f"[bold red]Error:[/] {exc.message}", markup=True, soft_wrap=True)
+            sys.exit(1)
+
+
+@click.group(cls=HomeportGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="homeport")
+def main() -> None:
+    """Run language models on your home machine; use them from every machine on your tailnet."""
+
+
+def _register() -> None:
+    from homeport.cli import models, serve
+
+    main.add_command(serve.serve)
+    for command in models.commands:
+        main.add_command(command)
+
+
+_register()

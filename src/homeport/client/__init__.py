@@ -1,0 +1,1 @@
+"""The editor side: the API client, adapters, chat and inline strategies, history."""

@@ -1,0 +1,129 @@
+"""A typed HTTP client for a homeport (or Ollama) server, used by every CLI command but ``serve``.
+
+Errors are ``ServerError`` (the server answered with an error status: its status and message) or
+``ServerUnreachableError`` (nothing answered at the endpoint, naming the endpoint and where its
+address came from). Both carry a one-line message meant for people.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from homeport.config import Endpoint, resolve_endpoint
+from homeport.errors import HomeportError
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=60.0, pool=5.0)
+
+
+class ServerError(HomeportError):
+    """The server answered with an error."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServerUnreachableError(HomeportError):
+    def __init__(self, endpoint: Endpoint, reason: str) -> None:
+        where = f" (from {endpoint.source})" if endpoint.source != "default" else ""
+        super().__init__(
+            f"could not reach a server at {endpoint.url}{where}: {reason}; "
+            "is `homeport serve` running there?")
+        self.endpoint = endpoint
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip() or f"HTTP {response.status_code}"
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message", error))
+    return str(error) if error else f"HTTP {response.status_code}"
+
+
+class HomeportClient:
+    """Talks to one server; ``headers`` carry a bearer token when one is configured."""
+
+    def __init__(self, endpoint: Endpoint | None = None,
+                 headers: dict[str, str] | None = None,
+                 timeout: httpx.Timeout = DEFAULT_TIMEOUT) -> None:
+        self.endpoint = endpoint or resolve_endpoint()
+        merged = {**self.endpoint.headers, **(headers or {})}
+        self._http = httpx.Client(base_url=self.endpoint.url, headers=merged, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> HomeportClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None
+                 ) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.TransportError as exc:
+            raise ServerUnreachableError(self.endpoint, str(exc) or type(exc).__name__) from None
+        if response.status_code >= 400:
+            raise ServerError(response.status_code, _error_message(response))
+        return response
+
+    def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = self._request(method, path, body)
+        return response.json() if response.content else {}
+
+    def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST and yield each NDJSON object; an ``{"error"}`` line becomes a ServerError."""
+        try:
+            with self._http.stream("POST", path, json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ServerError(response.status_code, _error_message(response))
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    item = json.loads(line)
+                    if isinstance(item, dict) and "error" in item:
+                        raise ServerError(500, str(item["error"]))
+                    yield item
+        except httpx.TransportError as exc:
+            raise ServerUnreachableError(self.endpoint, str(exc) or type(exc).__name__) from None
+
+    # --- the API ---------------------------------------------------------------------------------
+
+    def version(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/api/version")
+        return result
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/api/tags").get("models", []))
+
+    def running(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/api/ps").get("models", []))
+
+    def show(self, model: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/api/show", {"model": model})
+        return result
+
+    def copy(self, source: str, destination: str) -> None:
+        self._request("POST", "/api/copy", {"source": source, "destination": destination})
+
+    def delete(self, model: str) -> None:
+        self._request("DELETE", "/api/delete", {"model": model})
+
+    def chat(self, model: str, messages: list[dict[str, Any]], **fields: Any
+             ) -> Iterator[dict[str, Any]]:
+        return self.stream("/api/chat", {"model": model, "messages": messages, "stream": True,
+                                         **fields})
+
+    def generate(self, model: str, prompt: str, **fields: Any) -> Iterator[dict[str, Any]]:
+        return self.stream("/api/generate", {"model": model, "prompt": prompt, "stream": True,
+                                             **fields})

@@ -1,0 +1,399 @@
+"""Every setting homeport reads, in one place.
+
+Each environment variable is declared once in ``REGISTRY`` with its names (homeport's own first,
+then Ollama's), default, parser and a one-line description. Values are read when asked for, so tests
+only need to set the variable. A bad value logs a warning naming the variable and falls back to the
+default, as Ollama does; ``serve --help`` and the startup log list the registry.
+
+Endpoint resolution for the client side (``--endpoint``, ``OLLAMA_ENDPOINT``, ``OLLAMA_HOST``, the
+config file, then the default) lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import platformdirs
+
+from homeport.durations import normalize_keep_alive, parse_go_duration
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_PORT = 11434
+DEFAULT_ENDPOINT = f"http://localhost:{DEFAULT_PORT}"
+
+
+def env_value(name: str) -> str:
+    """An environment variable as Ollama reads it: trimmed of spaces and surrounding quotes."""
+    return os.environ.get(name, "").strip().strip("\"'")
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One setting: the variables that set it (first wins), its default, parser and meaning."""
+
+    names: tuple[str, ...]
+    default: T
+    parse: Callable[[str], T]
+    description: str
+    shown_default: str = ""
+
+    def lookup(self) -> tuple[T, str]:
+        """The effective value and where it came from (a variable's name, or "default")."""
+        for name in self.names:
+            raw = env_value(name)
+            if not raw:
+                continue
+            try:
+                return self.parse(raw), name
+            except ValueError as exc:
+                log.warning("invalid %s=%r (%s), using the default %s", name, raw, exc,
+                            self.shown_default or self.default)
+                return self.default, "default"
+        return self.default, "default"
+
+    def get(self) -> T:
+        return self.lookup()[0]
+
+
+REGISTRY: list[Setting[Any]] = []
+
+
+def _register(setting: Setting[T]) -> Setting[T]:
+    REGISTRY.append(setting)
+    return setting
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _keep_alive_seconds(raw: str) -> float:
+    # OLLAMA_KEEP_ALIVE accepts Go durations and, unlike the API field, bare integers (seconds).
+    try:
+        seconds = parse_go_duration(raw)
+    except ValueError:
+        seconds = float(int(raw))
+    return normalize_keep_alive(seconds)
+
+
+def _load_timeout_seconds(raw: str) -> float:
+    seconds = _keep_alive_seconds(raw)
+    return math.inf if seconds <= 0 else seconds
+
+
+def _byte_size(raw: str) -> int:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?", raw.strip().lower())
+    if match is None:
+        raise ValueError("expected a size such as 512MiB, 4GB or 1073741824")
+    number = float(match.group(1))
+    unit = (match.group(2) or "").rstrip("b").rstrip("i")
+    scale = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[unit]
+    return int(number * scale)
+
+
+def _comma_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _path_list(raw: str) -> tuple[Path, ...]:
+    return tuple(Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip())
+
+
+def _log_level(raw: str) -> str:
+    if raw.lower() in ("1", "true", "debug"):
+        return "DEBUG"
+    if raw.upper() in ("INFO", "WARNING", "ERROR", "0", "FALSE"):
+        return "INFO" if raw.upper() in ("0", "FALSE") else raw.upper()
+    raise ValueError("expected debug, info, warning or error")
+
+
+# --- the server --------------------------------------------------------------------------------
+
+HOST = _register(Setting(
+    ("HOMEPORT_HOST", "OLLAMA_HOST"), "", str,
+    "Address the server binds to, [scheme://]host[:port] (default 127.0.0.1:11434)",
+    shown_default="127.0.0.1:11434",
+))
+KEEP_ALIVE = _register(Setting(
+    ("HOMEPORT_KEEP_ALIVE", "OLLAMA_KEEP_ALIVE"), 300.0, _keep_alive_seconds,
+    "How long a model stays loaded after its last request (default 5m; negative: forever)",
+    shown_default="5m",
+))
+NUM_PARALLEL = _register(Setting(
+    ("HOMEPORT_NUM_PARALLEL", "OLLAMA_NUM_PARALLEL"), 4, _positive_int,
+    "Requests each loaded model runs at once, batched together (default 4)",
+))
+MAX_LOADED_MODELS = _register(Setting(
+    ("HOMEPORT_MAX_LOADED_MODELS", "OLLAMA_MAX_LOADED_MODELS"), 3, _positive_int,
+    "Models kept loaded at once; the least recently used is evicted (default 3)",
+))
+MAX_QUEUE = _register(Setting(
+    ("HOMEPORT_MAX_QUEUE", "OLLAMA_MAX_QUEUE"), 512, _positive_int,
+    "Requests that may wait for a slot before the server answers 503 (default 512)",
+))
+CONTEXT_LENGTH = _register(Setting(
+    ("HOMEPORT_CONTEXT_LENGTH", "OLLAMA_CONTEXT_LENGTH"), 4096, _positive_int,
+    "num_ctx used when a request does not set one (default 4096)",
+))
+LOAD_TIMEOUT = _register(Setting(
+    ("HOMEPORT_LOAD_TIMEOUT", "OLLAMA_LOAD_TIMEOUT"), 300.0, _load_timeout_seconds,
+    "How long a model load may take before it is abandoned (default 5m)",
+    shown_default="5m",
+))
+NUM_THREADS = _register(Setting(
+    ("HOMEPORT_NUM_THREADS",), 0, _non_negative_int,
+    "CPU threads llama.cpp uses (default 0: one per core)",
+))
+MEMORY_LIMIT = _register(Setting(
+    ("HOMEPORT_MEMORY_LIMIT",), 0, _byte_size,
+    "Memory models may use, e.g. 8GiB (default 0: what the system reports available)",
+))
+MAX_BODY_BYTES = _register(Setting(
+    ("HOMEPORT_MAX_BODY_BYTES",), 64 * 1024**2, _byte_size,
+    "Largest JSON request body accepted; larger gets 413 (default 64MiB)",
+    shown_default="64MiB",
+))
+ORIGINS: Setting[tuple[str, ...]] = _register(Setting(
+    ("HOMEPORT_ORIGINS", "OLLAMA_ORIGINS"), (), _comma_list,
+    "Extra browser origins allowed to call the server, comma separated",
+))
+LOG_LEVEL = _register(Setting(
+    ("HOMEPORT_LOG_LEVEL", "OLLAMA_DEBUG"), "INFO", _log_level,
+    "Log level: debug, info, warning or error (OLLAMA_DEBUG=1 means debug)",
+))
+
+# --- files ------------------------------------------------------------------------------------
+
+DATA_DIR = _register(Setting(
+    ("HOMEPORT_DATA_DIR",), Path(""), lambda raw: Path(raw).expanduser(),
+    "Where homeport keeps its data: models, history, tokens, audit log (default: user data dir)",
+))
+CONFIG_DIR = _register(Setting(
+    ("HOMEPORT_CONFIG_DIR",), Path(""), lambda raw: Path(raw).expanduser(),
+    "Where homeport reads config.toml and policy.toml (default: user config dir)",
+))
+MODELS_DIR = _register(Setting(
+    ("HOMEPORT_MODELS", "OLLAMA_MODELS"), Path(""), lambda raw: Path(raw).expanduser(),
+    "The model store, in Ollama's layout (default: <data dir>/models)",
+))
+EXTRA_STORES: Setting[tuple[Path, ...]] = _register(Setting(
+    ("HOMEPORT_EXTRA_STORES",), (), _path_list,
+    "Other Ollama stores to serve read-only, separated by ':' "
+    "(default ~/.ollama/models and /usr/share/ollama/.ollama/models)",
+))
+
+# --- the client side --------------------------------------------------------------------------
+
+ENDPOINT = _register(Setting(
+    ("OLLAMA_ENDPOINT",), "", str,
+    "The server the client commands talk to (default http://localhost:11434)",
+))
+
+
+def data_dir() -> Path:
+    """The one folder every stored file hangs off (models, history, tokens, audit)."""
+    configured = DATA_DIR.get()
+    return configured if str(configured) not in ("", ".") else Path(
+        platformdirs.user_data_dir("homeport", appauthor=False))
+
+
+def config_dir() -> Path:
+    configured = CONFIG_DIR.get()
+    return configured if str(configured) not in ("", ".") else Path(
+        platformdirs.user_config_dir("homeport", appauthor=False))
+
+
+def models_dir() -> Path:
+    configured = MODELS_DIR.get()
+    return configured if str(configured) not in ("", ".") else data_dir() / "models"
+
+
+def extra_store_dirs() -> tuple[Path, ...]:
+    """Read-only Ollama stores whose models are served without copying."""
+    value, source = EXTRA_STORES.lookup()
+    if source != "default":
+        return value
+    if env_value("HOMEPORT_EXTRA_STORES") == "" and "HOMEPORT_EXTRA_STORES" in os.environ:
+        return ()  # set but empty: the caller wants none
+    return (Path.home() / ".ollama" / "models", Path("/usr/share/ollama/.ollama/models"))
+
+
+def config_file() -> Path:
+    return config_dir() / "config.toml"
+
+
+def read_config_file() -> dict[str, Any]:
+    """The user's config.toml as a dict ({} when absent); a broken file raises ConfigError."""
+    from homeport.errors import ConfigError
+
+    path = config_file()
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+# --- addresses --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostAddress:
+    """A parsed OLLAMA_HOST-style address."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str = ""
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        suffix = f"/{self.path}" if self.path else ""
+        return f"{self.scheme}://{host}:{self.port}{suffix}"
+
+    def connectable(self) -> HostAddress:
+        """This address with 0.0.0.0 / :: replaced by loopback, so a client can dial it."""
+        try:
+            ip = ipaddress.ip_address(self.host)
+        except ValueError:
+            return self
+        if ip.is_unspecified:
+            loopback = "127.0.0.1" if ip.version == 4 else "::1"
+            return HostAddress(self.scheme, loopback, self.port, self.path)
+        return self
+
+
+def parse_host(value: str) -> HostAddress:
+    """Parse ``[scheme://]host[:port][/path]`` exactly as Ollama's envconfig.Host does.
+
+    No scheme means http and port 11434; an explicit http:// or https:// without a port means
+    80 or 443. An empty host means 127.0.0.1; a bad port falls back to the default with a warning.
+    """
+    text = value.strip().strip("\"'")
+    default_port = str(DEFAULT_PORT)
+    scheme, sep, hostport = text.partition("://")
+    if not sep:
+        scheme, hostport = "http", text
+        if text == "ollama.com":
+            scheme, hostport = "https", "ollama.com:443"
+    elif scheme == "http":
+        default_port = "80"
+    elif scheme == "https":
+        default_port = "443"
+    hostport, _, path = hostport.partition("/")
+    split = _split_host_port(hostport)
+    if split is None:
+        host, port = "127.0.0.1", default_port
+        bare = hostport.strip("[]")
+        try:
+            host = str(ipaddress.ip_address(bare))
+        except ValueError:
+            if hostport:
+                host = hostport
+    else:
+        host, port = split
+    if not port.isdigit() or int(port) > 65535:
+        log.warning("invalid port %r, using the default %s", port, default_port)
+        port = default_port
+    return HostAddress(scheme, host, int(port), path)
+
+
+def _split_host_port(hostport: str) -> tuple[str, str] | None:
+    """Go's net.SplitHostPort: None where it would return an error."""
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0 or end + 1 >= len(hostport) or hostport[end + 1] != ":":
+            return None
+        host, port = hostport[1:end], hostport[end + 2:]
+        if ":" in port:
+            return None
+        return host, port
+    if hostport.count(":") != 1:
+        return None
+    host, port = hostport.split(":")
+    return host, port
+
+
+def bind_address() -> HostAddress:
+    """Where ``homeport serve`` listens: HOMEPORT_HOST, then OLLAMA_HOST, else 127.0.0.1:11434."""
+    address = parse_host(HOST.get())
+    if address.host == "":
+        address = HostAddress(address.scheme, "0.0.0.0", address.port, address.path)
+    return address
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """The server a client talks to, and the source it came from (for error messages)."""
+
+    url: str
+    source: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_endpoint(explicit: str | None = None) -> Endpoint:
+    """The client's server: --endpoint, OLLAMA_ENDPOINT, OLLAMA_HOST, config file, default."""
+    if explicit:
+        return Endpoint(_endpoint_url(explicit), "--endpoint")
+    for name in ("OLLAMA_ENDPOINT", "OLLAMA_HOST"):
+        raw = env_value(name)
+        if raw:
+            return Endpoint(_endpoint_url(raw), name)
+    configured = read_config_file().get("endpoint")
+    if isinstance(configured, str) and configured.strip():
+        return Endpoint(_endpoint_url(configured), f"{config_file()} (endpoint)")
+    return Endpoint(DEFAULT_ENDPOINT, "default")
+
+
+def _endpoint_url(raw: str) -> str:
+    address = parse_host(raw).connectable()
+    if address.host == "":
+        address = HostAddress(address.scheme, "127.0.0.1", address.port, address.path)
+    return address.url.rstrip("/")
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(variable names, effective value, description) for every registered setting."""
+    rows = []
+    for setting in REGISTRY:
+        value, source = setting.lookup()
+        shown = setting.shown_default if source == "default" and setting.shown_default else value
+        if isinstance(shown, tuple):
+            shown = ",".join(str(item) for item in shown)
+        rows.append((" / ".join(setting.names), f"{shown}" if str(shown) else "-",
+                     setting.description))
+    return rows

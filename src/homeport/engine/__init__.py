@@ -1,0 +1,1 @@
+"""Running models: llama.cpp, the batching scheduler, model lifecycle, templates, output parsing."""

@@ -1,0 +1,316 @@
+"""The narrow interface to llama.cpp: load a model, tokenize, decode a batch, sample, embed.
+
+Everything here calls llama-cpp-python's low-level ctypes bindings, which release the GIL while
+llama.cpp computes, so the event loop stays responsive while a scheduler thread decodes. Nothing
+outside ``engine/`` imports llama_cpp. A ``LlamaModel`` is used from one thread at a time: its
+scheduler's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+from llama_cpp import llama_grammar
+
+from homeport.errors import HomeportError, InvalidOptionError
+
+log = logging.getLogger(__name__)
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if _backend_ready:
+            return
+        # llama-cpp-python's own log callback prints everything unless its logger is quieter.
+        level = logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.ERROR
+        logging.getLogger("llama-cpp-python").setLevel(level)
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+class EngineError(HomeportError):
+    """llama.cpp failed in a way the caller could not have prevented."""
+
+    status = 500
+
+
+@dataclass(frozen=True)
+class ContextSettings:
+    """Load-time settings: a change to any of them means a reload."""
+
+    n_ctx_per_seq: int
+    n_seq: int
+    n_batch: int = 512
+    n_threads: int = 0
+
+    @property
+    def n_ctx_total(self) -> int:
+        return self.n_ctx_per_seq * self.n_seq
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1
+    grammar: str | None = None
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Batch:
+    """A reusable ``llama_batch``: one token per entry, one sequence id each."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._batch = llama_cpp.llama_batch_init(capacity, 0, 1)
+        self.n_tokens = 0
+
+    def clear(self) -> None:
+        self.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq_id: int, want_logits: bool) -> int:
+        """Append one token; return its index (used to sample from its logits)."""
+        index = self.n_tokens
+        if index >= self.capacity:
+            raise EngineError("batch overflow")
+        batch = self._batch
+        batch.token[index] = token
+        batch.pos[index] = pos
+        batch.n_seq_id[index] = 1
+        batch.seq_id[index][0] = seq_id
+        batch.logits[index] = 1 if want_logits else 0
+        self.n_tokens += 1
+        return index
+
+    @property
+    def raw(self) -> Any:
+        self._batch.n_tokens = self.n_tokens
+        return self._batch
+
+    def free(self) -> None:
+        llama_cpp.llama_batch_free(self._batch)
+
+
+class Sampler:
+    """One request's sampler chain (grammar, penalties, top-k/p, min-p, temperature, seed)."""
+
+    def __init__(self, model: LlamaModel, params: SamplingParams) -> None:
+        chain_params = llama_cpp.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        self._chain = llama_cpp.llama_sampler_chain_init(chain_params)
+        add = self._add
+        if params.grammar:
+            grammar = llama_cpp.llama_sampler_init_grammar(
+                model.vocab, params.grammar.encode(), b"root")
+            if not grammar:
+                self.free()
+                raise InvalidOptionError("format: the requested grammar is not valid")
+            add(grammar)
+        if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
+            add(llama_cpp.llama_sampler_init_penalties(
+                model.n_vocab, params.repeat_last_n, params.repeat_penalty,
+                params.frequency_penalty, params.presence_penalty))
+        if params.temperature <= 0:
+            add(llama_cpp.llama_sampler_init_greedy())
+            return
+        if params.top_k > 0:
+            add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+        if 0 < params.typical_p < 1:
+            add(llama_cpp.llama_sampler_init_typical(params.typical_p, 1))
+        if 0 < params.top_p < 1:
+            add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0:
+            add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+        add(llama_cpp.llama_sampler_init_temp(params.temperature))
+        seed = params.seed if params.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED
+        add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def _add(self, sampler: llama_cpp.llama_sampler_p) -> None:
+        llama_cpp.llama_sampler_chain_add(self._chain, sampler)
+
+    def sample(self, model: LlamaModel, batch_index: int) -> int:
+        """Sample from the logits of ``batch_index`` and accept the token (grammar, penalties)."""
+        return int(llama_cpp.llama_sampler_sample(self._chain, model.ctx, batch_index))
+
+    def free(self) -> None:
+        if self._chain:
+            llama_cpp.llama_sampler_free(self._chain)
+            self._chain = None
+
+
+def json_grammar(schema: str | None) -> str:
+    """GBNF for any JSON value (``format: "json"``) or for a JSON Schema."""
+    if schema is None:
+        return str(llama_grammar.JSON_GBNF)
+    try:
+        return str(llama_grammar.json_schema_to_gbnf(schema))
+    except Exception as exc:  # the converter raises assorted errors on schemas it cannot express
+        raise InvalidOptionError(f"format: unsupported JSON schema ({exc})") from exc
+
+
+class LlamaModel:
+    """A loaded model and its generation context (``n_seq`` sequences of ``n_ctx_per_seq``)."""
+
+    def __init__(self, path: Path, settings: ContextSettings) -> None:
+        _init_backend()
+        self.path = path
+        self.settings = settings
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.use_mmap = True
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+        if not self.model:
+            raise EngineError("llama.cpp could not load the model file")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self.model))
+        self.n_embd = int(llama_cpp.llama_model_n_embd(self.model))
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
+        self.eos = int(llama_cpp.llama_vocab_eos(self.vocab))
+        threads = settings.n_threads or default_threads()
+        self.ctx = self._new_context(
+            n_ctx=settings.n_ctx_total, n_batch=settings.n_batch, n_seq=settings.n_seq,
+            threads=threads, embeddings=False)
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self._threads = threads
+        self._embed_ctx: Any = None
+        self._embed_n_ctx = 0
+
+    def _new_context(self, *, n_ctx: int, n_batch: int, n_seq: int, threads: int,
+                     embeddings: bool) -> Any:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.no_perf = True
+        params.kv_unified = False
+        if embeddings:
+            params.embeddings = True
+            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+            params.kv_unified = True
+        ctx = llama_cpp.llama_init_from_model(self.model, params)
+        if not ctx:
+            raise EngineError("llama.cpp could not create a context for the model")
+        return ctx
+
+    # --- text ----------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = True,
+                 parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buffer = (llama_cpp.llama_token * capacity)()
+        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity,
+                                         add_special, parse_special)
+        if count < 0:
+            capacity = -count
+            buffer = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), buffer, capacity,
+                                             add_special, parse_special)
+        if count < 0:
+            raise EngineError("tokenization failed")
+        return list(buffer[:count])
+
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token; special tokens (control markers) are empty unless asked for."""
+        buffer = ctypes.create_string_buffer(64)
+        size = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, 64, 0, special)
+        if size < 0:
+            buffer = ctypes.create_string_buffer(-size)
+            size = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, -size, 0, special)
+        return buffer.raw[:size]
+
+    def special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.token_bytes(token, special=True).decode("utf-8", "replace")
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.token_bytes(token) for token in tokens).decode("utf-8", "replace")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    # --- decoding ------------------------------------------------------------------------------
+
+    def decode(self, batch: Batch) -> None:
+        result = llama_cpp.llama_decode(self.ctx, batch.raw)
+        if result != 0:
+            raise EngineError(f"llama_decode failed ({result})")
+
+    def forget(self, seq_id: int, from_pos: int = 0) -> bool:
+        """Drop a sequence's KV cache from ``from_pos`` on; False if that cannot be done partially."""
+        ok = bool(llama_cpp.llama_memory_seq_rm(self.memory, seq_id, from_pos, -1))
+        if not ok and from_pos > 0:
+            llama_cpp.llama_memory_seq_rm(self.memory, seq_id, 0, -1)
+        return ok
+
+    # --- embeddings ----------------------------------------------------------------------------
+
+    def embed(self, tokens: list[int]) -> list[float]:
+        """Mean-pooled hidden states of ``tokens`` (not normalised), from a lazily made context."""
+        needed = max(512, 1 << math.ceil(math.log2(max(len(tokens), 1))))
+        if self._embed_ctx is None or self._embed_n_ctx < needed:
+            self._free_embed_ctx()
+            self._embed_n_ctx = min(needed, max(self.n_ctx_train, 512))
+            self._embed_ctx = self._new_context(
+                n_ctx=self._embed_n_ctx, n_batch=self._embed_n_ctx, n_seq=1,
+                threads=self._threads, embeddings=True)
+        if len(tokens) > self._embed_n_ctx:
+            raise InvalidOptionError("input length exceeds the context length")
+        batch = Batch(len(tokens))
+        try:
+            for pos, token in enumerate(tokens):
+                batch.add(token, pos, 0, True)
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._embed_ctx), True)
+            result = llama_cpp.llama_decode(self._embed_ctx, batch.raw)
+            if result != 0:
+                raise EngineError(f"llama_decode failed while embedding ({result})")
+            pointer = llama_cpp.llama_get_embeddings_seq(self._embed_ctx, 0)
+            if not pointer:
+                raise EngineError("llama.cpp returned no embedding")
+            return [float(pointer[i]) for i in range(self.n_embd)]
+        finally:
+            batch.free()
+
+    def _free_embed_ctx(self) -> None:
+        if self._embed_ctx is not None:
+            llama_cpp.llama_free(self._embed_ctx)
+            self._embed_ctx = None
+
+    def close(self) -> None:
+        self._free_embed_ctx()
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None

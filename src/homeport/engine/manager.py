@@ -1,0 +1,244 @@
+"""Loaded models: load on demand, keep_alive expiry, least-recently-used eviction, memory checks.
+
+A ``Runner`` is one loaded model with its scheduler thread. ``acquire`` returns a runner for a model
+and load-time settings, loading it off the event loop if needed (one load at a time, as Ollama's
+loader does), after evicting idle models to stay within ``max_loaded`` and the memory budget.
+``release`` starts the runner's keep_alive countdown once its last request is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from homeport import metrics
+from homeport.engine.llama import ContextSettings, LlamaModel
+from homeport.engine.memory import available_memory, estimate_model_bytes
+from homeport.engine.scheduler import Scheduler
+from homeport.errors import HomeportError, ModelTooLargeError, ServerBusyError
+from homeport.humanize import format_bytes
+from homeport.store import ModelRecord
+
+log = logging.getLogger(__name__)
+
+EXPIRY_CHECK_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class ManagerSettings:
+    max_loaded: int
+    num_parallel: int
+    max_queue: int
+    default_keep_alive: float
+    memory_limit: int = 0  # 0: what the system reports available
+    load_timeout: float = 300.0
+
+
+@dataclass(eq=False)
+class Runner:
+    """One loaded model."""
+
+    record: ModelRecord
+    settings: ContextSettings
+    model: LlamaModel
+    scheduler: Scheduler
+    size: int
+    load_seconds: float
+    keep_alive: float
+    active: int = 0
+    expires_at: float = math.inf  # time.monotonic() deadline, set when the last request ends
+    last_used: float = field(default_factory=time.monotonic)
+    unloading: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.record.name.display
+
+    def expires_at_wall(self) -> datetime:
+        """When this model will unload, as Ollama's /api/ps shows it."""
+        now = time.monotonic()
+        deadline = now + self.keep_alive if self.active else self.expires_at
+        if math.isinf(deadline):
+            return datetime(2318, 1, 1, tzinfo=UTC)  # Ollama shows "forever" as a far date
+        return datetime.now(UTC) + timedelta(seconds=max(deadline - now, 0.0))
+
+
+class ModelManager:
+    """Owns every loaded model; see the module docstring."""
+
+    def __init__(self, settings: ManagerSettings) -> None:
+        self.settings = settings
+        self.runners: list[Runner] = []
+        self._load_lock = asyncio.Lock()
+        self._changed = asyncio.Condition()
+        self._expiry_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._expiry_task = asyncio.create_task(self._expire_loop(), name="keep-alive")
+
+    async def close(self) -> None:
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry_task
+        for runner in list(self.runners):
+            await self._unload(runner)
+
+    # --- queue ---------------------------------------------------------------------------------
+
+    def queued_total(self) -> int:
+        return sum(runner.scheduler.queued for runner in self.runners)
+
+    def check_queue(self) -> None:
+        """503 with Retry-After when the queue is full (the only 5xx a client should retry)."""
+        if self.queued_total() >= self.settings.max_queue:
+            raise ServerBusyError()
+
+    # --- acquire / release ---------------------------------------------------------------------
+
+    def find(self, record: ModelRecord) -> Runner | None:
+        for runner in self.runners:
+            if runner.record.model_path == record.model_path and not runner.unloading:
+                return runner
+        return None
+
+    async def acquire(self, record: ModelRecord, settings: ContextSettings,
+                      keep_alive: float | None) -> tuple[Runner, float]:
+        """A runner for ``record`` with ``settings`` and the seconds spent loading it (0 if warm)."""
+        runner = self.find(record)
+        if runner is not None and runner.settings == settings:
+            # Warm path: no lock, so a load in progress never delays a loaded model's requests.
+            runner.active += 1
+            runner.record = record
+            return runner, 0.0
+        async with self._load_lock:
+            runner = self.find(record)
+            if runner is not None and runner.settings != settings:
+                log.info("reloading %s: load-time options changed", record.name.display)
+                await self._retire(runner)
+                runner = None
+            if runner is not None:
+                runner.active += 1
+                runner.record = record
+                return runner, 0.0
+            runner = await self._load(record, settings, keep_alive)
+            runner.active += 1
+            return runner, runner.load_seconds
+
+    def release(self, runner: Runner, keep_alive: float | None) -> None:
+        """The request is done: start the keep_alive countdown when nothing else uses the model."""
+        runner.active -= 1
+        runner.last_used = time.monotonic()
+        if keep_alive is not None:
+            runner.keep_alive = keep_alive
+        if runner.active == 0:
+            runner.expires_at = runner.last_used + runner.keep_alive
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def unload_now(self, record: ModelRecord) -> bool:
+        """Unload ``record`` once its requests finish (keep_alive 0 with no prompt)."""
+        runner = self.find(record)
+        if runner is None:
+            return False
+        runner.keep_alive = 0.0
+        if runner.active == 0:
+            await self._unload(runner)
+        return True
+
+    # --- loading -------------------------------------------------------------------------------
+
+    async def _load(self, record: ModelRecord, settings: ContextSettings,
+                    keep_alive: float | None) -> Runner:
+        need = estimate_model_bytes(record.gguf, settings)
+        await self._make_room(record, need)
+        started = time.perf_counter()
+        try:
+            model = await asyncio.wait_for(
+                asyncio.to_thread(LlamaModel, record.model_path, settings),
+                timeout=self.settings.load_timeout)
+        except TimeoutError:
+            raise HomeportError(
+                f"timed out loading model '{record.name.display}' after "
+                f"{self.settings.load_timeout:.0f}s") from None
+        scheduler = Scheduler(model, settings.n_seq, settings.n_batch, record.name.display)
+        runner = Runner(
+            record=record, settings=settings, model=model, scheduler=scheduler, size=need,
+            load_seconds=time.perf_counter() - started,
+            keep_alive=self.settings.default_keep_alive if keep_alive is None else keep_alive,
+        )
+        self.runners.append(runner)
+        metrics.LOADED_MODELS.set(len(self.runners))
+        log.info("loaded %s (num_ctx %d x %d slots, ~%s) in %.2fs", runner.name,
+                 settings.n_ctx_per_seq, settings.n_seq, format_bytes(need), runner.load_seconds)
+        return runner
+
+    def _budget(self) -> int:
+        """Bytes all loaded models together may use."""
+        loaded = sum(runner.size for runner in self.runners)
+        if self.settings.memory_limit:
+            return self.settings.memory_limit
+        return available_memory() + loaded
+
+    async def _make_room(self, record: ModelRecord, need: int) -> None:
+        """Evict idle models (least recently used first) until ``need`` fits; wait for busy ones."""
+        deadline = time.monotonic() + self.settings.load_timeout
+        while True:
+            budget = self._budget()
+            if need > budget:
+                raise ModelTooLargeError(
+                    f"model '{record.name.display}' needs {format_bytes(need)} of memory "
+                    f"(weights and context) but only {format_bytes(budget)} is available; "
+                    "try a smaller num_ctx or a smaller model")
+            used = sum(runner.size for runner in self.runners)
+            if len(self.runners) < self.settings.max_loaded and used + need <= budget:
+                return
+            idle = sorted((r for r in self.runners if r.active == 0), key=lambda r: r.last_used)
+            if idle:
+                log.info("evicting %s to make room for %s", idle[0].name, record.name.display)
+                await self._unload(idle[0])
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServerBusyError("server busy: every loaded model is in use", retry_after=5)
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 1.0))
+
+    async def _retire(self, runner: Runner) -> None:
+        """Unload ``runner`` after its running requests finish (a reload with new settings)."""
+        runner.unloading = True
+        while runner.active > 0:
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=1.0)
+        await self._unload(runner)
+
+    async def _unload(self, runner: Runner) -> None:
+        if runner not in self.runners:
+            return
+        runner.unloading = True
+        self.runners.remove(runner)
+        metrics.LOADED_MODELS.set(len(self.runners))
+        await asyncio.to_thread(runner.scheduler.stop)
+        await asyncio.to_thread(runner.model.close)
+        log.info("unloaded %s", runner.name)
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_SECONDS)
+            now = time.monotonic()
+            for runner in list(self.runners):
+                if runner.active == 0 and now >= runner.expires_at:
+                    async with self._load_lock:
+                        if runner.active == 0 and now >= runner.expires_at:
+                            await self._unload(runner)

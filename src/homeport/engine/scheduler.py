@@ -1,0 +1,380 @@
+"""Continuous batching for one loaded model, on its own thread.
+
+Each step builds one ``llama_batch``: one decode token for every running request, then prefill
+chunks of newly admitted prompts in the room left, and makes one ``llama_decode`` call. Every
+request owns a slot (a llama.cpp sequence id). A slot keeps its KV cache when its request ends, and
+a new request goes to the free slot sharing the longest token prefix with its prompt, so a chat whose
+history grows turn by turn evaluates only the new tokens.
+
+Requests arrive through ``submit`` from any thread and report through their ``sink`` callback (a
+thread-safe hand-off to the event loop). ``Job.cancel`` frees the slot at the next step.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from homeport import metrics
+from homeport.engine.llama import Batch, LlamaModel, Sampler, SamplingParams
+from homeport.errors import HomeportError
+
+log = logging.getLogger(__name__)
+
+DoneReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    text: str
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompt_tokens: int
+    prompt_cached: int
+    generated: int
+    queued_seconds: float
+    prompt_seconds: float
+    eval_seconds: float
+    tokens: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: DoneReason
+    stats: GenerationStats
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: HomeportError
+
+
+Event = TextChunk | Finished | Failed
+Sink = Callable[[Event], None]
+
+
+@dataclass
+class Job:
+    """One generation request as the scheduler sees it."""
+
+    prompt: list[int]
+    sampling: SamplingParams
+    sink: Sink
+    num_predict: int = -1
+    stop: tuple[str, ...] = ()
+    cancelled: bool = False
+    # set while running
+    generated: list[int] = field(default_factory=list)
+    submitted_at: float = field(default_factory=time.perf_counter)
+    admitted_at: float = 0.0
+    first_token_at: float = 0.0
+    last_token_at: float = 0.0
+    cached: int = 0
+    _decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    _held: str = ""
+
+    def cancel(self) -> None:
+        """Stop this request at the next step (safe from any thread)."""
+        self.cancelled = True
+
+
+@dataclass
+class EmbeddingJob:
+    tokens: list[int]
+    done: Callable[[list[float] | HomeportError], None]
+
+
+@dataclass
+class Slot:
+    seq_id: int
+    cache: list[int] = field(default_factory=list)  # tokens whose KV is in this sequence
+    job: Job | None = None
+    sampler: Sampler | None = None
+    cursor: int = 0  # next prompt token to evaluate
+    next_token: int = -1  # sampled, to be decoded in the next step
+    last_used: float = 0.0
+
+    @property
+    def prefilling(self) -> bool:
+        return self.job is not None and self.cursor < len(self.job.prompt)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    limit = min(len(a), len(b))
+    index = 0
+    while index < limit and a[index] == b[index]:
+        index += 1
+    return index
+
+
+class Scheduler:
+    """Runs every request for one model; see the module docstring."""
+
+    def __init__(self, model: LlamaModel, n_slots: int, n_batch: int, label: str) -> None:
+        self.model = model
+        self.n_ctx_per_seq = model.settings.n_ctx_per_seq
+        self.slots = [Slot(seq_id) for seq_id in range(n_slots)]
+        self.n_batch = n_batch
+        self.label = label
+        self.pending: deque[Job] = deque()
+        self.embeddings: deque[EmbeddingJob] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._batch = Batch(n_batch)
+        self.prompt_tokens_evaluated = 0
+        self.prompt_tokens_cached = 0
+        self._thread = threading.Thread(target=self._run, name=f"scheduler-{label}", daemon=True)
+        self._thread.start()
+
+    # --- called from other threads -------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._stopping:
+                raise HomeportError("the model is being unloaded")
+            self.pending.append(job)
+            metrics.QUEUE_DEPTH.inc()
+            self._cond.notify()
+
+    def submit_embedding(self, job: EmbeddingJob) -> None:
+        with self._cond:
+            self.embeddings.append(job)
+            self._cond.notify()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    @property
+    def queued(self) -> int:
+        return len(self.pending)
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(1 for slot in self.slots if slot.job is not None)
+
+    def stop(self) -> None:
+        """Fail what is left, end the thread and wait for it."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+        self._batch.free()
+
+    # --- the scheduler thread ------------------------------------------------------------------
+
+    def _has_work(self) -> bool:
+        return bool(self.pending or self.embeddings or any(s.job for s in self.slots))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._has_work():
+                    self._cond.wait()
+                if self._stopping:
+                    break
+            try:
+                self._step()
+            except Exception as exc:  # never let the thread die with requests waiting on it
+                log.exception("scheduler step failed for %s", self.label)
+                self._fail_running(exc)
+        self._fail_all(HomeportError("the model was unloaded before the request finished"))
+
+    def _step(self) -> None:
+        self._drop_cancelled()
+        if self.embeddings:
+            self._run_embedding(self.embeddings.popleft())
+        self._admit()
+        batch = self._batch
+        batch.clear()
+        outputs: list[tuple[Slot, int]] = []
+        for slot in self.slots:
+            if slot.job is not None and not slot.prefilling:
+                index = batch.add(slot.next_token, len(slot.cache), slot.seq_id, True)
+                slot.cache.append(slot.next_token)
+                outputs.append((slot, index))
+        for slot in sorted((s for s in self.slots if s.prefilling),
+                           key=lambda s: s.job.admitted_at if s.job else 0.0):
+            room = self.n_batch - batch.n_tokens
+            if room <= 0:
+                break
+            assert slot.job is not None
+            prompt = slot.job.prompt
+            end = min(len(prompt), slot.cursor + room)
+            for pos in range(slot.cursor, end):
+                index = batch.add(prompt[pos], pos, slot.seq_id, pos == len(prompt) - 1)
+            slot.cache.extend(prompt[slot.cursor:end])
+            evaluated = end - slot.cursor
+            self.prompt_tokens_evaluated += evaluated
+            metrics.PROMPT_TOKENS.labels(self.label, "evaluated").inc(evaluated)
+            slot.cursor = end
+            if end == len(prompt):
+                outputs.append((slot, index))
+        if batch.n_tokens == 0:
+            return
+        self.model.decode(batch)
+        now = time.perf_counter()
+        for slot, index in outputs:
+            assert slot.sampler is not None
+            self._accept(slot, slot.sampler.sample(self.model, index), now)
+
+    def _accept(self, slot: Slot, token: int, now: float) -> None:
+        job = slot.job
+        assert job is not None
+        if not job.first_token_at:
+            job.first_token_at = now
+            metrics.TIME_TO_FIRST_TOKEN.labels(self.label).observe(now - job.submitted_at)
+        elif job.last_token_at:
+            metrics.INTER_TOKEN_LATENCY.labels(self.label).observe(now - job.last_token_at)
+        job.last_token_at = now
+        if self.model.is_end_of_generation(token):
+            self._finish(slot, "stop")
+            return
+        job.generated.append(token)
+        metrics.GENERATED_TOKENS.labels(self.label).inc()
+        text = job._decoder.decode(self.model.token_bytes(token))
+        if self._emit_text(job, text):
+            self._finish(slot, "stop")
+            return
+        if 0 <= job.num_predict <= len(job.generated) or len(slot.cache) + 1 >= self.n_ctx_per_seq:
+            self._finish(slot, "length")
+        else:
+            slot.next_token = token
+
+    def _emit_text(self, job: Job, text: str) -> bool:
+        """Send text on, holding back what may be the start of a stop string; True on a stop."""
+        if not job.stop:
+            if text:
+                job.sink(TextChunk(text))
+            return False
+        held = job._held + text
+        for stop in job.stop:
+            found = held.find(stop)
+            if found >= 0:
+                if found:
+                    job.sink(TextChunk(held[:found]))
+                job._held = ""
+                return True
+        keep = 0
+        for stop in job.stop:
+            for size in range(min(len(stop) - 1, len(held)), 0, -1):
+                if held.endswith(stop[:size]):
+                    keep = max(keep, size)
+                    break
+        if len(held) > keep:
+            job.sink(TextChunk(held[:len(held) - keep]))
+        job._held = held[len(held) - keep:]
+        return False
+
+    def _finish(self, slot: Slot, reason: DoneReason) -> None:
+        job = slot.job
+        assert job is not None
+        rest = job._held + job._decoder.decode(b"", final=True)
+        if rest:
+            job.sink(TextChunk(rest))
+        end = job.last_token_at or time.perf_counter()
+        stats = GenerationStats(
+            prompt_tokens=len(job.prompt),
+            prompt_cached=job.cached,
+            generated=len(job.generated),
+            queued_seconds=job.admitted_at - job.submitted_at,
+            prompt_seconds=(job.first_token_at or end) - job.admitted_at,
+            eval_seconds=end - (job.first_token_at or end),
+            tokens=tuple(job.prompt + job.generated),
+        )
+        self._release(slot)
+        job.sink(Finished(reason, stats))
+
+    def _release(self, slot: Slot) -> None:
+        if slot.sampler is not None:
+            slot.sampler.free()
+            slot.sampler = None
+        if slot.job is not None:
+            metrics.BUSY_SLOTS.labels(self.label).dec()
+        slot.job = None
+        slot.last_used = time.perf_counter()
+
+    def _drop_cancelled(self) -> None:
+        with self._cond:
+            kept = deque(job for job in self.pending if not job.cancelled)
+            metrics.QUEUE_DEPTH.dec(len(self.pending) - len(kept))
+            self.pending = kept
+        for slot in self.slots:
+            if slot.job is not None and slot.job.cancelled:
+                if slot.prefilling:
+                    # Only part of the prompt is in the cache: keep exactly that part.
+                    slot.cache = slot.cache[:slot.cursor]
+                self._release(slot)
+
+    def _admit(self) -> None:
+        while True:
+            free = [slot for slot in self.slots if slot.job is None]
+            if not free:
+                return
+            with self._cond:
+                if not self.pending:
+                    return
+                job = self.pending.popleft()
+                metrics.QUEUE_DEPTH.dec()
+            if job.cancelled:
+                continue
+            slot = max(free, key=lambda s: (common_prefix(s.cache, job.prompt), -s.last_used))
+            self._assign(slot, job)
+
+    def _assign(self, slot: Slot, job: Job) -> None:
+        reuse = common_prefix(slot.cache, job.prompt)
+        if reuse == len(job.prompt):
+            reuse -= 1  # the last prompt token is evaluated again to get its logits
+        if not self.model.forget(slot.seq_id, reuse):
+            reuse = 0
+        slot.cache = slot.cache[:reuse]
+        try:
+            slot.sampler = Sampler(self.model, job.sampling)
+        except HomeportError as exc:
+            job.sink(Failed(exc))
+            return
+        slot.job = job
+        slot.cursor = reuse
+        job.cached = reuse
+        job.admitted_at = time.perf_counter()
+        self.prompt_tokens_cached += reuse
+        metrics.PROMPT_TOKENS.labels(self.label, "cached").inc(reuse)
+        metrics.BUSY_SLOTS.labels(self.label).inc()
+        log.debug("%s: slot %d takes a %d-token prompt, %d from cache", self.label,
+                  slot.seq_id, len(job.prompt), reuse)
+
+    def _run_embedding(self, job: EmbeddingJob) -> None:
+        try:
+            job.done(self.model.embed(job.tokens))
+        except HomeportError as exc:
+            job.done(exc)
+
+    def _fail_running(self, exc: Exception) -> None:
+        error = exc if isinstance(exc, HomeportError) else HomeportError(f"engine failure: {exc}")
+        for slot in self.slots:
+            if slot.job is not None:
+                job = slot.job
+                self.model.forget(slot.seq_id)
+                slot.cache = []
+                self._release(slot)
+                job.sink(Failed(error))
+
+    def _fail_all(self, error: HomeportError) -> None:
+        self._fail_running(error)
+        with self._cond:
+            pending, self.pending = list(self.pending), deque()
+            embeddings, self.embeddings = list(self.embeddings), deque()
+        metrics.QUEUE_DEPTH.dec(len(pending))
+        for job in pending:
+            job.sink(Failed(error))
+        for embedding in embeddings:
+            embedding.done(error)

@@ -1,0 +1,401 @@
+"""The engine as the API sees it: prepare a generation (checks, load, prompt, queue), stream it.
+
+``Engine.start_generation`` does everything that can fail before a response starts, so errors reach
+the client as an HTTP status; the returned ``Generation`` then streams ``Output`` deltas and ends
+with one ``Done``. Closing a generation early (the client left) cancels its job and frees its slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from homeport.engine.llama import ContextSettings, SamplingParams, json_grammar
+from homeport.engine.manager import ManagerSettings, ModelManager, Runner
+from homeport.engine.options import ModelOptions, resolve_options
+from homeport.engine.parsing import Delta, OutputParser, ToolCall
+from homeport.engine.scheduler import EmbeddingJob, Failed, Finished, Job, TextChunk
+from homeport.engine.scheduler import Event as SchedulerEvent
+from homeport.engine.templates import render_chat, template_features
+from homeport.errors import BadRequestError, HomeportError, InvalidOptionError, UnsupportedError
+from homeport.store import ModelRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChatMessage:
+    role: str
+    content: str = ""
+    thinking: str | None = None
+    images: list[str] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+
+    def for_template(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        if self.tool_name:
+            message["name"] = self.tool_name
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        if self.thinking:
+            message["reasoning_content"] = self.thinking
+        return message
+
+
+@dataclass
+class GenerationInput:
+    """One chat (``messages``) or completion (``prompt``) request, in engine terms."""
+
+    record: ModelRecord
+    options: Mapping[str, Any] | None = None
+    keep_alive: float | None = None
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+    system: str | None = None
+    suffix: str | None = None
+    raw: bool = False
+    context: list[int] | None = None
+    tools: list[dict[str, Any]] | None = None
+    think: bool | str | None = None
+    format: str | dict[str, Any] | None = None
+    truncate: bool = True
+
+
+@dataclass(frozen=True)
+class Timings:
+    total: float = 0.0
+    load: float = 0.0
+    prompt_eval: float = 0.0
+    eval: float = 0.0
+    prompt_tokens: int = 0
+    prompt_cached: int = 0
+    eval_count: int = 0
+
+    @property
+    def prompt_eval_count(self) -> int:
+        """Prompt tokens actually evaluated (the cached prefix excluded), as Ollama reports it."""
+        return self.prompt_tokens - self.prompt_cached
+
+
+@dataclass(frozen=True)
+class Output:
+    content: str = ""
+    thinking: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass(frozen=True)
+class Done:
+    reason: str  # stop, length, load, unload
+    timings: Timings
+    context: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    manager: ManagerSettings
+    default_num_ctx: int
+    num_threads: int = 0
+
+
+def capabilities(record: ModelRecord) -> list[str]:
+    """Ollama's capability names for a model, judged from its file and template."""
+    features = template_features(record.gguf.chat_template)
+    found = ["completion"]
+    if features.tools:
+        found.append("tools")
+    if features.thinking:
+        found.append("thinking")
+    return found
+
+
+class Generation:
+    """A started generation: iterate ``events()`` once; ``close()`` always (cancels if unfinished)."""
+
+    def __init__(self, engine: Engine, runner: Runner, job: Job, parser: OutputParser,
+                 queue: asyncio.Queue[SchedulerEvent], request: GenerationInput,
+                 started: float, load_seconds: float, show_thinking: bool) -> None:
+        self._engine = engine
+        self._runner = runner
+        self._job = job
+        self._parser = parser
+        self._queue = queue
+        self._request = request
+        self._started = started
+        self._load_seconds = load_seconds
+        self._show_thinking = show_thinking
+        self._closed = False
+
+    def _output(self, deltas: list[Delta]) -> Output | None:
+        content = "".join(delta.content for delta in deltas)
+        thinking = "".join(delta.thinking for delta in deltas) if self._show_thinking else ""
+        return Output(content=content, thinking=thinking) if content or thinking else None
+
+    async def events(self) -> AsyncIterator[Output | Done]:
+        try:
+            while True:
+                event = await self._queue.get()
+                if isinstance(event, TextChunk):
+                    output = self._output(self._parser.feed(event.text))
+                    if output is not None:
+                        yield output
+                elif isinstance(event, Finished):
+                    output = self._output(self._parser.finish())
+                    if output is not None:
+                        yield output
+                    if self._parser.tool_calls:
+                        yield Output(tool_calls=tuple(self._parser.tool_calls))
+                    stats = event.stats
+                    yield Done(
+                        reason=event.reason,
+                        timings=Timings(
+                            total=time.perf_counter() - self._started,
+                            load=self._load_seconds,
+                            prompt_eval=stats.prompt_seconds,
+                            eval=stats.eval_seconds,
+                            prompt_tokens=stats.prompt_tokens,
+                            prompt_cached=stats.prompt_cached,
+                            eval_count=stats.generated,
+                        ),
+                        context=stats.tokens,
+                    )
+                    return
+                elif isinstance(event, Failed):
+                    raise event.error
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._job.cancel()
+        self._runner.scheduler.wake()
+        self._engine.manager.release(self._runner, self._request.keep_alive)
+
+
+class Engine:
+    """Loads models on demand and runs generations and embeddings on them."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.manager = ModelManager(settings.manager)
+
+    async def start(self) -> None:
+        await self.manager.start()
+
+    async def close(self) -> None:
+        await self.manager.close()
+
+    def _context_settings(self, options: ModelOptions) -> ContextSettings:
+        return ContextSettings(
+            n_ctx_per_seq=options.num_ctx,
+            n_seq=self.settings.manager.num_parallel,
+            n_batch=options.num_batch,
+            n_threads=options.num_thread or self.settings.num_threads,
+        )
+
+    def options_for(self, record: ModelRecord, request_options: Mapping[str, Any] | None
+                    ) -> ModelOptions:
+        return resolve_options(record.parameters, request_options, self.settings.default_num_ctx,
+                               record.gguf.context_length)
+
+    # --- load / unload -------------------------------------------------------------------------
+
+    async def load(self, record: ModelRecord, request_options: Mapping[str, Any] | None,
+                   keep_alive: float | None) -> Done:
+        """Load (or, with keep_alive 0, unload) a model without generating: done_reason load/unload."""
+        started = time.perf_counter()
+        if keep_alive is not None and keep_alive == 0:
+            await self.manager.unload_now(record)
+            return Done("unload", Timings(total=time.perf_counter() - started))
+        options = self.options_for(record, request_options)
+        runner, load_seconds = await self.manager.acquire(
+            record, self._context_settings(options), keep_alive)
+        self.manager.release(runner, keep_alive)
+        return Done("load", Timings(total=time.perf_counter() - started, load=load_seconds))
+
+    # --- generation ----------------------------------------------------------------------------
+
+    async def start_generation(self, request: GenerationInput) -> Generation:
+        started = time.perf_counter()
+        record = request.record
+        features = template_features(record.gguf.chat_template)
+        display = record.name.display
+        if request.tools and not features.tools:
+            raise UnsupportedError(f'"{display}" does not support tools')
+        if request.think not in (None, False) and not features.thinking:
+            raise UnsupportedError(f'"{display}" does not support thinking')
+        if request.suffix:
+            raise UnsupportedError(f'"{display}" does not support insert')
+        if request.messages and any(message.images for message in request.messages):
+            raise UnsupportedError(f'"{display}" does not support images')
+        options = self.options_for(record, request.options)
+        grammar = _grammar_for(request.format)
+        self.manager.check_queue()
+        runner, load_seconds = await self.manager.acquire(
+            record, self._context_settings(options), request.keep_alive)
+        try:
+            prompt_text, in_thinking = self._prompt_text(runner, request, features.thinking)
+            tokens = self._tokens(runner, request, prompt_text, options)
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[SchedulerEvent] = asyncio.Queue()
+
+            def sink(event: SchedulerEvent) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+
+            job = Job(
+                prompt=tokens,
+                sampling=_sampling(options, grammar),
+                sink=sink,
+                num_predict=options.num_predict if options.num_predict >= 0 else -1,
+                stop=options.stop,
+            )
+            parser = OutputParser(
+                thinking=features.thinking and not request.raw,
+                in_thinking=in_thinking,
+                tool_names={tool["function"]["name"] for tool in request.tools}
+                if request.tools else None,
+            )
+            self.manager.check_queue()
+            runner.scheduler.submit(job)
+        except BaseException:
+            self.manager.release(runner, request.keep_alive)
+            raise
+        return Generation(self, runner, job, parser, queue, request, started, load_seconds,
+                          show_thinking=request.think is not False)
+
+    def _prompt_text(self, runner: Runner, request: GenerationInput,
+                     thinking_capable: bool) -> tuple[str, bool]:
+        """The rendered prompt, and whether it leaves the model inside a <think> block."""
+        record = request.record
+        if request.raw and request.prompt is not None:
+            return request.prompt, False
+        if request.messages is not None:
+            messages = [ChatMessage(**message) if isinstance(message, dict) else message
+                        for message in record.messages] + list(request.messages)
+        else:
+            messages = [ChatMessage("user", request.prompt or "")]
+            if record.messages:
+                messages = [ChatMessage(**m) for m in record.messages] + messages
+        system = request.system if request.system is not None else record.system
+        if system and not any(message.role == "system" for message in messages):
+            messages.insert(0, ChatMessage("system", system))
+        model = runner.model
+        text = render_chat(
+            record.gguf.chat_template,
+            [message.for_template() for message in messages],
+            tools=request.tools,
+            bos_token=model.special_text(model.bos),
+            eos_token=model.special_text(model.eos),
+            enable_thinking=(request.think is not False) if thinking_capable else None,
+        )
+        in_thinking = thinking_capable and text.rstrip().endswith("<think>")
+        return text, in_thinking
+
+    def _tokens(self, runner: Runner, request: GenerationInput, text: str,
+                options: ModelOptions) -> list[int]:
+        model = runner.model
+        tokens = model.tokenize(text, add_special=True, parse_special=not request.raw)
+        if len(tokens) >= 2 and tokens[0] == tokens[1] == model.bos:
+            tokens = tokens[1:]  # the template wrote BOS itself
+        if request.context:
+            tokens = [int(t) for t in request.context] + tokens
+        if not tokens:
+            tokens = [model.bos]
+        limit = options.num_ctx - 1
+        if len(tokens) > limit:
+            if not request.truncate:
+                raise InvalidOptionError(
+                    f"input length ({len(tokens)} tokens) exceeds the context length "
+                    f"({options.num_ctx})")
+            # Keep the first num_keep tokens (the start of the system prompt) and the most recent
+            # ones, leaving a quarter of the context for the answer.
+            keep = max(0, min(options.num_keep, limit // 4))
+            room = limit - keep - max(limit // 4, 1)
+            tokens = tokens[:keep] + tokens[len(tokens) - room:]
+            log.info("prompt truncated to %d tokens to fit num_ctx %d", len(tokens),
+                     options.num_ctx)
+        return tokens
+
+    # --- embeddings ----------------------------------------------------------------------------
+
+    async def embed(self, record: ModelRecord, inputs: list[str], *, truncate: bool,
+                    options: Mapping[str, Any] | None, keep_alive: float | None,
+                    ) -> tuple[list[list[float]], int, float]:
+        """Raw (un-normalised) embeddings, the prompt token count, and seconds spent loading."""
+        model_options = self.options_for(record, options)
+        self.manager.check_queue()
+        runner, load_seconds = await self.manager.acquire(
+            record, self._context_settings(model_options), keep_alive)
+        try:
+            vectors = []
+            total_tokens = 0
+            for text in inputs:
+                tokens = runner.model.tokenize(text, add_special=True, parse_special=False)
+                limit = model_options.num_ctx
+                if len(tokens) > limit:
+                    if not truncate:
+                        raise InvalidOptionError("input length exceeds the context length")
+                    tokens = tokens[:limit]
+                total_tokens += len(tokens)
+                vectors.append(await self._embed_one(runner, tokens))
+            return vectors, total_tokens, load_seconds
+        finally:
+            self.manager.release(runner, keep_alive)
+
+    async def _embed_one(self, runner: Runner, tokens: list[int]) -> list[float]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[float] | HomeportError] = loop.create_future()
+
+        def done(result: list[float] | HomeportError) -> None:
+            loop.call_soon_threadsafe(future.set_result, result)
+
+        runner.scheduler.submit_embedding(EmbeddingJob(tokens, done))
+        result = await future
+        if isinstance(result, HomeportError):
+            raise result
+        return result
+
+
+def _grammar_for(format_: str | dict[str, Any] | None) -> str | None:
+    if format_ is None or format_ == "":
+        return None
+    if format_ == "json":
+        return json_grammar(None)
+    if isinstance(format_, dict):
+        return json_grammar(json.dumps(format_))
+    raise BadRequestError(f'invalid format: expected "json" or a JSON schema, got {format_!r}')
+
+
+def _sampling(options: ModelOptions, grammar: str | None) -> SamplingParams:
+    return SamplingParams(
+        temperature=options.temperature,
+        top_k=options.top_k,
+        top_p=options.top_p,
+        min_p=options.min_p,
+        typical_p=options.typical_p,
+        repeat_penalty=options.repeat_penalty,
+        repeat_last_n=options.repeat_last_n,
+        presence_penalty=options.presence_penalty,
+        frequency_penalty=options.frequency_penalty,
+        seed=options.seed,
+        grammar=grammar,
+    )
+
+
+def l2_normalize(vector: list[float], dimensions: int | None = None) -> list[float]:
+    if dimensions:
+        vector = vector[:dimensions]
+    norm = math.sqrt(sum(value * value for value in vector))
+    return [value / norm for value in vector] if norm > 0 else vector

@@ -1,0 +1,1 @@
+"""Who may talk to the server: tailnet identity, policy, tokens, the guard, the audit log."""

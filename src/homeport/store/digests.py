@@ -1,0 +1,51 @@
+"""The one place a blob digest becomes a path.
+
+Only ``sha256:<64 hex>`` (or Ollama's on-disk ``sha256-<64 hex>``) is accepted: anything else, such
+as ``sha256:../../etc/passwd`` from a rogue registry, is refused before it can name a file (the
+"Probllama" CVE-2024-37032 class). Every read, write and delete of a blob goes through
+``blob_path``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from homeport.errors import BadRequestError
+
+_DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
+
+
+class InvalidDigestError(BadRequestError):
+    def __init__(self) -> None:
+        super().__init__("invalid digest format: expected sha256:<64 hex digits>")
+
+
+def normalize_digest(digest: str) -> str:
+    """``sha256:<hex>`` in lower case, or InvalidDigestError."""
+    match = _DIGEST.fullmatch(digest) if isinstance(digest, str) else None
+    if match is None:
+        raise InvalidDigestError()
+    return f"sha256:{match.group(1).lower()}"
+
+
+def blob_filename(digest: str) -> str:
+    return normalize_digest(digest).replace(":", "-")
+
+
+def blob_path(blobs_dir: Path, digest: str) -> Path:
+    """The file for ``digest`` inside ``blobs_dir``; raises on any digest that is not sha256 hex."""
+    return blobs_dir / blob_filename(digest)
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"

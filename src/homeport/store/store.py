@@ -1,0 +1,371 @@
+"""The model store, in Ollama's layout: ``manifests/{host}/{namespace}/{model}/{tag}`` and
+``blobs/sha256-<hex>``.
+
+One writable root (``HOMEPORT_MODELS``, ``OLLAMA_MODELS``, or ``<data dir>/models``) and any number of
+read-only roots (existing Ollama stores) whose models are served in place. The bundled model's
+manifest lives in the writable root; its model layer resolves to the file inside the installed
+package. Only this package knows about paths; callers get ``ModelRecord``s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from homeport.errors import BadRequestError, InvalidModelFileError, ModelNotFoundError
+from homeport.store import manifests as mf
+from homeport.store.bundled import BundledModel
+from homeport.store.digests import blob_path, normalize_digest, sha256_bytes
+from homeport.store.gguf import GGUFInfo, read_gguf
+from homeport.store.names import ModelName, parse_name
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_LAYER_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoreRoot:
+    path: Path
+    writable: bool
+
+    @property
+    def manifests(self) -> Path:
+        return self.path / "manifests"
+
+    @property
+    def blobs(self) -> Path:
+        return self.path / "blobs"
+
+
+@dataclass
+class ModelRecord:
+    """A model as the rest of homeport sees it: its name, files and Modelfile settings."""
+
+    name: ModelName
+    manifest: mf.Manifest
+    manifest_digest: str
+    modified_at: datetime
+    model_path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None
+    system: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    license: list[str] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    read_only: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.manifest.total_size
+
+    @property
+    def model_digest(self) -> str:
+        layer = self.manifest.layer_of(mf.MODEL_LAYER)
+        return layer.digest if layer else ""
+
+    @cached_property
+    def gguf(self) -> GGUFInfo:
+        return read_gguf(self.model_path)
+
+    @property
+    def family(self) -> str:
+        family = self.config.get("model_family")
+        return family if isinstance(family, str) and family else self.gguf.architecture
+
+    @property
+    def families(self) -> list[str]:
+        families = self.config.get("model_families")
+        if isinstance(families, list) and all(isinstance(item, str) for item in families):
+            return list(families)
+        return [self.family]
+
+    @property
+    def parameter_size(self) -> str:
+        value = self.config.get("model_type")
+        return value if isinstance(value, str) and value else self.gguf.parameter_size
+
+    @property
+    def quantization_level(self) -> str:
+        value = self.config.get("file_type")
+        return value if isinstance(value, str) and value else self.gguf.quantization
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ModelStore:
+    """Lists, resolves, copies and deletes models across the writable and read-only roots."""
+
+    def __init__(
+        self,
+        root: Path,
+        extra_roots: Sequence[Path] = (),
+        bundled: BundledModel | None = None,
+    ) -> None:
+        self.primary = StoreRoot(root, writable=True)
+        self.roots = [self.primary] + [
+            StoreRoot(path, writable=False) for path in extra_roots
+            if path.resolve() != root.resolve() and path.is_dir()
+        ]
+        self.bundled = bundled
+        self._lock = threading.RLock()
+
+    # --- blobs ---------------------------------------------------------------------------------
+
+    def blob_file(self, digest: str) -> Path | None:
+        """The file holding ``digest`` in any root (or the bundled package), if present."""
+        digest = normalize_digest(digest)
+        for root in self.roots:
+            path = blob_path(root.blobs, digest)
+            if path.is_file():
+                return path
+        if self.bundled is not None and self.bundled.digest == digest:
+            return self.bundled.path
+        return None
+
+    def write_blob(self, data: bytes) -> str:
+        """Store small bytes (a config, template or params layer) and return their digest."""
+        digest = sha256_bytes(data)
+        path = blob_path(self.primary.blobs, digest)
+        if not path.exists():
+            _atomic_write(path, data)
+        return digest
+
+    def _read_blob(self, digest: str, limit: int = MAX_TEXT_LAYER_BYTES) -> bytes:
+        path = self.blob_file(digest)
+        if path is None:
+            raise InvalidModelFileError(f"model layer {digest} is missing from the store")
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+        if len(data) > limit:
+            raise InvalidModelFileError(f"model layer {digest} is too large to be text")
+        return data
+
+    # --- manifests -----------------------------------------------------------------------------
+
+    def _iter_manifests(self) -> Iterator[tuple[ModelName, Path, StoreRoot]]:
+        for root in self.roots:
+            base = root.manifests
+            if not base.is_dir():
+                continue
+            for host in sorted(base.iterdir()):
+                for namespace in _subdirs(host):
+                    for model in _subdirs(namespace):
+                        for tag in sorted(model.iterdir()):
+                            if not tag.is_file() or tag.name.startswith("."):
+                                continue
+                            text = f"{host.name}/{namespace.name}/{model.name}:{tag.name}"
+                            try:
+                                yield parse_name(text), tag, root
+                            except BadRequestError:
+                                log.debug("skipping a manifest with an invalid name: %s", text)
+
+    def _locate(self, name: ModelName) -> tuple[ModelName, Path, StoreRoot] | None:
+        """The stored name (its own spelling), manifest file and root for ``name``."""
+        for root in self.roots:
+            exact = root.manifests.joinpath(*name.manifest_parts)
+            if exact.is_file():
+                return name, exact, root
+        for found, path, root in self._iter_manifests():
+            if found.key() == name.key():
+                return found, path, root
+        return None
+
+    def _record(self, name: ModelName, path: Path, root: StoreRoot) -> ModelRecord:
+        data = path.read_bytes()
+        manifest = mf.parse_manifest(data)
+        model_layer = manifest.layer_of(mf.MODEL_LAYER)
+        model_path = self.blob_file(model_layer.digest) if model_layer else None
+        if model_path is None:
+            raise InvalidModelFileError(f"model '{name.display}' has no model file in the store")
+        record = ModelRecord(
+            name=name,
+            manifest=manifest,
+            manifest_digest=sha256_bytes(data).removeprefix("sha256:"),
+            modified_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
+            model_path=model_path,
+            read_only=not root.writable,
+        )
+        try:
+            config = json.loads(self._read_blob(manifest.config.digest))
+            record.config = config if isinstance(config, dict) else {}
+        except (InvalidModelFileError, ValueError):
+            record.config = {}
+        if layer := manifest.layer_of(mf.TEMPLATE_LAYER):
+            record.template = self._read_blob(layer.digest).decode("utf-8", "replace")
+        if layer := manifest.layer_of(mf.SYSTEM_LAYER):
+            record.system = self._read_blob(layer.digest).decode("utf-8", "replace")
+        if layer := manifest.layer_of(mf.PARAMS_LAYER):
+            params = json.loads(self._read_blob(layer.digest) or b"{}")
+            record.parameters = params if isinstance(params, dict) else {}
+        record.license = [
+            self._read_blob(layer.digest).decode("utf-8", "replace")
+            for layer in manifest.layers_of(mf.LICENSE_LAYER)
+        ]
+        if layer := manifest.layer_of(mf.MESSAGES_LAYER):
+            messages = json.loads(self._read_blob(layer.digest) or b"[]")
+            record.messages = messages if isinstance(messages, list) else []
+        return record
+
+    def resolve(self, text: str) -> ModelRecord:
+        """The model called ``text`` (case-insensitive); InvalidModelName or ModelNotFound."""
+        name = parse_name(text)
+        with self._lock:
+            located = self._locate(name)
+            if located is None:
+                raise ModelNotFoundError(text)
+            return self._record(*located)
+
+    def list_models(self) -> list[ModelRecord]:
+        """Every usable model, writable root first; a name shadowed by an earlier root is skipped."""
+        seen: set[tuple[str, str, str, str]] = set()
+        records = []
+        with self._lock:
+            for name, path, root in self._iter_manifests():
+                if name.key() in seen:
+                    continue
+                seen.add(name.key())
+                try:
+                    records.append(self._record(name, path, root))
+                except (BadRequestError, OSError, ValueError) as exc:
+                    log.warning("skipping model %s: %s", name.display, exc)
+        return records
+
+    # --- changes -------------------------------------------------------------------------------
+
+    def write_manifest(self, name: ModelName, manifest_bytes: bytes) -> None:
+        """Write a manifest atomically into the writable root (the last step of any change)."""
+        mf.parse_manifest(manifest_bytes)
+        with self._lock:
+            _atomic_write(self.primary.manifests.joinpath(*name.manifest_parts), manifest_bytes)
+
+    def copy(self, source: str, destination: str) -> None:
+        src = parse_name(source)
+        dst = parse_name(destination)
+        with self._lock:
+            located = self._locate(src)
+            if located is None:
+                raise ModelNotFoundError(source, hint="")
+            self.write_manifest(dst, located[1].read_bytes())
+
+    def delete(self, text: str) -> None:
+        """Remove a model's manifest and every blob no other manifest still uses."""
+        name = parse_name(text)
+        with self._lock:
+            located = self._locate(name)
+            if located is None:
+                raise ModelNotFoundError(text, hint="")
+            _, path, root = located
+            if not root.writable:
+                raise BadRequestError(
+                    f"model '{name.display}' belongs to another Ollama store, which homeport "
+                    "only reads; remove it with ollama rm")
+            path.unlink()
+            _prune_empty_dirs(path.parent, self.primary.manifests)
+            self.remove_unused_blobs()
+
+    def used_digests(self) -> set[str]:
+        used: set[str] = set()
+        for _, path, root in self._iter_manifests():
+            if not root.writable:
+                continue
+            try:
+                used |= mf.parse_manifest(path.read_bytes()).digests()
+            except BadRequestError:
+                continue
+        return used
+
+    def remove_unused_blobs(self) -> list[str]:
+        """Delete blobs of the writable root that no manifest there refers to."""
+        removed: list[str] = []
+        with self._lock:
+            used = self.used_digests()
+            blobs = self.primary.blobs
+            if not blobs.is_dir():
+                return removed
+            for path in blobs.iterdir():
+                if path.name.endswith(".partial") or not path.is_file():
+                    continue
+                try:
+                    digest = normalize_digest(path.name)
+                except BadRequestError:
+                    continue
+                if digest not in used:
+                    blob_path(blobs, digest).unlink(missing_ok=True)
+                    removed.append(digest)
+        return removed
+
+    def ensure_bundled(self) -> None:
+        """Record the bundled model's manifest in the writable root if it is not there."""
+        if self.bundled is None:
+            return
+        name = parse_name(self.bundled.name)
+        with self._lock:
+            if self.primary.manifests.joinpath(*name.manifest_parts).is_file():
+                return
+            info = read_gguf(self.bundled.path)
+            config = json.dumps({
+                "model_format": "gguf",
+                "model_family": info.architecture,
+                "model_families": [info.architecture],
+                "model_type": info.parameter_size,
+                "file_type": info.quantization,
+            }).encode()
+            config_digest = self.write_blob(config)
+            manifest = mf.Manifest(
+                schemaVersion=2,
+                mediaType=mf.MANIFEST_MEDIA_TYPE,
+                config=mf.Layer(mediaType=mf.CONFIG_MEDIA_TYPE, digest=config_digest,
+                                size=len(config)),
+                layers=[mf.Layer(mediaType=mf.MODEL_LAYER, digest=self.bundled.digest,
+                                 size=self.bundled.size)],
+            )
+            self.write_manifest(name, manifest.to_bytes())
+
+
+def _subdirs(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return []
+    return sorted(child for child in path.iterdir() if child.is_dir())
+
+
+def _prune_empty_dirs(start: Path, stop: Path) -> None:
+    current = start
+    while current != stop and stop in current.parents:
+        try:
+            current.rmdir()
+        except OSError:
+            return
+        current = current.parent
+
+
+def open_store() -> ModelStore:
+    """The store the settings describe, with the bundled model recorded in it."""
+    from homeport import config
+    from homeport.store.bundled import bundled_model
+
+    store = ModelStore(config.models_dir(), config.extra_store_dirs(),
+                       bundled_model(config.data_dir() / "cache"))
+    store.ensure_bundled()
+    return store
