@@ -156,6 +156,10 @@ class Generation:
                     if self._parser.tool_calls:
                         yield Output(tool_calls=tuple(self._parser.tool_calls))
                     stats = event.stats
+                    log.info(
+                        "%s: %d prompt tokens (%d from cache) in %.2fs, %d generated in %.2fs, %s",
+                        self._runner.name, stats.prompt_tokens, stats.prompt_cached,
+                        stats.prompt_seconds, stats.generated, stats.eval_seconds, event.reason)
                     yield Done(
                         reason=event.reason,
                         timings=Timings(
