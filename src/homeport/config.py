@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -121,6 +122,15 @@ def _path_list(raw: str) -> tuple[Path, ...]:
     return tuple(Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip())
 
 
+def _boolean(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _log_level(raw: str) -> str:
     if raw.lower() in ("1", "true", "debug"):
         return "DEBUG"
@@ -204,11 +214,53 @@ EXTRA_STORES: Setting[tuple[Path, ...]] = _register(Setting(
     "(default ~/.ollama/models and /usr/share/ollama/.ollama/models)",
 ))
 
+# --- who may connect (homeport.net) -----------------------------------------------------------
+
+POLICY = _register(Setting(
+    ("HOMEPORT_POLICY",), Path(""), lambda raw: Path(raw).expanduser(),
+    "The access policy (TOML): who may connect, which models, limits (default <config dir>/policy.toml)",
+))
+TAILSCALED_SOCKET = _register(Setting(
+    ("HOMEPORT_TAILSCALED_SOCKET",), Path(""), lambda raw: Path(raw).expanduser(),
+    "tailscaled's LocalAPI socket, asked who each peer is "
+    "(default /var/run/tailscale/tailscaled.sock; macOS /var/run/tailscaled.socket)",
+))
+TAILSCALE_INTERFACE = _register(Setting(
+    ("HOMEPORT_TAILSCALE_INTERFACE",), "tailscale0", str,
+    "Interface whose tailnet addresses `serve --tailnet` binds when tailscaled cannot say "
+    "(default tailscale0)",
+))
+TAILNET_WAIT = _register(Setting(
+    ("HOMEPORT_TAILNET_WAIT",), 0.0, lambda raw: max(0.0, parse_go_duration(raw)),
+    "How long `serve --tailnet` waits for the tailnet to come up (default 0: for ever)",
+))
+AUDIT = _register(Setting(
+    ("HOMEPORT_AUDIT",), True, _boolean,
+    "Write one JSON line per request to <data dir>/audit/audit.jsonl (default true)",
+))
+AUDIT_CONTENT = _register(Setting(
+    ("HOMEPORT_AUDIT_CONTENT",), False, _boolean,
+    "Also write prompt and answer text to the audit log (default false)",
+))
+AUDIT_MAX_BYTES = _register(Setting(
+    ("HOMEPORT_AUDIT_MAX_BYTES",), 10 * 1024**2, _byte_size,
+    "Size at which the audit log is rotated (default 10MiB)",
+    shown_default="10MiB",
+))
+AUDIT_BACKUPS = _register(Setting(
+    ("HOMEPORT_AUDIT_BACKUPS",), 5, _non_negative_int,
+    "Rotated audit files kept (default 5)",
+))
+
 # --- the client side --------------------------------------------------------------------------
 
 ENDPOINT = _register(Setting(
     ("OLLAMA_ENDPOINT",), "", str,
     "The server the client commands talk to (default http://localhost:11434)",
+))
+TOKEN = _register(Setting(
+    ("HOMEPORT_TOKEN",), "", str,
+    "A homeport token the client commands send as `Authorization: Bearer` (default none)",
 ))
 
 
@@ -238,6 +290,31 @@ def extra_store_dirs() -> tuple[Path, ...]:
     if env_value("HOMEPORT_EXTRA_STORES") == "" and "HOMEPORT_EXTRA_STORES" in os.environ:
         return ()  # set but empty: the caller wants none
     return (Path.home() / ".ollama" / "models", Path("/usr/share/ollama/.ollama/models"))
+
+
+def policy_file() -> tuple[Path, bool]:
+    """The policy file, and whether it was named explicitly (then it must exist)."""
+    configured, source = POLICY.lookup()
+    if source != "default" and str(configured) not in ("", "."):
+        return configured, True
+    return config_dir() / "policy.toml", False
+
+
+def tailscaled_socket() -> Path:
+    configured = TAILSCALED_SOCKET.get()
+    if str(configured) not in ("", "."):
+        return configured
+    if sys.platform == "darwin":
+        return Path("/var/run/tailscaled.socket")
+    return Path("/var/run/tailscale/tailscaled.sock")
+
+
+def tokens_file() -> Path:
+    return data_dir() / "tokens.json"
+
+
+def audit_dir() -> Path:
+    return data_dir() / "audit"
 
 
 def config_file() -> Path:
@@ -359,15 +436,21 @@ class Endpoint:
 def resolve_endpoint(explicit: str | None = None) -> Endpoint:
     """The client's server: --endpoint, OLLAMA_ENDPOINT, OLLAMA_HOST, config file, default."""
     if explicit:
-        return Endpoint(_endpoint_url(explicit), "--endpoint")
+        return Endpoint(_endpoint_url(explicit), "--endpoint", _auth_headers())
     for name in ("OLLAMA_ENDPOINT", "OLLAMA_HOST"):
         raw = env_value(name)
         if raw:
-            return Endpoint(_endpoint_url(raw), name)
+            return Endpoint(_endpoint_url(raw), name, _auth_headers())
     configured = read_config_file().get("endpoint")
     if isinstance(configured, str) and configured.strip():
-        return Endpoint(_endpoint_url(configured), f"{config_file()} (endpoint)")
-    return Endpoint(DEFAULT_ENDPOINT, "default")
+        return Endpoint(_endpoint_url(configured), f"{config_file()} (endpoint)", _auth_headers())
+    return Endpoint(DEFAULT_ENDPOINT, "default", _auth_headers())
+
+
+def _auth_headers() -> dict[str, str]:
+    """The bearer token header when HOMEPORT_TOKEN is set (servers outside the tailnet need one)."""
+    token = TOKEN.get()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _endpoint_url(raw: str) -> str:

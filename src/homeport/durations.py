@@ -47,3 +47,23 @@ def parse_go_duration(text: str) -> float:
 def normalize_keep_alive(seconds: float) -> float:
     """Negative means forever (math.inf); zero means unload as soon as possible."""
     return FOREVER if seconds < 0 else seconds
+
+
+_DAYS = re.compile(r"(\d+)\s*([dw])")
+
+
+def parse_span(text: str) -> float:
+    """A span of time people type for expiries and reports: "30d", "2w", "12h", "90m", "1h30m"."""
+    stripped = text.strip().lower()
+    match = _DAYS.fullmatch(stripped)
+    if match is not None:
+        days = int(match.group(1)) * (7 if match.group(2) == "w" else 1)
+        return days * 86400.0
+    hint = f'"{text}" is not a span of time such as 30d, 2w, 12h or 90m'
+    try:
+        seconds = parse_go_duration(stripped)
+    except ValueError:
+        raise ValueError(hint) from None
+    if seconds <= 0:
+        raise ValueError(hint)
+    return seconds

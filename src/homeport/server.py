@@ -1,16 +1,32 @@
-"""Building and running the server process: settings → store → engine → app → uvicorn."""
+"""Building and running the server process: settings → binding → store → engine → guarded app →
+uvicorn."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import uvicorn
+from starlette.middleware import Middleware
 
 from homeport import __version__, config
 from homeport.api.app import AppParts, create_app
 from homeport.engine.manager import ManagerSettings
 from homeport.engine.service import Engine, EngineSettings
+from homeport.net.binding import (
+    Binding,
+    TailnetSight,
+    bind_address,
+    bind_tailnet,
+    look_for_tailnet,
+    open_unix,
+)
+from homeport.net.connection import MemoH11Protocol
+from homeport.net.gate import Gate, PolicySource
+from homeport.net.guard import Guard
+from homeport.net.policy import Policy, describe
+from homeport.net.tokens import TokenChecker, TokenStore
 from homeport.store.store import open_store
 
 log = logging.getLogger("homeport")
@@ -24,6 +40,8 @@ def setup_logging() -> None:
         datefmt="%Y-%m-%dT%H:%M:%S",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO; the LocalAPI is asked once per connection.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def engine_settings() -> EngineSettings:
@@ -47,25 +65,63 @@ def build_parts() -> AppParts:
                     max_body_bytes=config.MAX_BODY_BYTES.get())
 
 
-def audience(address: config.HostAddress) -> str:
-    """Who can reach a server bound to ``address``, said plainly for the startup banner."""
-    if config.is_loopback_host(address.host):
-        return "only this machine (loopback)"
-    return f"anyone who can reach {address.host} on port {address.port}"
+def who_may_connect(policy: Policy, tokens: int) -> str:
+    """The identities a policy and the token file let in, for the banner."""
+    who = describe(policy)
+    if tokens:
+        who += f", and {tokens} token holder{'s' if tokens != 1 else ''}"
+    return who
 
 
-def run_server(address: config.HostAddress) -> None:
+def bind(address: config.HostAddress, *, tailnet: bool, expose: bool, policy: Policy,
+         tokens: int) -> Binding:
+    """Listening sockets for ``serve``, refusing any address wider than loopback or the tailnet
+    unless authentication is configured and ``--expose`` is given."""
+    who = who_may_connect(policy, tokens)
+    if tailnet:
+        binding = bind_tailnet(address.port, config.tailscaled_socket(),
+                               config.TAILSCALE_INTERFACE.get(), config.TAILNET_WAIT.get(), who)
+    else:
+        sight = TailnetSight()
+        if not config.is_loopback_host(address.host):
+            sight = look_for_tailnet(config.tailscaled_socket(), config.TAILSCALE_INTERFACE.get())
+        binding = bind_address(address, expose=expose,
+                               authenticated=policy.has_file or tokens > 0, tailnet=sight,
+                               who=who)
+    if policy.proxy is not None and policy.proxy.startswith("unix:"):
+        path = Path(policy.proxy[5:])
+        binding.sockets.append(open_unix(path))
+        binding.unix_path = path
+        binding.shown.append(f"unix:{path} (for tailscale serve)")
+    return binding
+
+
+def run_server(address: config.HostAddress, tailnet: bool = False, expose: bool = False) -> None:
     setup_logging()
-    parts = build_parts()
-    app = create_app(parts)
-    log.info("homeport %s listening on %s:%d: reachable by %s", __version__, address.host,
-             address.port, audience(address))
-    for names, value, _ in config.describe_settings():
-        log.debug("setting %s = %s", names, value)
-    models = [record.name.display for record in parts.store.list_models()]
-    log.info("models: %s", ", ".join(models) or "none (pull one with `homeport pull NAME`)")
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=address.host, port=address.port, http="h11", lifespan="on",
-        log_level="warning", timeout_graceful_shutdown=5, access_log=False,
-    ))
-    server.run()
+    policy = PolicySource.configured().load()
+    tokens = TokenChecker(TokenStore(config.tokens_file())).active_count()
+    binding = bind(address, tailnet=tailnet, expose=expose, policy=policy, tokens=tokens)
+    try:
+        parts = build_parts()
+        gate = Gate.from_settings(policy, bind_host=address.host)
+        parts.middleware.append(Middleware(Guard, gate=gate))
+        parts.on_startup.append(gate.start)
+        parts.on_shutdown.append(gate.close)
+        app = create_app(parts)
+        log.info("homeport %s listening on %s: reachable by %s", __version__,
+                 ", ".join(binding.shown), binding.audience)
+        log.info("policy: %s", policy.source)
+        for names, value, _ in config.describe_settings():
+            log.debug("setting %s = %s", names, value)
+        models = [record.name.display for record in parts.store.list_models()]
+        log.info("models: %s", ", ".join(models) or "none (pull one with `homeport pull NAME`)")
+        server = uvicorn.Server(uvicorn.Config(
+            app, http=MemoH11Protocol, lifespan="on", log_level="warning",
+            timeout_graceful_shutdown=5, access_log=False,
+            # uvicorn would otherwise believe X-Forwarded-For from loopback and hand the guard a
+            # client address any local process can forge; proxies are the guard's business.
+            proxy_headers=False,
+        ))
+        server.run(sockets=binding.sockets)
+    finally:
+        binding.close()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -83,7 +84,15 @@ class AppParts:
     max_body_bytes: int
     middleware: list[Middleware] = field(default_factory=list)
     routes: list[BaseRoute] = field(default_factory=list)
-    on_startup: list[Callable[[], None]] = field(default_factory=list)
+    on_startup: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
+    on_shutdown: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
+
+
+async def _run_hooks(hooks: list[Callable[[], Awaitable[None] | None]]) -> None:
+    for hook in hooks:
+        result = hook()
+        if inspect.isawaitable(result):
+            await result
 
 
 def create_app(parts: AppParts) -> Starlette:
@@ -92,12 +101,12 @@ def create_app(parts: AppParts) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await parts.engine.start()
-        for hook in parts.on_startup:
-            hook()
+        await _run_hooks(parts.on_startup)
         try:
             yield
         finally:
             await parts.engine.close()
+            await _run_hooks(parts.on_shutdown)
 
     # Order, outermost first: paths are normalised before anything looks at them, then counted,
     # then the guard (when configured) decides who may continue.

@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from homeport.api.access import check_model
 from homeport.engine.parsing import ToolCall
 from homeport.engine.service import Engine
 from homeport.errors import BadRequestError
@@ -29,11 +30,13 @@ def state_of(request: Request) -> AppState:
     return state
 
 
-def resolve_model(state: AppState, name: str) -> ModelRecord:
-    """The record for ``name``: 400 when missing or invalid, 404 when not in the store."""
+def resolve_model(request: Request, name: str) -> ModelRecord:
+    """The record for ``name``: 400 when missing or invalid, 403 when the caller may not use it,
+    404 when not in the store. Every route finds its model here."""
     if not name:
         raise BadRequestError("model is required")
-    return state.store.resolve(name)
+    check_model(request, name)
+    return state_of(request).store.resolve(name)
 
 
 def rfc3339(moment: datetime | None = None) -> str:

@@ -18,6 +18,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from homeport.api import schemas
+from homeport.api.access import (
+    MeteredGeneration,
+    capped_options,
+    may_use,
+    note_embedding_tokens,
+    start_generation,
+    visible,
+)
 from homeport.api.body import read_json
 from homeport.api.common import (
     OLLAMA_COMPAT_VERSION,
@@ -33,7 +41,6 @@ from homeport.api.streaming import NDJSON, StreamResponse, cancel_on_disconnect,
 from homeport.engine.service import (
     ChatMessage,
     Done,
-    Generation,
     GenerationInput,
     Output,
     capabilities,
@@ -83,7 +90,7 @@ def _tools(tools: list[schemas.Tool] | None) -> list[dict[str, Any]] | None:
     return [tool.model_dump(exclude_none=True) for tool in tools] if tools else None
 
 
-async def _collect(generation: Generation) -> tuple[str, str, list[dict[str, Any]], Done]:
+async def _collect(generation: MeteredGeneration) -> tuple[str, str, list[dict[str, Any]], Done]:
     content: list[str] = []
     thinking: list[str] = []
     calls: list[dict[str, Any]] = []
@@ -99,8 +106,8 @@ async def _collect(generation: Generation) -> tuple[str, str, list[dict[str, Any
     return "".join(content), "".join(thinking), calls, done
 
 
-async def _ndjson(generation: Generation, encode: Callable[[Output | Done], dict[str, Any]],
-                  ) -> AsyncIterator[bytes]:
+async def _ndjson(generation: MeteredGeneration,
+                  encode: Callable[[Output | Done], dict[str, Any]]) -> AsyncIterator[bytes]:
     try:
         async for event in generation.events():
             yield ndjson_line(encode(event))
@@ -108,12 +115,6 @@ async def _ndjson(generation: Generation, encode: Callable[[Output | Done], dict
         yield ndjson_line({"error": exc.message})
     finally:
         await generation.close()
-
-
-async def _start(request: Request, generation_input: GenerationInput) -> Generation:
-    engine = state_of(request).engine
-    return await cancel_on_disconnect(request.receive,
-                                      engine.start_generation(generation_input))
 
 
 # --- /api/chat -----------------------------------------------------------------------------------
@@ -132,18 +133,18 @@ def _chat_message(content: str, thinking: str = "",
 async def chat(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, schemas.ChatRequest, state.max_body_bytes)
-    record = resolve_model(state, body.model)
+    record = resolve_model(request, body.model)
     name = body.model
 
     def envelope(**fields: Any) -> dict[str, Any]:
         return {"model": name, "created_at": rfc3339(), **fields}
 
     if not body.messages:
-        done = await cancel_on_disconnect(
-            request.receive, state.engine.load(record, body.options, body.keep_alive))
+        done = await cancel_on_disconnect(request.receive, state.engine.load(
+            record, capped_options(request, record, body.options), body.keep_alive))
         return JSONResponse(envelope(message=_chat_message(""), done_reason=done.reason,
                                      done=True))
-    generation = await _start(request, GenerationInput(
+    generation = await start_generation(request, GenerationInput(
         record=record, options=body.options, keep_alive=body.keep_alive,
         messages=[to_chat_message(message) for message in body.messages],
         tools=_tools(body.tools), think=body.think, format=body.format,
@@ -173,17 +174,17 @@ async def generate(request: Request) -> Response:
     body = await read_json(request, schemas.GenerateRequest, state.max_body_bytes)
     if body.raw and (body.template or body.system or body.context):
         raise BadRequestError("raw mode does not support template, system, or context")
-    record = resolve_model(state, body.model)
+    record = resolve_model(request, body.model)
     name = body.model
 
     def envelope(**fields: Any) -> dict[str, Any]:
         return {"model": name, "created_at": rfc3339(), **fields}
 
     if not body.prompt and not body.suffix and not body.context:
-        done = await cancel_on_disconnect(
-            request.receive, state.engine.load(record, body.options, body.keep_alive))
+        done = await cancel_on_disconnect(request.receive, state.engine.load(
+            record, capped_options(request, record, body.options), body.keep_alive))
         return JSONResponse(envelope(response="", done=True, done_reason=done.reason))
-    generation = await _start(request, GenerationInput(
+    generation = await start_generation(request, GenerationInput(
         record=record, options=body.options, keep_alive=body.keep_alive, prompt=body.prompt,
         system=body.system, suffix=body.suffix, raw=body.raw, context=body.context,
         think=body.think, format=body.format, truncate=body.truncate is not False,
@@ -220,19 +221,21 @@ async def generate(request: Request) -> Response:
 async def embed(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, schemas.EmbedRequest, state.max_body_bytes)
-    record = resolve_model(state, body.model)
+    record = resolve_model(request, body.model)
+    options = capped_options(request, record, body.options)
     inputs = [body.input] if isinstance(body.input, str) else body.input
     if inputs == [""]:
         inputs = []
     if not inputs:
-        done = await state.engine.load(record, body.options, body.keep_alive)
+        done = await state.engine.load(record, options, body.keep_alive)
         return JSONResponse({"model": body.model, "embeddings": [],
                              "load_duration": nanoseconds(done.timings.load)})
     started = time.perf_counter()
     vectors, tokens, load_seconds = await cancel_on_disconnect(
         request.receive, state.engine.embed(
-            record, inputs, truncate=body.truncate is not False, options=body.options,
+            record, inputs, truncate=body.truncate is not False, options=options,
             keep_alive=body.keep_alive))
+    note_embedding_tokens(request, tokens)
     return JSONResponse({
         "model": body.model,
         "embeddings": [l2_normalize(vector, body.dimensions) for vector in vectors],
@@ -246,12 +249,14 @@ async def embeddings(request: Request) -> Response:
     """The legacy endpoint: one prompt, one un-normalised vector."""
     state = state_of(request)
     body = await read_json(request, schemas.EmbeddingsRequest, state.max_body_bytes)
-    record = resolve_model(state, body.model)
+    record = resolve_model(request, body.model)
+    options = capped_options(request, record, body.options)
     if not body.prompt:
-        await state.engine.load(record, body.options, body.keep_alive)
+        await state.engine.load(record, options, body.keep_alive)
         return JSONResponse({"embedding": []})
-    vectors, _, _ = await cancel_on_disconnect(request.receive, state.engine.embed(
-        record, [body.prompt], truncate=True, options=body.options, keep_alive=body.keep_alive))
+    vectors, tokens, _ = await cancel_on_disconnect(request.receive, state.engine.embed(
+        record, [body.prompt], truncate=True, options=options, keep_alive=body.keep_alive))
+    note_embedding_tokens(request, tokens)
     return JSONResponse({"embedding": vectors[0]})
 
 
@@ -269,7 +274,7 @@ async def version(request: Request) -> Response:
 
 
 async def tags(request: Request) -> Response:
-    records = state_of(request).store.list_models()
+    records = visible(request, state_of(request).store.list_models())
     records.sort(key=lambda record: record.modified_at, reverse=True)
     return JSONResponse({"models": [model_summary(record) for record in records]})
 
@@ -278,6 +283,8 @@ async def ps(request: Request) -> Response:
     manager = state_of(request).engine.manager
     models = []
     for runner in manager.runners:
+        if not may_use(request, runner.record):
+            continue
         entry = model_summary(runner.record)
         entry.update(
             size=runner.size,
@@ -316,7 +323,7 @@ def _modelfile(record: ModelRecord, template: str) -> str:
 async def show(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, schemas.ShowRequest, state.max_body_bytes)
-    record = resolve_model(state, body.model or body.name)
+    record = resolve_model(request, body.model or body.name)
     template = record.template or record.gguf.chat_template or ""
     response: dict[str, Any] = {
         "license": "\n".join(record.license) or record.gguf.metadata.get("general.license", ""),
@@ -348,7 +355,7 @@ async def delete(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, schemas.DeleteRequest, state.max_body_bytes)
     name = body.model or body.name
-    resolve_model(state, name)
+    resolve_model(request, name)
     state.store.delete(name)
     return Response(status_code=200)
 

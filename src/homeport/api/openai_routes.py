@@ -21,6 +21,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from homeport.api import schemas
+from homeport.api.access import (
+    MeteredGeneration,
+    capped_options,
+    note_embedding_tokens,
+    start_generation,
+    visible,
+)
 from homeport.api.body import read_json
 from homeport.api.common import AppState, resolve_model, state_of, tool_call_id
 from homeport.api.errors import openai_error_body
@@ -29,7 +36,6 @@ from homeport.engine.parsing import ToolCall
 from homeport.engine.service import (
     ChatMessage,
     Done,
-    Generation,
     GenerationInput,
     Output,
     l2_normalize,
@@ -144,7 +150,7 @@ def _openai_tool_calls(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
             for call in calls]
 
 
-async def _sse(generation: Generation, encode: Any, include_usage: bool,
+async def _sse(generation: MeteredGeneration, encode: Any, include_usage: bool,
                usage_chunk: Any) -> AsyncIterator[bytes]:
     try:
         async for event in generation.events():
@@ -159,21 +165,16 @@ async def _sse(generation: Generation, encode: Any, include_usage: bool,
         await generation.close()
 
 
-async def _run(request: Request, generation_input: GenerationInput) -> Generation:
-    return await cancel_on_disconnect(
-        request.receive, state_of(request).engine.start_generation(generation_input))
-
-
 # --- /v1/chat/completions ------------------------------------------------------------------------
 
 
 async def chat_completions(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, schemas.OpenAIChatRequest, state.max_body_bytes)
-    record = resolve_model(state, body.model)
+    record = resolve_model(request, body.model)
     if not body.messages:
         raise BadRequestError("[] is too short - 'messages'")
-    generation = await _run(request, GenerationInput(
+    generation = await start_generation(request, GenerationInput(
         record=record,
         options=_options(body, body.max_completion_tokens or body.max_tokens),
         messages=_messages(body.messages),
@@ -245,9 +246,9 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, schemas.OpenAICompletionRequest, state.max_body_bytes)
-    record = resolve_model(state, body.model)
+    record = resolve_model(request, body.model)
     prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt)
-    generation = await _run(request, GenerationInput(
+    generation = await start_generation(request, GenerationInput(
         record=record, options=_options(body, body.max_tokens), prompt=prompt, raw=True,
         suffix=body.suffix))
     completion_id = f"cmpl-{secrets.token_hex(6)}"
@@ -297,7 +298,7 @@ def _model_object(state: AppState, name: str, modified: float) -> dict[str, Any]
 
 async def list_models(request: Request) -> Response:
     state = state_of(request)
-    records = state.store.list_models()
+    records = visible(request, state.store.list_models())
     data = [_model_object(state, r.name.display, r.modified_at.timestamp()) for r in records]
     return JSONResponse({"object": "list", "data": data})
 
@@ -306,7 +307,7 @@ async def get_model(request: Request) -> Response:
     state = state_of(request)
     name = request.path_params["model"]
     try:
-        record = resolve_model(state, name)
+        record = resolve_model(request, name)
     except ModelNotFoundError:
         raise ModelNotFoundError(name, hint="") from None
     return JSONResponse(_model_object(state, name, record.modified_at.timestamp()))
@@ -321,12 +322,14 @@ def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
 async def create_embeddings(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, schemas.OpenAIEmbeddingRequest, state.max_body_bytes)
-    record = resolve_model(state, body.model)
+    record = resolve_model(request, body.model)
     inputs = [body.input] if isinstance(body.input, str) else body.input
     if not inputs or any(text == "" for text in inputs):
         raise BadRequestError("input must be a non-empty string or a list of non-empty strings")
     vectors, tokens, _ = await cancel_on_disconnect(request.receive, state.engine.embed(
-        record, inputs, truncate=True, options=None, keep_alive=None))
+        record, inputs, truncate=True, options=capped_options(request, record, None),
+        keep_alive=None))
+    note_embedding_tokens(request, tokens)
     data = [{"object": "embedding", "index": index,
              "embedding": _encode_vector(l2_normalize(vector, body.dimensions),
                                          body.encoding_format)}

@@ -1,8 +1,9 @@
 """The ``homeport`` command: one click group, one module per group of subcommands.
 
 Only ``serve`` imports server code. Every other command talks to a server through
-``homeport.client``. Expected failures (``HomeportError``) print one line and exit 1; anything else
-is a bug and keeps its traceback.
+``homeport.client``, except ``token`` and ``audit``, which manage the server's own files on its
+machine. Expected failures (``HomeportError``) print one line and exit 1; anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ def main() -> None:
 
 
 def _register() -> None:
-    from homeport.cli import models, serve
+    from homeport.cli import audit, models, serve, token
 
     main.add_command(serve.serve)
     for command in models.commands:
         main.add_command(command)
+    main.add_command(token.token)
+    main.add_command(audit.audit)
 
 
 _register()

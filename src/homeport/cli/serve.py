@@ -20,10 +20,21 @@ def _settings_help() -> str:
 @click.command(epilog=_settings_help())
 @click.option("--host", "host", default=None,
               help="Address to bind, [scheme://]host[:port] (overrides HOMEPORT_HOST/OLLAMA_HOST).")
-def serve(host: str | None) -> None:
-    """Start the model server (Ollama and OpenAI APIs on port 11434)."""
+@click.option("--tailnet", is_flag=True,
+              help="Listen on this machine's tailnet addresses (and loopback), waiting for the "
+                   "tailnet to come up; only the port of --host is used.")
+@click.option("--expose", is_flag=True,
+              help="Allow an address beyond loopback and the tailnet (such as 0.0.0.0); needs a "
+                   "token or a policy file first.")
+def serve(host: str | None, tailnet: bool, expose: bool) -> None:
+    """Start the model server (Ollama and OpenAI APIs on port 11434).
+
+    It listens on loopback unless told otherwise, and always says who can reach it. Callers other
+    than this machine are identified by tailscaled (whois) or by a token, and allowed only what
+    the policy file grants them.
+    """
     from homeport.server import run_server
 
     address = config.parse_host(host) if host else config.bind_address()
     logging.getLogger(__name__).debug("binding %s", address)
-    run_server(address)
+    run_server(address, tailnet=tailnet, expose=expose)

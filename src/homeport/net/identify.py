@@ -1,0 +1,198 @@
+"""Deciding who sent a request: the machine itself, a tailnet identity, a token, or nobody we know.
+
+In order:
+1. A homeport token (``Authorization: Bearer homeport_…``) names its holder, wherever they are.
+   Other bearer values (OpenAI clients must send some key) are ignored for callers known otherwise.
+2. A Funnel request (``Tailscale-Funnel-Request``) comes from the internet: token or nothing.
+3. A request from the configured ``tailscale serve`` proxy that forwards a client: whois of
+   ``X-Forwarded-For``, which the proxy's ``Tailscale-User-Login`` must agree with.
+4. This machine (loopback or one of its own addresses) is the owner, unless tailscaled runs in
+   userspace mode, where tailnet peers also arrive from 127.0.0.1: whois says which they are.
+   A loopback request that a proxy forwarded, from a proxy the policy does not name, is refused.
+5. Anyone else: whois of the peer's full ip:port, answered once per connection; no answer denies.
+"""
+
+from __future__ import annotations
+
+import email.header
+import logging
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import Headers
+
+from homeport.errors import ForbiddenError, UnauthorizedError
+from homeport.net.addresses import format_host_port, parse_ip
+from homeport.net.caller import LOCAL, Caller, CallerKind, RequestRecord
+from homeport.net.connection import ConnectionMemo
+from homeport.net.localapi import LocalAPI, LocalAPIError, WhoIs
+from homeport.net.machine import MachineView
+from homeport.net.policy import Policy
+from homeport.net.tokens import TokenChecker, looks_like_token
+
+log = logging.getLogger(__name__)
+
+# Identity headers a client may try to forge; removed before any route sees the request.
+IDENTITY_HEADERS = frozenset({
+    b"tailscale-user-login", b"tailscale-user-name", b"tailscale-user-profile-pic",
+    b"tailscale-app-capabilities", b"x-webauth-user", b"x-webauth-name", b"x-webauth-email",
+})
+_TOKEN_HOW = ("send `Authorization: Bearer <token>` with a token created on the server by "
+              "`homeport token create NAME`")
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the guard reads from the ASGI scope."""
+
+    client: tuple[str, int] | None
+    server: tuple[str, int | None] | None
+    headers: Headers
+
+    @classmethod
+    def of(cls, scope: MutableMapping[str, Any]) -> RequestFacts:
+        client = scope.get("client")
+        server = scope.get("server")
+        return cls((str(client[0]), int(client[1])) if client else None,
+                   (str(server[0]), server[1]) if server else None,
+                   Headers(scope=scope))
+
+    @property
+    def bearer(self) -> str:
+        scheme, _, value = self.headers.get("authorization", "").partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else ""
+
+    @property
+    def forwarded_for(self) -> str:
+        """The client a proxy forwarded for: the last X-Forwarded-For entry, the one it added."""
+        values = ",".join(self.headers.getlist("x-forwarded-for"))
+        entries = [part.strip() for part in values.split(",") if part.strip()]
+        return entries[-1] if entries else ""
+
+    @property
+    def forwarded(self) -> bool:
+        return any(name in self.headers for name in ("x-forwarded-for", "forwarded", "x-real-ip"))
+
+
+def _decoded(value: str) -> str:
+    """A header value that may be RFC 2047 encoded (as tailscale serve encodes names)."""
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (ValueError, LookupError):
+        return value
+
+
+class Identifier:
+    def __init__(self, localapi: LocalAPI, tokens: TokenChecker) -> None:
+        self.localapi = localapi
+        self.tokens = tokens
+
+    async def identify(self, facts: RequestFacts, policy: Policy, machine: MachineView,
+                       memo: ConnectionMemo | None, record: RequestRecord) -> Caller:
+        """The caller, or UnauthorizedError (401) / ForbiddenError (403) saying what to do."""
+        address = facts.client[0] if facts.client else ""
+        bearer = facts.bearer
+        if looks_like_token(bearer):
+            token = self.tokens.verify(bearer)
+            caller = Caller(kind="token", identity=f"token:{token.name}", address=address,
+                            grant=policy.token_grant(token.name, token.models, token.admin))
+            record.note_caller(caller)
+            return caller
+        if "tailscale-funnel-request" in facts.headers:
+            record.via = "funnel"
+            raise UnauthorizedError(f"requests through Tailscale Funnel (from the internet) need "
+                                    f"a token: {_TOKEN_HOW}")
+        if self._from_proxy(facts, policy):
+            if facts.forwarded_for:
+                return await self._proxied(facts, policy, machine, memo, record)
+            return self._local(record)
+        if facts.client is None:
+            return self._local(record)  # a Unix socket: only local processes can connect
+        peer = parse_ip(facts.client[0])
+        if peer is None:
+            raise ForbiddenError("the peer's address could not be read; denied")
+        if machine.is_own_address(peer):
+            if peer.is_loopback and facts.forwarded:
+                raise ForbiddenError(
+                    "this request was forwarded by a proxy on this machine (tailscale serve?) "
+                    "that the policy does not name, so its caller is unknown; name it with "
+                    '[serve] proxy = "127.0.0.1" in the policy file (HOMEPORT_POLICY)')
+            if not (peer.is_loopback and machine.userspace):
+                return self._local(record)
+        whois = await self._whois(format_host_port(peer, facts.client[1]), memo,
+                                  tolerate_absent=peer.is_loopback)
+        if whois is None:
+            if peer.is_loopback:
+                return self._local(record)  # tailscaled did not forward it: a local process
+            record.identity = "unknown"
+            if bearer:
+                raise UnauthorizedError(f"invalid token: {_TOKEN_HOW}")
+            raise UnauthorizedError(f"this server answers its tailnet, and others only with a "
+                                    f"token: {_TOKEN_HOW}")
+        return self._tailnet(whois, "tailnet", policy, machine, record, address)
+
+    @staticmethod
+    def _local(record: RequestRecord) -> Caller:
+        record.note_caller(LOCAL)
+        return LOCAL
+
+    @staticmethod
+    def _from_proxy(facts: RequestFacts, policy: Policy) -> bool:
+        if policy.proxy is None:
+            return False
+        if policy.proxy.startswith("unix:"):
+            return (facts.client is None and facts.server is not None
+                    and facts.server[1] is None and facts.server[0] == policy.proxy[5:])
+        return facts.client is not None and parse_ip(facts.client[0]) == parse_ip(policy.proxy)
+
+    async def _proxied(self, facts: RequestFacts, policy: Policy, machine: MachineView,
+                       memo: ConnectionMemo | None, record: RequestRecord) -> Caller:
+        forwarded = parse_ip(facts.forwarded_for)
+        if forwarded is None:
+            raise ForbiddenError("the proxy sent an unreadable X-Forwarded-For; denied")
+        whois = await self._whois(str(forwarded), memo, tolerate_absent=False)
+        if whois is None:
+            record.identity = "unknown"
+            raise UnauthorizedError(f"the proxy forwarded a caller who is not on your tailnet: "
+                                    f"{_TOKEN_HOW}")
+        claimed = facts.headers.get("tailscale-user-login")
+        if claimed is not None and _decoded(claimed).lower() != whois.UserProfile.LoginName.lower():
+            record.identity = whois.UserProfile.LoginName
+            raise ForbiddenError("the proxy's Tailscale-User-Login does not match what tailscaled "
+                                 "says about the forwarded address; denied")
+        return self._tailnet(whois, "proxy", policy, machine, record, str(forwarded))
+
+    async def _whois(self, address: str, memo: ConnectionMemo | None,
+                     tolerate_absent: bool) -> WhoIs | None:
+        if memo is not None and address in memo.whois:
+            return memo.whois[address]
+        try:
+            answer = await self.localapi.whois(address)
+        except LocalAPIError as exc:
+            if tolerate_absent and exc.unreachable:
+                return None  # no tailscaled, so nothing was forwarded from the tailnet
+            log.warning("whois %s failed: %s", address, exc.message)
+            raise ForbiddenError(f"could not confirm who you are ({exc.message}); access is "
+                                 "denied until tailscaled answers") from None
+        if memo is not None:
+            memo.remember(address, answer)
+        return answer
+
+    @staticmethod
+    def _tailnet(whois: WhoIs, kind: CallerKind, policy: Policy, machine: MachineView,
+                 record: RequestRecord, address: str) -> Caller:
+        identity = ",".join(whois.tags) if whois.tags else (
+            whois.UserProfile.LoginName or f"user {whois.UserProfile.ID}")
+        record.identity, record.node, record.via = identity, whois.node_name, kind
+        grant = policy.grant_for(whois, machine.owner_user_id)
+        return Caller(kind=kind, identity=identity, node=whois.node_name, address=address,
+                      grant=grant)
+
+
+def strip_identity_headers(scope: MutableMapping[str, Any]) -> None:
+    """Remove client-sent identity headers so nothing downstream can trust them by mistake."""
+    headers = scope.get("headers") or []
+    if any(name.lower() in IDENTITY_HEADERS for name, _ in headers):
+        scope["headers"] = [(name, value) for name, value in headers
+                            if name.lower() not in IDENTITY_HEADERS]
