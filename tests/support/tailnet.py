@@ -49,7 +49,7 @@ def parse_curl(output: str) -> Reply:
 @dataclass
 class TailnetServer:
     server: ServerProcess
-    fake: FakeTailscaled
+    fake: FakeTailscaled | None  # None: no tailscaled at all
     lab: Lab
     policy_path: Path
     listening_while_waiting: bool = False

@@ -120,8 +120,7 @@ class Identifier:
                     '[serve] proxy = "127.0.0.1" in the policy file (HOMEPORT_POLICY)')
             if not (peer.is_loopback and machine.userspace):
                 return self._local(record)
-        whois = await self._whois(format_host_port(peer, facts.client[1]), memo,
-                                  tolerate_absent=peer.is_loopback)
+        whois = await self._whois(format_host_port(peer, facts.client[1]), memo)
         if whois is None:
             if peer.is_loopback:
                 return self._local(record)  # tailscaled did not forward it: a local process
@@ -151,7 +150,7 @@ class Identifier:
         forwarded = parse_ip(facts.forwarded_for)
         if forwarded is None:
             raise ForbiddenError("the proxy sent an unreadable X-Forwarded-For; denied")
-        whois = await self._whois(str(forwarded), memo, tolerate_absent=False)
+        whois = await self._whois(str(forwarded), memo)
         if whois is None:
             record.identity = "unknown"
             raise UnauthorizedError(f"the proxy forwarded a caller who is not on your tailnet: "
@@ -163,15 +162,16 @@ class Identifier:
                                  "says about the forwarded address; denied")
         return self._tailnet(whois, "proxy", policy, machine, record, str(forwarded))
 
-    async def _whois(self, address: str, memo: ConnectionMemo | None,
-                     tolerate_absent: bool) -> WhoIs | None:
+    async def _whois(self, address: str, memo: ConnectionMemo | None) -> WhoIs | None:
+        """Who tailscaled says has ``address``; None when nobody (404), or when no tailscaled runs
+        (then nobody can be on the tailnet, and only a token can help: 401). Errors deny (403)."""
         if memo is not None and address in memo.whois:
             return memo.whois[address]
         try:
             answer = await self.localapi.whois(address)
         except LocalAPIError as exc:
-            if tolerate_absent and exc.unreachable:
-                return None  # no tailscaled, so nothing was forwarded from the tailnet
+            if exc.unreachable:
+                return None
             log.warning("whois %s failed: %s", address, exc.message)
             raise ForbiddenError(f"could not confirm who you are ({exc.message}); access is "
                                  "denied until tailscaled answers") from None

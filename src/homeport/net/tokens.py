@@ -127,7 +127,7 @@ class TokenStore:
         now = datetime.now(UTC).replace(microsecond=0)
         expires = now + timedelta(seconds=lifetime) if lifetime else None
         token = Token(name, digest(secret), models, admin, now, expires)
-        self._write([*[t for t in existing if t.name != name], token])
+        self._write([*existing, token])  # revoked and expired ones stay, for `token list`
         return secret, token
 
     def revoke(self, name: str) -> Token:
