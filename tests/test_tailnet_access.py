@@ -24,7 +24,7 @@ from tests.conftest import MODEL
 from tests.support.fake_tailscaled import FakeTailscaled, Node
 from tests.support.netns import Lab, LabUnavailable
 from tests.support.server import ServerProcess
-from tests.support.tailnet import TailnetServer, audit_lines
+from tests.support.tailnet import TailnetServer, wait_for_audit
 
 CAPABILITY = "example.com/cap/homeport"
 
@@ -173,8 +173,7 @@ def test_an_allowed_user_streams_an_answer(tailnet: TailnetServer) -> None:
     # whois was asked with the peer's full ip:port
     assert any(re.fullmatch(rf"{re.escape(alice.ipv4)}:\d+", addr)
                for addr in whois_addresses(tailnet))
-    line = [entry for entry in audit_lines(tailnet.server.home)
-            if entry["route"] == "/api/chat" and entry["identity"] == "alice@example.com"][-1]
+    line = wait_for_audit(tailnet.server.home, route="/api/chat", identity="alice@example.com")
     assert line["node"] == "alice-laptop"
     assert line["via"] == "tailnet"
     assert line["model"] == MODEL
@@ -275,6 +274,18 @@ def test_forged_identity_headers_from_a_peer_are_ignored(tailnet: TailnetServer)
     assert tailnet.curl(stranger, tailnet.tailnet_url + "/api/tags", *forged).status == 401
 
 
+def test_whois_is_asked_once_per_connection(tailnet: TailnetServer) -> None:
+    alice = tailnet.lab.peers["alice"]
+    url = tailnet.tailnet_url + "/api/version"
+    before = len(tailnet.fake.whois_asked())
+    # one curl, three requests on one kept-alive connection
+    reply = tailnet.curl(alice, url, "-o", "/dev/null", url, "-o", "/dev/null", url)
+    assert reply.status == 200
+    assert len(tailnet.fake.whois_asked()) == before + 1
+    tailnet.curl(alice, url)  # a new connection is asked about again
+    assert len(tailnet.fake.whois_asked()) == before + 2
+
+
 def test_an_ipv6_tailnet_peer_is_identified_by_its_full_address(tailnet: TailnetServer) -> None:
     alice = tailnet.lab.peers["alice"]
     reply = tailnet.curl(alice, tailnet.tailnet_url6 + "/api/tags")
@@ -332,6 +343,10 @@ def test_admin_only_routes_are_refused_to_non_admins(tailnet: TailnetServer) -> 
                          ("POST", "/api/blobs/sha256:" + "0" * 64)):
         reply = tailnet.curl(alice, url + path, "-X", method, "-d", '{"model": "alice-copy:1"}')
         assert reply.status == 403, (path, reply.body)
+    tailnet.apply_policy('[[allow]]\nlogins = ["alice@example.com"]\nadmin = true\n'
+                         'models = ["alice-*"]\n')
+    # an admin still cannot copy a model outside her globs into a name inside them
+    assert tailnet.curl(alice, url + "/api/copy", "-d", copy).status == 403
     tailnet.apply_policy('[[allow]]\nlogins = ["alice@example.com"]\nadmin = true\n')
     assert tailnet.curl(alice, url + "/api/copy", "-d", copy).status == 200
     deleted = tailnet.curl(alice, url + "/api/delete", "-X", "DELETE",
@@ -466,9 +481,9 @@ def test_tailscale_serve_through_the_unix_socket_proxy(tailnet: TailnetServer) -
 
     assert through_serve(f"X-Forwarded-For: {alice.ipv4}",
                          "Tailscale-User-Login: alice@example.com") == 200
-    entry = [line for line in audit_lines(tailnet.server.home)
-             if line["route"] == "/api/show"][-1]
-    assert (entry["identity"], entry["via"]) == ("alice@example.com", "proxy")
+    entry = wait_for_audit(tailnet.server.home, route="/api/show", via="proxy")
+    assert entry["identity"] == "alice@example.com"
+    assert entry["address"] == ""  # it came over the Unix socket
     assert through_serve(f"X-Forwarded-For: {bob.ipv4}",
                          "Tailscale-User-Login: bob@example.com") == 403
     # a login that whois of the forwarded address does not confirm
@@ -502,6 +517,7 @@ def test_homeport_audit_summarises_who_used_what(tailnet: TailnetServer) -> None
     alice, bob = tailnet.lab.peers["alice"], tailnet.lab.peers["bob"]
     assert tailnet.ollama(alice, "show", MODEL)["status"] == 200
     assert tailnet.ollama(bob, "show", MODEL)["status"] == 403
+    wait_for_audit(tailnet.server.home, identity="bob@example.com", status=403)
     env = dict(tailnet.server.env)
     table = subprocess.run([sys.executable, "-m", "homeport", "audit", "--since", "1h"],
                            env={**env, "COLUMNS": "160"}, capture_output=True, text=True,

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import MODEL
 from tests.support.netns import Lab, LabUnavailable, Peer
 from tests.support.server import ServerProcess, isolated_env
-from tests.support.tailnet import TailnetServer, audit_lines
+from tests.support.tailnet import TailnetServer, wait_for_audit
 
 
 def homeport_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -89,9 +89,8 @@ def test_a_valid_token_lets_the_lan_stranger_in(lan: tuple[TailnetServer, dict[s
     assert result["status"] == 200, result
     assert result["done"] is True
     assert result["content"]
-    line = [entry for entry in audit_lines(served.server.home)
-            if entry["route"] == "/api/chat"][-1]
-    assert (line["identity"], line["via"], line["status"]) == ("token:ci", "token", 200)
+    line = wait_for_audit(served.server.home, route="/api/chat", identity="token:ci")
+    assert (line["via"], line["status"]) == ("token", 200)
     assert line["address"] == stranger(lan).ipv4
     # HOMEPORT_AUDIT_CONTENT is on for this server: prompt and answer are kept
     assert line["prompt"] == "Say hi."

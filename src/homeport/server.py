@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import uvicorn
 from starlette.middleware import Middleware
@@ -14,18 +13,10 @@ from homeport import __version__, config
 from homeport.api.app import AppParts, create_app
 from homeport.engine.manager import ManagerSettings
 from homeport.engine.service import Engine, EngineSettings
-from homeport.net.binding import (
-    Binding,
-    TailnetSight,
-    bind_address,
-    bind_tailnet,
-    look_for_tailnet,
-    open_unix,
-)
+from homeport.net.binding import bind
 from homeport.net.connection import MemoH11Protocol
 from homeport.net.gate import Gate, PolicySource
 from homeport.net.guard import Guard
-from homeport.net.policy import Policy, describe
 from homeport.net.tokens import TokenChecker, TokenStore
 from homeport.store.store import open_store
 
@@ -63,37 +54,6 @@ def build_parts() -> AppParts:
     store = open_store()
     return AppParts(store=store, engine=Engine(engine_settings()),
                     max_body_bytes=config.MAX_BODY_BYTES.get())
-
-
-def who_may_connect(policy: Policy, tokens: int) -> str:
-    """The identities a policy and the token file let in, for the banner."""
-    who = describe(policy)
-    if tokens:
-        who += f", and {tokens} token holder{'s' if tokens != 1 else ''}"
-    return who
-
-
-def bind(address: config.HostAddress, *, tailnet: bool, expose: bool, policy: Policy,
-         tokens: int) -> Binding:
-    """Listening sockets for ``serve``, refusing any address wider than loopback or the tailnet
-    unless authentication is configured and ``--expose`` is given."""
-    who = who_may_connect(policy, tokens)
-    if tailnet:
-        binding = bind_tailnet(address.port, config.tailscaled_socket(),
-                               config.TAILSCALE_INTERFACE.get(), config.TAILNET_WAIT.get(), who)
-    else:
-        sight = TailnetSight()
-        if not config.is_loopback_host(address.host):
-            sight = look_for_tailnet(config.tailscaled_socket(), config.TAILSCALE_INTERFACE.get())
-        binding = bind_address(address, expose=expose,
-                               authenticated=policy.has_file or tokens > 0, tailnet=sight,
-                               who=who)
-    if policy.proxy is not None and policy.proxy.startswith("unix:"):
-        path = Path(policy.proxy[5:])
-        binding.sockets.append(open_unix(path))
-        binding.unix_path = path
-        binding.shown.append(f"unix:{path} (for tailscale serve)")
-    return binding
 
 
 def run_server(address: config.HostAddress, tailnet: bool = False, expose: bool = False) -> None:

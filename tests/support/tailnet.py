@@ -108,3 +108,17 @@ def audit_lines(home: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for_audit(home: Path, **fields: Any) -> dict[str, Any]:
+    """The newest audit line with these field values; the line is written just after the response
+    is sent, so it may lag the client by a moment."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = [entry for entry in audit_lines(home)
+                 if all(entry.get(key) == value for key, value in fields.items())]
+        if found:
+            return found[-1]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no audit line with {fields}: {audit_lines(home)[-5:]}")
+        time.sleep(0.05)

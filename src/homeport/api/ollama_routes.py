@@ -21,6 +21,7 @@ from homeport.api import schemas
 from homeport.api.access import (
     MeteredGeneration,
     capped_options,
+    check_model,
     may_use,
     note_embedding_tokens,
     start_generation,
@@ -347,6 +348,9 @@ async def copy(request: Request) -> Response:
     body = await read_json(request, schemas.CopyRequest, state.max_body_bytes)
     if not body.source or not body.destination:
         raise BadRequestError("source and destination are required")
+    # Copying under another name must not turn a model outside the caller's globs into one inside.
+    check_model(request, body.source)
+    check_model(request, body.destination)
     state.store.copy(body.source, body.destination)
     return Response(status_code=200)
 

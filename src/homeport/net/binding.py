@@ -18,10 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from homeport import config
 from homeport.config import HostAddress, is_loopback_host
 from homeport.errors import ConfigError
 from homeport.net.addresses import IPAddress, format_host_port, interface_addresses, parse_ip, unique
 from homeport.net.localapi import LocalAPIError, read_status
+from homeport.net.policy import Policy, describe
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +167,38 @@ def bind_address(address: HostAddress, *, expose: bool, authenticated: bool, tai
         return Binding(sockets, f"this machine's tailnet address {where}: {who}", [where])
     return Binding(sockets, f"EXPOSED beyond the tailnet on {where}: callers must send a token, "
                             f"or be {who}", [where])
+
+
+def who_may_connect(policy: Policy, tokens: int) -> str:
+    """The identities a policy and the token file let in, for the banner."""
+    who = describe(policy)
+    if tokens:
+        who += f", and {tokens} token holder{'s' if tokens != 1 else ''}"
+    return who
+
+
+def bind(address: HostAddress, *, tailnet: bool, expose: bool, policy: Policy,
+         tokens: int) -> Binding:
+    """The listening sockets for ``serve``, from the settings; ConfigError says why not."""
+    who = who_may_connect(policy, tokens)
+    if tailnet:
+        binding = bind_tailnet(address.port, config.tailscaled_socket(),
+                               config.TAILSCALE_INTERFACE.get(), config.TAILNET_WAIT.get(), who)
+    else:
+        sight = TailnetSight()
+        if not is_loopback_host(address.host):
+            sight = look_for_tailnet(config.tailscaled_socket(), config.TAILSCALE_INTERFACE.get())
+        binding = bind_address(address, expose=expose,
+                               authenticated=policy.has_file or tokens > 0, tailnet=sight,
+                               who=who)
+    if policy.proxy is not None and policy.proxy.startswith("unix:"):
+        path = Path(policy.proxy[5:])
+        try:
+            binding.sockets.append(open_unix(path))
+        except OSError as exc:
+            binding.close()
+            raise ConfigError(f"cannot listen on the [serve] proxy socket {path}: "
+                              f"{exc.strerror or exc}") from None
+        binding.unix_path = path
+        binding.shown.append(f"unix:{path} (for tailscale serve)")
+    return binding

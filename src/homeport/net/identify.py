@@ -8,7 +8,7 @@ In order:
    ``X-Forwarded-For``, which the proxy's ``Tailscale-User-Login`` must agree with.
 4. This machine (loopback or one of its own addresses) is the owner, unless tailscaled runs in
    userspace mode, where tailnet peers also arrive from 127.0.0.1: whois says which they are.
-   A loopback request that a proxy forwarded, from a proxy the policy does not name, is refused.
+   A request forwarded by a proxy on this machine that the policy does not name is refused.
 5. Anyone else: whois of the peer's full ip:port, answered once per connection; no answer denies.
 """
 
@@ -113,7 +113,7 @@ class Identifier:
         if peer is None:
             raise ForbiddenError("the peer's address could not be read; denied")
         if machine.is_own_address(peer):
-            if peer.is_loopback and facts.forwarded:
+            if facts.forwarded:
                 raise ForbiddenError(
                     "this request was forwarded by a proxy on this machine (tailscale serve?) "
                     "that the policy does not name, so its caller is unknown; name it with "
