@@ -286,6 +286,20 @@ def test_whois_is_asked_once_per_connection(tailnet: TailnetServer) -> None:
     assert len(tailnet.fake.whois_asked()) == before + 2
 
 
+def test_requests_on_a_kept_alive_connection_are_not_delayed(tailnet: TailnetServer) -> None:
+    """The sockets homeport binds itself must get TCP_NODELAY, or every response on a kept-alive
+    connection waits ~40 ms for a delayed ACK."""
+    alice = tailnet.lab.peers["alice"]
+    url = tailnet.tailnet_url + "/api/version"
+    result = tailnet.lab.run(alice, ["curl", "-sS", "-o", "/dev/null", "-o", "/dev/null",
+                                     "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null",
+                                     "-w", "%{time_total}\\n", *[url] * 5])
+    assert result.returncode == 0, result.stderr
+    seconds = sorted(float(line) for line in result.stdout.split())
+    assert len(seconds) == 5
+    assert seconds[2] < 0.025, seconds
+
+
 def test_an_ipv6_tailnet_peer_is_identified_by_its_full_address(tailnet: TailnetServer) -> None:
     alice = tailnet.lab.peers["alice"]
     reply = tailnet.curl(alice, tailnet.tailnet_url6 + "/api/tags")
