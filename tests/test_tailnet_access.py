@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import MODEL
 from tests.support.fake_tailscaled import FakeTailscaled, Node
-from tests.support.netns import Lab, LabUnavailable
+from tests.support.netns import Lab, LabUnavailable, Peer
 from tests.support.server import ServerProcess
 from tests.support.tailnet import TailnetServer, wait_for_audit
 
@@ -368,6 +368,18 @@ def test_admin_only_routes_are_refused_to_non_admins(tailnet: TailnetServer) -> 
     assert deleted.status == 200
 
 
+def start_long_stream(tailnet: TailnetServer, peer: Peer) -> subprocess.Popen[bytes]:
+    """A chat streaming from the peer (up to 400 tokens), returned once its first token came."""
+    body = ('{"model": "smollm2:135m", "messages": [{"role": "user", "content": "Tell a story."}],'
+            ' "options": {"num_predict": 400, "temperature": 0}}')
+    stream = subprocess.Popen(["ip", "netns", "exec", peer.namespace, "curl", "-sS", "-N",
+                               tailnet.tailnet_url + "/api/chat", "-d", body],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert stream.stdout is not None
+    assert b'"done":false' in stream.stdout.readline()  # it is streaming now
+    return stream
+
+
 def _as(tailnet: TailnetServer, login: str, user_id: int) -> None:
     """Make bob's machine someone new, so each limit starts from fresh counters."""
     tailnet.fake.add(Node(tailnet.lab.peers["bob"].ipv4, login, user_id, "bob-desktop"))
@@ -410,14 +422,8 @@ def test_concurrent_requests_give_429(tailnet: TailnetServer) -> None:
     _as(tailnet, "busy@example.com", 33)
     tailnet.apply_policy('[[allow]]\nlogins = ["busy@example.com"]\nconcurrent_requests = 1\n')
     bob = tailnet.lab.peers["bob"]
-    body = ('{"model": "smollm2:135m", "messages": [{"role": "user", "content": "Count to 50."}],'
-            ' "options": {"num_predict": 400, "temperature": 0}}')
-    first = subprocess.Popen(["ip", "netns", "exec", bob.namespace, "curl", "-sS", "-N",
-                              tailnet.tailnet_url + "/api/chat", "-d", body],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = start_long_stream(tailnet, bob)
     try:
-        assert first.stdout is not None
-        assert b'"done":false' in first.stdout.readline()  # it is streaming now
         second = tailnet.curl(bob, tailnet.tailnet_url + "/api/tags")
         assert second.status == 429
         assert second.headers["retry-after"] == "1"
@@ -447,14 +453,9 @@ def test_sighup_with_a_broken_policy_keeps_the_old_one(tailnet: TailnetServer) -
 
 def test_sighup_does_not_cut_a_running_stream(tailnet: TailnetServer) -> None:
     alice = tailnet.lab.peers["alice"]
-    body = ('{"model": "smollm2:135m", "messages": [{"role": "user", "content": "Tell a story."}],'
-            ' "options": {"num_predict": 400, "temperature": 0}}')
-    stream = subprocess.Popen(["ip", "netns", "exec", alice.namespace, "curl", "-sS", "-N",
-                               tailnet.tailnet_url + "/api/chat", "-d", body],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stream = start_long_stream(tailnet, alice)
     try:
         assert stream.stdout is not None
-        assert b'"done":false' in stream.stdout.readline()
         tailnet.apply_policy('[[allow]]\nlogins = ["carol@example.com"]\n')  # alice is out
         # the stream admitted before the reload goes on: still open, still sending tokens
         time.sleep(0.5)
