@@ -203,6 +203,15 @@ EXTRA_STORES: Setting[tuple[Path, ...]] = _register(Setting(
     "Other Ollama stores to serve read-only, separated by ':' "
     "(default ~/.ollama/models and /usr/share/ollama/.ollama/models)",
 ))
+PULL_CONNECTIONS = _register(Setting(
+    ("HOMEPORT_PULL_CONNECTIONS",), 8, _positive_int,
+    "Parallel ranged requests per blob while pulling a model (default 8)",
+))
+PULL_PART_SIZE = _register(Setting(
+    ("HOMEPORT_PULL_PART_SIZE",), 64 * 1024**2, _byte_size,
+    "Smallest part a pulled blob is split into; each part resumes on its own (default 64MiB)",
+    shown_default="64MiB",
+))
 
 # --- the client side --------------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ def setup_logging() -> None:
         datefmt="%Y-%m-%dT%H:%M:%S",
         stream=sys.stderr,
     )
+    # httpx logs every registry request at INFO; a pull makes dozens.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def engine_settings() -> EngineSettings:

@@ -1,4 +1,5 @@
-"""Ollama's native API: /api/chat, /api/generate, embeddings, and model listing and info.
+"""Ollama's native API: /api/chat, /api/generate, embeddings, and model listing and info
+(model management is in ``model_routes``).
 
 Handlers translate wire shapes to engine calls and back; the engine does the work. Streams are
 NDJSON, one object per token, with the final object carrying ``done_reason`` and the timings in
@@ -335,32 +336,12 @@ async def show(request: Request) -> Response:
     return JSONResponse(response)
 
 
-async def copy(request: Request) -> Response:
-    state = state_of(request)
-    body = await read_json(request, schemas.CopyRequest, state.max_body_bytes)
-    if not body.source or not body.destination:
-        raise BadRequestError("source and destination are required")
-    state.store.copy(body.source, body.destination)
-    return Response(status_code=200)
-
-
-async def delete(request: Request) -> Response:
-    state = state_of(request)
-    body = await read_json(request, schemas.DeleteRequest, state.max_body_bytes)
-    name = body.model or body.name
-    resolve_model(state, name)
-    state.store.delete(name)
-    return Response(status_code=200)
-
-
 routes = [
     Route("/", root, methods=["GET", "HEAD"]),
     Route("/api/version", version, methods=["GET", "HEAD"]),
     Route("/api/tags", tags, methods=["GET", "HEAD"]),
     Route("/api/ps", ps, methods=["GET"]),
     Route("/api/show", show, methods=["POST"]),
-    Route("/api/copy", copy, methods=["POST"]),
-    Route("/api/delete", delete, methods=["DELETE"]),
     Route("/api/chat", chat, methods=["POST"]),
     Route("/api/generate", generate, methods=["POST"]),
     Route("/api/embed", embed, methods=["POST"]),

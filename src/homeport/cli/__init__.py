@@ -35,10 +35,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from homeport.cli import models, serve
+    from homeport.cli import models, serve, transfer
 
     main.add_command(serve.serve)
-    for command in models.commands:
+    for command in [*models.commands, *transfer.commands]:
         main.add_command(command)
 
 

@@ -8,7 +8,7 @@ address came from). Both carry a one-line message meant for people.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -66,12 +66,15 @@ class HomeportClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None
-                 ) -> httpx.Response:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, path, json=body)
+            return self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ServerUnreachableError(self.endpoint, str(exc) or type(exc).__name__) from None
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                 **kwargs: Any) -> httpx.Response:
+        response = self._send(method, path, json=body, **kwargs)
         if response.status_code >= 400:
             raise ServerError(response.status_code, _error_message(response))
         return response
@@ -112,6 +115,25 @@ class HomeportClient:
     def show(self, model: str) -> dict[str, Any]:
         result: dict[str, Any] = self._json("POST", "/api/show", {"model": model})
         return result
+
+    def pull(self, model: str, insecure: bool = False) -> Iterator[dict[str, Any]]:
+        """Pull ``model`` from its registry, yielding the server's progress lines."""
+        return self.stream("/api/pull", {"model": model, "insecure": insecure, "stream": True})
+
+    def create(self, model: str, **fields: Any) -> Iterator[dict[str, Any]]:
+        """Create ``model`` (``from`` or ``files``, template, system, ...), yielding progress."""
+        return self.stream("/api/create", {"model": model, **fields, "stream": True})
+
+    def has_blob(self, digest: str) -> bool:
+        response = self._send("HEAD", f"/api/blobs/{digest}")
+        if response.status_code in (200, 404):
+            return response.status_code == 200
+        raise ServerError(response.status_code, f"HTTP {response.status_code}")
+
+    def upload_blob(self, digest: str, chunks: Iterable[bytes], size: int) -> None:
+        """Send a blob's bytes; the server keeps them only if they hash to ``digest``."""
+        self._request("POST", f"/api/blobs/{digest}", content=chunks,
+                      headers={"Content-Length": str(size)})
 
     def copy(self, source: str, destination: str) -> None:
         self._request("POST", "/api/copy", {"source": source, "destination": destination})

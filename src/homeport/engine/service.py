@@ -110,7 +110,7 @@ class EngineSettings:
 
 def capabilities(record: ModelRecord) -> list[str]:
     """Ollama's capability names for a model, judged from its file and template."""
-    features = template_features(record.gguf.chat_template)
+    features = template_features(record.chat_template)
     found = ["completion"]
     if features.tools:
         found.append("tools")
@@ -230,7 +230,7 @@ class Engine:
     async def start_generation(self, request: GenerationInput) -> Generation:
         started = time.perf_counter()
         record = request.record
-        features = template_features(record.gguf.chat_template)
+        features = template_features(record.chat_template)
         display = record.name.display
         if request.tools and not features.tools:
             raise UnsupportedError(f'"{display}" does not support tools')
@@ -293,7 +293,7 @@ class Engine:
             messages.insert(0, ChatMessage("system", system))
         model = runner.model
         text = render_chat(
-            record.gguf.chat_template,
+            record.chat_template,
             [message.for_template() for message in messages],
             tools=request.tools,
             bos_token=model.special_text(model.bos),

@@ -1,0 +1,141 @@
+"""Pulls that are interrupted: a connection dropped in the middle of a blob, and the server killed
+with SIGKILL in the middle of a pull. Neither may leave a visible model or lose what was fetched."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import pytest
+
+from tests.support.files import assert_blobs_are_their_digests
+from tests.support.gguf_files import write_tiny_llama
+from tests.support.proxy import HttpProxy
+from tests.support.registry import DockerRegistry
+from tests.support.server import ServerProcess
+
+PART_SIZE = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerRegistry]:
+    registry = DockerRegistry(tmp_path_factory.mktemp("registry")).start()
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture
+def proxy(registry: DockerRegistry) -> Iterator[HttpProxy]:
+    proxy = HttpProxy(registry.port).start()
+    yield proxy
+    proxy.stop()
+
+
+def server_env(home: Path) -> dict[str, str]:
+    return {"HOMEPORT_MODELS": str(home / "models"), "HOMEPORT_PULL_PART_SIZE": str(PART_SIZE),
+            "HOMEPORT_PULL_CONNECTIONS": "2"}
+
+
+def fetched_bytes(requests: list[tuple[int, int]]) -> int:
+    return sum(end - start + 1 for start, end in requests)
+
+
+def ranges(proxy: HttpProxy, digest: str, since: int = 0) -> list[tuple[int, int]]:
+    found = []
+    for seen in proxy.blob_requests(digest)[since:]:
+        value = seen.headers.get("range", "")
+        if value and value != "bytes=0-0":
+            start, end = value[6:].split("-")
+            found.append((int(start), int(end)))
+    return found
+
+
+def test_a_connection_cut_in_the_middle_of_a_blob_resumes_where_it_stopped(
+        registry: DockerRegistry, proxy: HttpProxy, tmp_path: Path) -> None:
+    gguf = write_tiny_llama(tmp_path / "cut.gguf", seed=10, n_ff=4096)
+    size = gguf.stat().st_size
+    assert size > PART_SIZE + 300_000
+    pushed = registry.push_model("library/cut", "latest", gguf)
+    proxy.cut_blob_after = 300_000
+    with ServerProcess(tmp_path / "server", env=server_env(tmp_path / "server")) as server:
+        client = ollama.Client(host=server.url)
+        lines = list(client.pull(f"{proxy.host}/library/cut", insecure=True, stream=True))
+        assert lines[-1].status == "success"
+        assert proxy.cuts == 1
+        requested = ranges(proxy, pushed.model_digest)
+        # The part that was cut was asked for again from where its bytes stopped, not from 0,
+        # so the bytes that crossed the wire are the blob's, once (plus HTTP headers).
+        assert any(0 < start < PART_SIZE and end == PART_SIZE - 1 for start, end in requested)
+        received = sum(seen.response_bytes for seen in proxy.blob_requests(pushed.model_digest))
+        assert size < received < size + 20_000
+        assert_blobs_are_their_digests(tmp_path / "server" / "models")
+        reply = client.generate(f"{proxy.host}/library/cut", prompt="hi",
+                                options={"num_predict": 2})
+        assert reply.done
+
+
+def _wait_for_progress(blobs: Path, timeout: float = 30) -> int:
+    """Bytes a partial download has recorded as done, once it has recorded some."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for state in blobs.glob("*.partial.json"):
+            try:
+                done = sum(part[2] for part in json.loads(state.read_text())["parts"])
+            except (OSError, ValueError, KeyError):
+                continue
+            if done > 0:
+                return done
+        time.sleep(0.05)
+    raise AssertionError("the pull recorded no progress")
+
+
+def test_a_server_killed_during_a_pull_leaves_no_model_and_the_next_pull_resumes(
+        registry: DockerRegistry, proxy: HttpProxy, tmp_path: Path) -> None:
+    gguf = write_tiny_llama(tmp_path / "killed.gguf", seed=11, n_ff=4096)
+    size = gguf.stat().st_size
+    pushed = registry.push_model("library/killed", "latest", gguf)
+    name = f"{proxy.host}/library/killed"
+    home = tmp_path / "server"
+    store = home / "models"
+    proxy.bytes_per_second = 100_000  # per connection: the pull takes several seconds
+
+    server = ServerProcess(home, env=server_env(home)).start()
+    pulling = threading.Thread(target=lambda: _pull_ignoring_errors(server.url, name),
+                               daemon=True)
+    pulling.start()
+    recorded = _wait_for_progress(store / "blobs")
+    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    pulling.join(10)
+    assert 0 < recorded < size
+
+    manifests = store / "manifests" / proxy.host
+    assert not manifests.exists() or not any(manifests.rglob("*"))
+    assert list((store / "blobs").glob("*.partial"))  # kept, to resume from
+    proxy.bytes_per_second = None
+    before = len(proxy.blob_requests(pushed.model_digest))
+    with ServerProcess(home, env=server_env(home)) as restarted:
+        client = ollama.Client(host=restarted.url)
+        assert name + ":latest" not in {model.model for model in client.list().models}
+        lines = list(client.pull(name, insecure=True, stream=True))
+        assert lines[-1].status == "success"
+        assert name + ":latest" in {model.model for model in client.list().models}
+    resumed = ranges(proxy, pushed.model_digest, since=before)
+    assert fetched_bytes(resumed) <= size - recorded
+    assert_blobs_are_their_digests(store)
+    assert not list((store / "blobs").glob("*.partial*"))
+
+
+def _pull_ignoring_errors(url: str, name: str) -> None:
+    try:
+        with httpx.stream("POST", f"{url}/api/pull", json={"model": name, "insecure": True},
+                          timeout=60) as response:
+            for _ in response.iter_lines():
+                pass
+    except httpx.HTTPError:
+        pass  # the server is killed mid-stream: that is the point
