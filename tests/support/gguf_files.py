@@ -90,18 +90,23 @@ def _string(text: bytes) -> bytes:
 
 
 def gguf_bytes(kv_count: int | None = None, tensor_offset: int = 0,
-               key_length: int | None = None) -> bytes:
-    """A hand-made GGUF v3: one string key, one 32-float tensor at ``tensor_offset``. The
-    arguments forge the header's claims: a key count, a tensor offset, a key's length."""
+               key_length: int | None = None, tensor_names: tuple[bytes, ...] = (b"t",)) -> bytes:
+    """A hand-made GGUF v3: one string key and a 32-float tensor per name, the first at
+    ``tensor_offset``. The arguments forge the header's claims: a key count, a tensor offset,
+    a key's length, the tensors' names."""
     key = b"general.architecture"
     kv = (struct.pack("<Q", key_length) + key if key_length is not None else _string(key))
     kv += struct.pack("<I", gguf.GGUFValueType.STRING) + _string(b"llama")
-    tensor = _string(b"t") + struct.pack("<IQIQ", 1, 32, gguf.GGMLQuantizationType.F32,
-                                         tensor_offset)
-    header = b"GGUF" + struct.pack("<IQQ", 3, 1, 1 if kv_count is None else kv_count)
-    body = header + kv + tensor
+    tensors = b""
+    for index, name in enumerate(tensor_names):
+        offset = tensor_offset if index == 0 else index * 128
+        tensors += _string(name) + struct.pack("<IQIQ", 1, 32, gguf.GGMLQuantizationType.F32,
+                                               offset)
+    header = b"GGUF" + struct.pack("<IQQ", 3, len(tensor_names),
+                                   1 if kv_count is None else kv_count)
+    body = header + kv + tensors
     body += b"\0" * (-len(body) % 32)
-    return body + np.arange(32, dtype=np.float32).tobytes()
+    return body + np.arange(32 * len(tensor_names), dtype=np.float32).tobytes()
 
 
 def bad_gguf_files(folder: Path) -> dict[str, Path]:

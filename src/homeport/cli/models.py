@@ -16,7 +16,8 @@ from homeport.cli.transfer import pull_with_progress
 from homeport.client.api import HomeportClient, ServerError
 from homeport.humanize import format_bytes, format_duration
 
-console = Console(highlight=False)
+# Piped output is for scripts: full-width rows, never names cut to fit 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
 
 
 def _ago(timestamp: str) -> str:

@@ -25,6 +25,7 @@ from rich.progress import (
 from homeport.cli import err_console
 from homeport.cli.options import client_for, endpoint_option, insecure_option
 from homeport.client.api import HomeportClient
+from homeport.humanize import format_bytes
 from homeport.store.modelfile import Modelfile, parameter_value, parse_modelfile
 
 CHUNK = 1024 * 1024
@@ -36,7 +37,19 @@ def _bars() -> Progress:
 
 
 def show_progress(lines: Iterator[dict[str, Any]]) -> None:
-    """Render a pull or create stream until ``success`` (errors raise as ServerError)."""
+    """Render a pull or create stream until ``success`` (errors raise as ServerError): live bars
+    at a terminal, one plain line per finished layer and status otherwise (logs, scripts)."""
+    if not err_console.is_terminal:
+        finished: set[str] = set()
+        for line in lines:
+            digest, total = line.get("digest"), line.get("total")
+            if digest and total:
+                if line.get("completed", 0) >= total and digest not in finished:
+                    finished.add(digest)
+                    err_console.print(f"{line['status']} {format_bytes(total)}", highlight=False)
+            elif line.get("status"):
+                err_console.print(line["status"], markup=False, highlight=False)
+        return
     with _bars() as bars:
         tasks: dict[str, TaskID] = {}
         for line in lines:
