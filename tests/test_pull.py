@@ -243,6 +243,10 @@ def test_pull_errors_have_statuses_and_say_what_to_do(client: ollama.Client,
     with pytest.raises(ollama.ResponseError) as streamed:
         list(client.pull(f"{registry.host}/library/nothing:here", insecure=True, stream=True))
     assert "not found in the registry" in streamed.value.error
+    with pytest.raises(ollama.ResponseError) as absent:
+        client.chat("never-pulled:7b", messages=[{"role": "user", "content": "hi"}])
+    assert absent.value.status_code == 404
+    assert absent.value.error == "model 'never-pulled:7b' not found, try pulling it first"
     push = httpx.post(f"{server.url}/api/push", json={"model": MODEL})
     assert push.status_code == 400
     assert "not supported" in push.json()["error"]
