@@ -107,7 +107,7 @@ def test_create_from_a_modelfile(server: ServerProcess, tmp_path: Path) -> None:
     (tmp_path / "Modelfile").write_text(MODELFILE)
     created = homeport(server, "create", "handmade", "-f", "Modelfile", cwd=tmp_path)
     assert created.returncode == 0, created.stderr
-    assert "copying tiny.gguf" in created.stderr
+    assert "copied tiny.gguf" in created.stderr
     assert created.stderr.rstrip().endswith("success")
 
     info = show(server, "handmade")
@@ -123,7 +123,8 @@ def test_create_from_a_modelfile(server: ServerProcess, tmp_path: Path) -> None:
 
     again = homeport(server, "create", "handmade", "-f", "Modelfile", cwd=tmp_path)
     assert again.returncode == 0
-    assert "copying" not in again.stderr  # the server already had the file
+    assert "copied" not in again.stderr  # the server already had the file
+    assert "using existing layer sha256:" in again.stderr
     answer = homeport(server, "run", "handmade", "hi")
     assert answer.returncode == 0, answer.stderr
 

@@ -250,3 +250,15 @@ def test_pull_errors_have_statuses_and_say_what_to_do(client: ollama.Client,
     push = httpx.post(f"{server.url}/api/push", json={"model": MODEL})
     assert push.status_code == 400
     assert "not supported" in push.json()["error"]
+
+
+def test_an_empty_layer_is_stored_without_asking_for_it(client: ollama.Client,
+                                                       registry: DockerRegistry, proxy: HttpProxy,
+                                                       store: Path, tmp_path: Path) -> None:
+    pushed = registry.push_model("library/empty", "latest",
+                                 write_tiny_llama(tmp_path / "e.gguf", seed=7), system="")
+    empty = pushed.digests["system"]
+    assert empty == "sha256:" + hashlib.sha256(b"").hexdigest()
+    assert pull_lines(client, f"{proxy.host}/library/empty")[-1].status == "success"
+    assert proxy.blob_requests(empty) == []
+    assert (store / "blobs" / f"sha256-{empty[7:]}").read_bytes() == b""

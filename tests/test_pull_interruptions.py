@@ -139,3 +139,43 @@ def _pull_ignoring_errors(url: str, name: str) -> None:
                 pass
     except httpx.HTTPError:
         pass  # the server is killed mid-stream: that is the point
+
+
+def _blob_bytes(proxy: HttpProxy, digest: str) -> int:
+    return sum(seen.response_bytes for seen in proxy.blob_requests(digest))
+
+
+def test_a_client_that_goes_away_stops_its_download_and_a_later_pull_resumes_it(
+        registry: DockerRegistry, proxy: HttpProxy, tmp_path: Path) -> None:
+    gguf = write_tiny_llama(tmp_path / "leaver.gguf", seed=12, n_ff=4096)
+    size = gguf.stat().st_size
+    pushed = registry.push_model("library/leaver", "latest", gguf)
+    name = f"{proxy.host}/library/leaver"
+    home = tmp_path / "server"
+    proxy.bytes_per_second = 100_000
+    with ServerProcess(home, env=server_env(home)) as server:
+        with httpx.stream("POST", f"{server.url}/api/pull",
+                          json={"model": name, "insecure": True}, timeout=30) as response:
+            for line in response.iter_lines():
+                progress = json.loads(line)
+                if progress.get("digest") == pushed.model_digest and progress.get("completed"):
+                    break  # leave mid-download
+        # The download stops soon after: the bytes the registry sends stop growing.
+        previous, stable = -1, 0
+        deadline = time.monotonic() + 10
+        while stable < 3 and time.monotonic() < deadline:
+            current = _blob_bytes(proxy, pushed.model_digest)
+            stable = stable + 1 if current == previous else 0
+            previous = current
+            time.sleep(0.3)
+        assert stable == 3
+        assert previous < size
+        assert list((home / "models" / "blobs").glob("*.partial"))
+        assert name + ":latest" not in {m.model for m in ollama.Client(server.url).list().models}
+
+        proxy.bytes_per_second = None
+        before = len(proxy.blob_requests(pushed.model_digest))
+        lines = list(ollama.Client(server.url).pull(name, insecure=True, stream=True))
+        assert lines[-1].status == "success"
+        assert fetched_bytes(ranges(proxy, pushed.model_digest, since=before)) < size
+    assert_blobs_are_their_digests(home / "models")

@@ -32,35 +32,36 @@ CHUNK = 1024 * 1024
 
 
 def _bars() -> Progress:
+    """Live bars at a terminal; nothing (callers print plain lines) anywhere else."""
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), console=err_console)
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=err_console,
+                    disable=not err_console.is_terminal)
+
+
+def _say(bars: Progress, text: str) -> None:
+    """A status line above the bars (or alone): never wrapped, never styled."""
+    bars.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def show_progress(lines: Iterator[dict[str, Any]]) -> None:
     """Render a pull or create stream until ``success`` (errors raise as ServerError): live bars
     at a terminal, one plain line per finished layer and status otherwise (logs, scripts)."""
-    if not err_console.is_terminal:
-        finished: set[str] = set()
-        for line in lines:
-            digest, total = line.get("digest"), line.get("total")
-            if digest and total:
-                if line.get("completed", 0) >= total and digest not in finished:
-                    finished.add(digest)
-                    err_console.print(f"{line['status']} {format_bytes(total)}", highlight=False)
-            elif line.get("status"):
-                err_console.print(line["status"], markup=False, highlight=False)
-        return
     with _bars() as bars:
         tasks: dict[str, TaskID] = {}
+        printed: set[str] = set()
         for line in lines:
             status = str(line.get("status", ""))
-            digest = line.get("digest")
-            if digest and line.get("total"):
+            digest, total = line.get("digest"), line.get("total")
+            if digest and total:
                 if digest not in tasks:
-                    tasks[digest] = bars.add_task(status, total=line["total"])
-                bars.update(tasks[digest], completed=line.get("completed", 0))
+                    tasks[digest] = bars.add_task(status, total=total)
+                completed = line.get("completed", 0)
+                bars.update(tasks[digest], completed=completed)
+                if bars.disable and completed >= total and digest not in printed:
+                    printed.add(digest)
+                    _say(bars, f"{status} {format_bytes(total)}")
             elif status:
-                bars.console.print(status, markup=False, highlight=False)
+                _say(bars, status)
 
 
 def pull_with_progress(client: HomeportClient, model: str, insecure: bool) -> None:
@@ -97,10 +98,12 @@ def upload_file(client: HomeportClient, path: Path) -> str:
             hasher.update(chunk)
         digest = f"sha256:{hasher.hexdigest()}"
         if client.has_blob(digest):
-            bars.console.print(f"using existing layer {digest}", highlight=False)
+            _say(bars, f"using existing layer {digest}")
             return digest
         copying = bars.add_task(f"copying {path.name}", total=size)
         client.upload_blob(digest, _file_chunks(path, bars, copying), size)
+        if bars.disable:
+            _say(bars, f"copied {path.name} {format_bytes(size)}")
     return digest
 
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from homeport.errors import InvalidModelFileError, RegistryRefusedError
 from homeport.store import manifests as mf
-from homeport.store.digests import short_digest
+from homeport.store.digests import sha256_bytes, short_digest
 from homeport.store.download import DownloadSettings
 from homeport.store.gguf import read_gguf
 from homeport.store.names import parse_name
@@ -67,6 +67,12 @@ async def _pull_layer(store: ModelStore, registry: RegistryClient, layer: mf.Lay
     status = f"pulling {short_digest(layer.digest)}"
     if store.has_blob(layer.digest):
         yield Progress(status, layer.digest, layer.size, layer.size)
+        return
+    if layer.size == 0:  # nothing to fetch (and a Range request for it would be refused)
+        if layer.digest != sha256_bytes(b""):
+            raise RegistryRefusedError(f"layer {short_digest(layer.digest)} claims 0 bytes")
+        store.write_blob(b"")
+        yield Progress(status, layer.digest)
         return
     last = -1
     async for completed in store.downloads.follow(store.blobs_dir, layer.digest, layer.size,
