@@ -122,7 +122,7 @@ class BlobDownload:
         except asyncio.CancelledError as exc:
             self.error = exc
             raise
-        except (RegistryRefusedError, StorageError) as exc:
+        except RegistryRefusedError as exc:  # the bytes cannot be trusted: start over next time
             self.error = exc
             self._discard()
         except Exception as exc:
