@@ -19,13 +19,6 @@ from tests.support.server import ServerProcess, isolated_env
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerRegistry]:
-    registry = DockerRegistry(tmp_path_factory.mktemp("registry")).start()
-    yield registry
-    registry.stop()
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     home = tmp_path_factory.mktemp("cli-server")
     with ServerProcess(home, env={"HOMEPORT_MODELS": str(home / "models"),

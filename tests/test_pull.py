@@ -25,13 +25,6 @@ PART_SIZE = 64 * 1024
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerRegistry]:
-    registry = DockerRegistry(tmp_path_factory.mktemp("registry")).start()
-    yield registry
-    registry.stop()
-
-
-@pytest.fixture(scope="module")
 def proxy(registry: DockerRegistry) -> Iterator[HttpProxy]:
     proxy = HttpProxy(registry.port).start()
     yield proxy
