@@ -70,8 +70,11 @@ def test_pull_list_show_rm(server: ServerProcess, pushed_name: str) -> None:
     template = homeport(server, "show", "--template", pushed_name)
     assert template.stdout.strip() == "{{ .Prompt }}"
 
-    removed = homeport(server, "rm", pushed_name)
+    copied = homeport(server, "cp", pushed_name, "clitiny-copy")
+    assert copied.returncode == 0
+    removed = homeport(server, "rm", pushed_name, "clitiny-copy")
     assert removed.returncode == 0
+    assert removed.stdout.count("deleted") == 2
     assert "clitiny" not in homeport(server, "list").stdout
     missing = homeport(server, "show", pushed_name)
     assert missing.returncode == 1

@@ -241,6 +241,10 @@ def test_a_bearer_challenge_on_the_registrys_own_host_is_answered(fresh: World) 
 
     client = ollama.Client(host=world.server.url)
     assert client.pull(f"{world.rogue.host}/{REPO}:auth", insecure=True).status == "success"
+    manifest_requests = [headers for _, path, headers in world.rogue.seen
+                         if path == f"/v2/{REPO}/manifests/auth"]
+    assert "application/vnd.docker.distribution.manifest.v2+json" in manifest_requests[0]["Accept"]
+    assert manifest_requests[-1]["Authorization"] == "Bearer good-token"
     token_requests = [path for _, path, _ in world.rogue.seen if path.startswith("/token")]
     assert len(token_requests) == 1
     assert "scope=repository%3Alibrary%2Fevil%3Apull" in token_requests[0]
