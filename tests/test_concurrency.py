@@ -66,7 +66,7 @@ def _busy_slots(url: str) -> int:
     return sum(model["slots"]["busy"] for model in models)
 
 
-def _wait_for(condition, timeout: float = 10.0) -> bool:  # noqa: ANN001
+def _wait_for(condition, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -98,7 +98,8 @@ def test_disconnect_mid_stream_frees_the_slot(one_slot: ServerProcess) -> None:
         # The only slot is free again: the next request runs at once instead of waiting behind it.
         reply = http.post("/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False,
                                                  "options": {"num_predict": 8}})
-        assert reply.status_code == 200 and reply.json()["done"]
+        assert reply.status_code == 200
+        assert reply.json()["done"]
 
 
 def test_queued_request_whose_client_left_never_runs(one_slot: ServerProcess) -> None:

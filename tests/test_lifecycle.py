@@ -66,7 +66,8 @@ def test_load_and_unload_requests(server3: ServerProcess) -> None:
     assert generate(url, "alpha", prompt="", keep_alive=0)["done_reason"] == "unload"
     assert "alpha:latest" not in loaded(url)
     chat = httpx.post(f"{url}/api/chat", timeout=60, json={"model": "beta", "messages": []}).json()
-    assert chat["done_reason"] == "load" and chat["done"] is True
+    assert chat["done_reason"] == "load"
+    assert chat["done"] is True
 
 
 def test_keep_alive_expiry_unloads(server3: ServerProcess) -> None:
@@ -146,6 +147,8 @@ def test_a_model_too_big_for_memory_is_a_clear_error(tmp_path: Path) -> None:
             "model": "smollm2:135m", "messages": [{"role": "user", "content": "hi"}]})
         assert reply.status_code == 400
         message = reply.json()["error"]
-        assert "needs" in message and "memory" in message and "available" in message
+        assert "needs" in message
+        assert "memory" in message
+        assert "available" in message
         assert httpx.get(f"{process.url}/api/tags", timeout=10).status_code == 200
         assert process.alive()

@@ -103,7 +103,8 @@ def test_mixed_load_with_disconnects(tmp_path: Path) -> None:
         assert outcomes.count("ok") >= TOTAL_REQUESTS - outcomes.count("left") - \
             outcomes.count("busy")
         models = httpx.get(f"{server.url}/api/ps", timeout=10).json()["models"]
-        assert models and all(model["slots"]["busy"] == 0 for model in models)
+        assert models
+        assert all(model["slots"]["busy"] == 0 for model in models)
         assert value(server.url, "homeport_queue_depth") == 0
         assert value(server.url, "homeport_busy_slots", model=MODEL) == 0
         five_hundreds = [key for key, count in _status_counts(server.url).items()
