@@ -139,16 +139,17 @@ def _stream_answer(client: HomeportClient, model: str, messages: list[dict[str, 
 
 
 def ensure_model(client: HomeportClient, model: str, insecure: bool) -> None:
-    """Offer to pull ``model`` when the server does not have it (ask only at a terminal)."""
+    """Offer to pull ``model`` when the server does not have it. Only a person at a terminal is
+    asked; a script gets the server's "not found" error rather than a surprise download."""
     try:
         client.show(model)
         return
     except ServerError as exc:
-        if exc.status != 404:
+        if exc.status != 404 or not (sys.stdin.isatty() and sys.stderr.isatty()):
             raise
-    if sys.stdin.isatty() and not click.confirm(
-            f"model '{model}' is not on the server; pull it now?", default=True, err=True):
-        raise SystemExit(1)
+        if not click.confirm(f"model '{model}' is not on the server; pull it now?",
+                             default=True, err=True):
+            raise SystemExit(1) from None
     pull_with_progress(client, model, insecure)
 
 
@@ -160,7 +161,7 @@ def ensure_model(client: HomeportClient, model: str, insecure: bool) -> None:
 def run(model: str, prompt: tuple[str, ...], insecure: bool, endpoint: str | None) -> None:
     """Chat with a model: one answer for PROMPT, or an interactive session without one.
 
-    A model the server does not have is pulled first (at a terminal, after asking)."""
+    At a terminal, a model the server does not have is pulled first, after asking."""
     with client_for(endpoint) as client:
         ensure_model(client, model, insecure)
         text = " ".join(prompt)
