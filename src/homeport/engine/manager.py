@@ -136,9 +136,14 @@ class ModelManager:
         runner.last_used = time.monotonic()
         if keep_alive is not None:
             runner.keep_alive = keep_alive
+        loop = asyncio.get_running_loop()
         if runner.active == 0:
             runner.expires_at = runner.last_used + runner.keep_alive
-        asyncio.get_running_loop().create_task(self._notify())
+            if runner.keep_alive <= 0:
+                # keep_alive 0: gone now, so the next request loads afresh rather than reusing it.
+                runner.unloading = True
+                loop.create_task(self._unload(runner))
+        loop.create_task(self._notify())
 
     async def unload_now(self, record: ModelRecord) -> bool:
         """Unload ``record`` once its requests finish (keep_alive 0 with no prompt)."""
