@@ -380,13 +380,14 @@ def resolve_endpoint(explicit: str | None = None) -> Endpoint:
     Each value is parsed as Ollama parses OLLAMA_HOST; a scheme other than http(s) is a
     ConfigError naming its source. The bearer token, when one is configured, rides along.
     """
-    url, source = _endpoint_choice(explicit)
+    url, source = endpoint_url(explicit)
     token, token_source = resolve_token()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return Endpoint(url, source, headers, token_source)
 
 
-def _endpoint_choice(explicit: str | None) -> tuple[str, str]:
+def endpoint_url(explicit: str | None = None) -> tuple[str, str]:
+    """The endpoint's URL and its source, without the token (see ``resolve_endpoint``)."""
     if explicit is not None and explicit.strip():
         return _endpoint_url(explicit, "--endpoint"), "--endpoint"
     for name in ("OLLAMA_ENDPOINT", "OLLAMA_HOST"):

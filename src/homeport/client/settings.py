@@ -35,7 +35,6 @@ from homeport.secrets import check_reference, resolve_secret
 
 ADAPTERS = ("anthropic", "anthropic_opus", "anthropic_haiku", "ollama")
 ANTHROPIC_ADAPTERS = ("anthropic", "anthropic_opus", "anthropic_haiku")
-STRATEGIES = ("chat", "inline")
 DEFAULT_MODELS = {
     "anthropic": "claude-sonnet-5-5",
     "anthropic_opus": "claude-opus-5-5",
@@ -52,6 +51,7 @@ OLLAMA_ONLY = ("num_ctx", "keep_alive", "temperature")
 ANTHROPIC_ONLY = ("api_key", "base_url", "max_tokens")
 
 StrategyName = Literal["chat", "inline"]
+STRATEGIES: tuple[StrategyName, ...] = ("chat", "inline")
 T = TypeVar("T")
 
 
@@ -141,6 +141,23 @@ class ClientSettings:
             return Sourced(chosen.adapter, f"{self._where} (strategies.{strategy})")
         return Sourced(DEFAULT_ADAPTER, "default")
 
+    def effective_adapter(self, strategy: StrategyName, requested: str | None = None
+                          ) -> tuple[Sourced, str | None]:
+        """The adapter to use, and a notice when the built-in default could not be used.
+
+        The built-in default is anthropic_haiku; without an Anthropic key it gives way to
+        ollama, so a fresh install chats with the server's models. A chosen one is never replaced.
+        """
+        if requested:
+            return Sourced(requested, "--adapter"), None
+        chosen = self.adapter_for(strategy)
+        if (chosen.source == "default" and chosen.value in ANTHROPIC_ADAPTERS
+                and not self.anthropic_key(chosen.value).value):
+            notice = (f"no Anthropic API key, so {strategy} uses the ollama adapter (set "
+                      f"ANTHROPIC_API_KEY to use {chosen.value}, or pick one with --adapter)")
+            return Sourced("ollama", f"default ({chosen.value} without an Anthropic key)"), notice
+        return chosen, None
+
     def model_for(self, strategy: StrategyName, adapter: str) -> Sourced:
         """The strategy's model when it names one for this adapter, else the adapter's model."""
         chosen = self._file.strategies.get(strategy)
@@ -180,3 +197,49 @@ class ClientSettings:
         """The config file's token reference, for generated editor configs (never the token)."""
         reference = config.read_config_file().get("token")
         return check_reference(reference, f"`token` in {self._where}") if reference else None
+
+
+def describe(settings: ClientSettings, explicit_endpoint: str | None = None
+             ) -> list[tuple[str, str, str]]:
+    """(setting, effective value, source) for ``homeport config``; secrets shown as set or not."""
+    rows: list[tuple[str, str, str]] = []
+
+    def secret(name: str, lookup: Any) -> None:
+        try:
+            value, source = lookup()
+        except ConfigError as exc:
+            rows.append((name, "error", exc.message))
+            return
+        rows.append((name, "set" if value else "not set", source))
+
+    try:
+        rows.append(("endpoint", *config.endpoint_url(explicit_endpoint)))
+    except ConfigError as exc:
+        rows.append(("endpoint", "error", exc.message))
+    secret("token", config.resolve_token)
+    for strategy in STRATEGIES:
+        try:
+            chosen, _ = settings.effective_adapter(strategy)
+            rows.append((f"{strategy} adapter", chosen.value, chosen.source))
+        except ConfigError as exc:
+            rows.append((f"{strategy} adapter", "error", exc.message))
+    for adapter in ADAPTERS:
+        model = settings.model(adapter)
+        rows.append((f"{adapter} model", model.value, model.source))
+    for key in OLLAMA_ONLY:
+        option = settings.option("ollama", key, None)
+        rows.append((f"ollama {key}", str(option.value) if option.value is not None
+                     else "(server default)", option.source))
+    for adapter in ANTHROPIC_ADAPTERS:
+        secret(f"{adapter} key", lambda name=adapter: _pair(settings.anthropic_key(name)))
+    url = settings.anthropic_url("anthropic")
+    rows.append(("anthropic url", url.value, url.source))
+    file = config.config_file()
+    rows.append(("config file", str(file), "exists" if file.exists() else "absent"))
+    rows.append(("data folder", str(config.data_dir()),
+                 config.DATA_DIR.lookup()[1]))
+    return rows
+
+
+def _pair(sourced: Sourced) -> tuple[Any, str]:
+    return sourced.value, sourced.source

@@ -42,11 +42,14 @@ __all__ = [
 
 
 def open_adapter(name: str, settings: ClientSettings, *, strategy: StrategyName = "chat",
-                 model: str | None = None, endpoint: Endpoint | None = None) -> Adapter:
-    """The adapter ``name`` with ``model`` (or the configured one for ``strategy``)."""
+                 model: str | None = None, preferred_model: str | None = None,
+                 endpoint: Endpoint | None = None) -> Adapter:
+    """The adapter ``name`` with ``model`` (which must exist), else ``preferred_model`` or the
+    configured one for ``strategy`` (an ollama server lacking it offers another, with a notice).
+    """
     if name not in ADAPTERS:
         raise AdapterError(f"unknown adapter '{name}' (known: {', '.join(ADAPTERS)})")
-    chosen = model or settings.model_for(strategy, name).value
+    chosen = model or preferred_model or settings.model_for(strategy, name).value
     if name in ANTHROPIC_ADAPTERS:
         from homeport.client.adapters.anthropic import AnthropicAdapter
 
