@@ -37,12 +37,13 @@ def main() -> None:
 
 
 def _register() -> None:
-    from homeport.cli import chat, config_cmd, history, models, serve
+    from homeport.cli import chat, config_cmd, edit, history, models, serve
 
     main.add_command(serve.serve)
     for command in models.commands:
         main.add_command(command)
     main.add_command(chat.chat)
+    main.add_command(edit.edit)
     main.add_command(history.history)
     main.add_command(config_cmd.config_cmd)
 

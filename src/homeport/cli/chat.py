@@ -6,23 +6,16 @@ import sys
 
 import click
 from rich.console import Console
-from rich.markup import escape
 
 from homeport.cli.chat_commands import Repl
 from homeport.cli.models import endpoint_option
 from homeport.cli.render import AnswerView
-from homeport.client.adapters import ADAPTERS, Adapter, open_adapter
+from homeport.cli.strategy import notify, open_for
+from homeport.client.adapters import ADAPTERS, Adapter
 from homeport.client.chat import ChatSession
 from homeport.client.history import Conversation, History
 from homeport.client.settings import ClientSettings
-from homeport.config import resolve_endpoint
 from homeport.errors import HomeportError
-
-err_console = Console(stderr=True, highlight=False)
-
-
-def notify(message: str) -> None:
-    err_console.print(f"[dim]{escape(message)}[/]", markup=True, soft_wrap=True)
 
 
 def _conversation(history: History | None, resume: bool, conversation_id: int | None
@@ -39,18 +32,11 @@ def _conversation(history: History | None, resume: bool, conversation_id: int | 
 
 def _adapter(settings: ClientSettings, requested: str | None, model: str | None,
              endpoint: str | None, conversation: Conversation | None) -> Adapter:
-    if conversation is not None and requested is None:
-        requested = conversation.adapter  # go on where it left off, unless told otherwise
-    chosen, notice = settings.effective_adapter("chat", requested)
-    name = chosen.value
-    if notice:
-        notify(notice)
-    preferred = conversation.model if conversation and conversation.adapter == name else None
-    adapter = open_adapter(name, settings, strategy="chat", model=model, preferred_model=preferred,
-                           endpoint=resolve_endpoint(endpoint) if name == "ollama" else None)
-    for message in adapter.notices:
-        notify(message)
-    return adapter
+    preferred = None
+    if conversation is not None:
+        requested = requested or conversation.adapter  # go on where it left off
+        preferred = conversation.model if requested == conversation.adapter else None
+    return open_for("chat", settings, requested, model, endpoint, preferred)
 
 
 @click.command("chat")
