@@ -36,6 +36,7 @@ TEMPLATE = """\
 # num_ctx = 16384
 # keep_alive = "30m"
 # temperature = 0.7
+# max_tokens = 2048          # the longest answer (default: no limit)
 
 # [adapters.anthropic]       # likewise [adapters.anthropic_opus] and [adapters.anthropic_haiku]
 # model = "claude-sonnet-5-5"

@@ -97,7 +97,9 @@ def edit_text(adapter: Adapter, text: str, start: int, end: int, instruction: st
     newline = "\r\n" if "\r\n" in text else "\n"
     lines = text.splitlines()
     system, messages, whole = request(lines, start, end, instruction, name)
-    reply = adapter.complete(messages, system)
+    # A rambling model must not run to the end of its context: allow twice the region, and room.
+    region_chars = sum(len(line) + 1 for line in lines[start:end])
+    reply = adapter.complete(messages, system, max_tokens=2 * region_chars // 3 + 256)
     outcome = new_region(lines[start:end], reply.text, whole)
     replaced = lines[:start] + (outcome.text.split("\n") if outcome.text else []) + lines[end:]
     final = newline if text.endswith(("\n", "\r")) and replaced else ""

@@ -48,7 +48,7 @@ DEFAULT_MAX_TOKENS = 4096
 ANTHROPIC_URL = "https://api.anthropic.com"
 
 OLLAMA_ONLY = ("num_ctx", "keep_alive", "temperature")
-ANTHROPIC_ONLY = ("api_key", "base_url", "max_tokens")
+ANTHROPIC_ONLY = ("api_key", "base_url")
 
 StrategyName = Literal["chat", "inline"]
 STRATEGIES: tuple[StrategyName, ...] = ("chat", "inline")
@@ -63,7 +63,7 @@ class AdapterSection(_Section):
     model: str | None = None
     api_key: str | None = None  # a reference, for the anthropic adapters
     base_url: str | None = None
-    max_tokens: int | None = None
+    max_tokens: int | None = None  # the longest answer (ollama: options.num_predict)
     temperature: float | None = None
     num_ctx: int | None = None
     keep_alive: str | None = None
@@ -226,7 +226,7 @@ def describe(settings: ClientSettings, explicit_endpoint: str | None = None
     for adapter in ADAPTERS:
         model = settings.model(adapter)
         rows.append((f"{adapter} model", model.value, model.source))
-    for key in OLLAMA_ONLY:
+    for key in (*OLLAMA_ONLY, "max_tokens"):
         option = settings.option("ollama", key, None)
         rows.append((f"ollama {key}", str(option.value) if option.value is not None
                      else "(server default)", option.source))

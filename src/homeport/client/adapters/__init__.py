@@ -60,8 +60,9 @@ def open_adapter(name: str, settings: ClientSettings, *, strategy: StrategyName 
 
     from homeport.client.adapters.ollama import OllamaAdapter
 
-    options = {key: value for key in ("num_ctx", "temperature")
-               if (value := settings.option(name, key, None).value) is not None}
+    options = {key: value for key, setting in (("num_ctx", "num_ctx"), ("temperature",
+               "temperature"), ("num_predict", "max_tokens"))
+               if (value := settings.option(name, setting, None).value) is not None}
     return OllamaAdapter(endpoint or resolve_endpoint(), chosen, explicit=model is not None,
                          options=options,
                          keep_alive=settings.option(name, "keep_alive", None).value)

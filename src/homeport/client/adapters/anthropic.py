@@ -63,14 +63,15 @@ class AnthropicAdapter(Adapter):
         # Anthropic checks the name on the first request; a 404 then says what to do.
         self.model = model
 
-    def stream(self, messages: Sequence[Message], system: str | None = None
-               ) -> Iterator[ChatEvent]:
+    def stream(self, messages: Sequence[Message], system: str | None = None,
+               max_tokens: int | None = None) -> Iterator[ChatEvent]:
         params = [_param(message) for message in messages if message.role != "system"]
         input_tokens = output_tokens = 0
         stop_reason = ""
         try:
             with self._client.messages.create(
-                model=self.model, max_tokens=self.max_tokens, messages=params, stream=True,
+                model=self.model, max_tokens=min(max_tokens or self.max_tokens, self.max_tokens),
+                messages=params, stream=True,
                 system=system if system else anthropic.omit,
             ) as events:
                 for event in events:

@@ -71,9 +71,12 @@ class Adapter(ABC):
     notices: list[str]
 
     @abstractmethod
-    def stream(self, messages: Sequence[Message], system: str | None = None
-               ) -> Iterator[ChatEvent]:
-        """Yield the answer as it arrives; the last event is ``Finished``."""
+    def stream(self, messages: Sequence[Message], system: str | None = None,
+               max_tokens: int | None = None) -> Iterator[ChatEvent]:
+        """Yield the answer as it arrives; the last event is ``Finished``.
+
+        ``max_tokens`` caps this answer below the adapter's own limit, if it has one.
+        """
 
     @abstractmethod
     def models(self) -> list[str]:
@@ -92,12 +95,13 @@ class Adapter(ABC):
     def close(self) -> None:
         """Release connections."""
 
-    def complete(self, messages: Sequence[Message], system: str | None = None) -> Reply:
+    def complete(self, messages: Sequence[Message], system: str | None = None,
+                 max_tokens: int | None = None) -> Reply:
         """The whole answer at once."""
         text: list[str] = []
         thinking: list[str] = []
         usage = Usage()
-        for event in self.stream(messages, system):
+        for event in self.stream(messages, system, max_tokens):
             if isinstance(event, TextDelta):
                 text.append(event.text)
             elif isinstance(event, ThinkingDelta):

@@ -93,13 +93,16 @@ class OllamaAdapter(Adapter):
             raise self._unreachable(exc) from None
         return [model.model for model in listing.models if model.model]
 
-    def stream(self, messages: Sequence[Message], system: str | None = None
-               ) -> Iterator[ChatEvent]:
+    def stream(self, messages: Sequence[Message], system: str | None = None,
+               max_tokens: int | None = None) -> Iterator[ChatEvent]:
         payload = [{"role": "system", "content": system}] if system else []
         payload += [{"role": message.role, "content": message.content} for message in messages]
+        options = dict(self.options)
+        if max_tokens is not None:
+            options["num_predict"] = min(max_tokens, options.get("num_predict") or max_tokens)
         try:
             parts = self._client.chat(self.model, messages=payload, stream=True,
-                                      options=self.options or None, keep_alive=self.keep_alive)
+                                      options=options or None, keep_alive=self.keep_alive)
             for part in parts:
                 if part.message.thinking:
                     yield ThinkingDelta(part.message.thinking)
