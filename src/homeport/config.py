@@ -386,11 +386,14 @@ def resolve_endpoint(explicit: str | None = None) -> Endpoint:
     return Endpoint(url, source, headers, token_source)
 
 
-def endpoint_url(explicit: str | None = None) -> tuple[str, str]:
-    """The endpoint's URL and its source, without the token (see ``resolve_endpoint``)."""
+def endpoint_url(explicit: str | None = None, environment: bool = True) -> tuple[str, str]:
+    """The endpoint's URL and its source, without the token (see ``resolve_endpoint``).
+
+    ``environment=False`` skips the variables: what the flag or the config file say.
+    """
     if explicit is not None and explicit.strip():
         return _endpoint_url(explicit, "--endpoint"), "--endpoint"
-    for name in ("OLLAMA_ENDPOINT", "OLLAMA_HOST"):
+    for name in ("OLLAMA_ENDPOINT", "OLLAMA_HOST") if environment else ():
         raw = env_value(name)
         if raw:
             return _endpoint_url(raw, name), name

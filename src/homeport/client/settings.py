@@ -177,6 +177,10 @@ class ClientSettings:
             return Sourced(value, f"{self._where} (adapters.{adapter}.{name})")
         return Sourced(default, "default")
 
+    def api_key_reference(self, adapter: str) -> str | None:
+        """The config file's reference for an adapter's key (never the key)."""
+        return self._section(adapter).api_key
+
     def anthropic_key(self, adapter: str) -> Sourced:
         """The API key (resolved now) and its source; value "" when none is configured."""
         reference = self._section(adapter).api_key
