@@ -37,7 +37,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from homeport.cli import chat, config_cmd, edit, history, models, nvim, serve
+    from homeport.cli import chat, config_cmd, doctor, edit, history, models, nvim, serve
 
     main.add_command(serve.serve)
     for command in models.commands:
@@ -47,6 +47,7 @@ def _register() -> None:
     main.add_command(history.history)
     main.add_command(config_cmd.config_cmd)
     main.add_command(nvim.nvim)
+    main.add_command(doctor.doctor)
 
 
 _register()
