@@ -24,7 +24,7 @@ def parse_go_duration(text: str) -> float:
     """Parse a Go duration string into seconds; raise ValueError with Go's wording on failure."""
     original = text
     sign = 1.0
-    if text[:1] in "+-":
+    if text and text[0] in "+-":
         sign = -1.0 if text[0] == "-" else 1.0
         text = text[1:]
     if text == "0":

@@ -187,6 +187,7 @@ async def generate(request: Request) -> Response:
         record=record, options=body.options, keep_alive=body.keep_alive, prompt=body.prompt,
         system=body.system, suffix=body.suffix, raw=body.raw, context=body.context,
         think=body.think, format=body.format, truncate=body.truncate is not False,
+        images=list(body.images or []),
     ))
 
     def final(done: Done, text: str = "", thinking: str = "") -> dict[str, Any]:

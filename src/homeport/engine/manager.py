@@ -157,14 +157,19 @@ class ModelManager:
         need = estimate_model_bytes(record.gguf, settings)
         await self._make_room(record, need)
         started = time.perf_counter()
+        loading = asyncio.ensure_future(asyncio.to_thread(LlamaModel, record.model_path, settings))
         try:
-            model = await asyncio.wait_for(
-                asyncio.to_thread(LlamaModel, record.model_path, settings),
-                timeout=self.settings.load_timeout)
-        except TimeoutError:
-            raise HomeportError(
-                f"timed out loading model '{record.name.display}' after "
-                f"{self.settings.load_timeout:.0f}s") from None
+            # Shielded: a caller that gives up (timeout, client gone) must not strand the thread's
+            # model in memory; whoever abandons the load closes the model once it is done.
+            model = await asyncio.wait_for(asyncio.shield(loading),
+                                           timeout=self.settings.load_timeout)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            loading.add_done_callback(_close_abandoned)
+            if isinstance(exc, TimeoutError):
+                raise HomeportError(
+                    f"timed out loading model '{record.name.display}' after "
+                    f"{self.settings.load_timeout:.0f}s") from None
+            raise
         scheduler = Scheduler(model, settings.n_seq, settings.n_batch, record.name.display)
         runner = Runner(
             record=record, settings=settings, model=model, scheduler=scheduler, size=need,
@@ -242,3 +247,8 @@ class ModelManager:
                     async with self._load_lock:
                         if runner.active == 0 and now >= runner.expires_at:
                             await self._unload(runner)
+
+
+def _close_abandoned(loading: asyncio.Future[LlamaModel]) -> None:
+    if not loading.cancelled() and loading.exception() is None:
+        loading.result().close()

@@ -75,6 +75,7 @@ class OutputParser:
         self._pending = ""  # text held back: a marker may be forming
         self._tool_buffer: str | None = None  # inside a tool call block or a bare JSON answer
         self._seen_content = False
+        self._strip_newlines = self.in_thinking
 
     def feed(self, text: str) -> list[Delta]:
         self._pending += text
@@ -98,12 +99,19 @@ class OutputParser:
         return deltas
 
     def _step(self, final: bool) -> list[Delta]:
+        if self._strip_newlines:
+            # Newlines right after <think> or </think> belong to the markup, not the text.
+            self._pending = self._pending.lstrip("\n")
+            if not self._pending:
+                return []
+            self._strip_newlines = False
         text = self._pending
         if self.in_thinking:
             end = text.find(THINK_CLOSE)
             if end >= 0:
                 self.in_thinking = False
-                self._pending = text[end + len(THINK_CLOSE):].lstrip("\n")
+                self._pending = text[end + len(THINK_CLOSE):]
+                self._strip_newlines = True
                 return [Delta(thinking=text[:end])]
             keep = 0 if final else _partial_suffix(text, THINK_CLOSE)
             self._pending = text[len(text) - keep:]
@@ -114,7 +122,8 @@ class OutputParser:
             stripped = text.lstrip()
             if stripped.startswith(THINK_OPEN):
                 self.in_thinking = True
-                self._pending = stripped[len(THINK_OPEN):].lstrip("\n")
+                self._pending = stripped[len(THINK_OPEN):]
+                self._strip_newlines = True
                 return []
             if not final and THINK_OPEN.startswith(stripped):
                 return []
@@ -162,7 +171,7 @@ class OutputParser:
         return []
 
     def _parse_tool_text(self, text: str) -> bool:
-        text = text.strip()
+        text = text.strip().removeprefix(MISTRAL_TOOLS).strip()
         if not text:
             return False
         try:

@@ -69,6 +69,7 @@ class GenerationInput:
     think: bool | str | None = None
     format: str | dict[str, Any] | None = None
     truncate: bool = True
+    images: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,10 @@ class Generation:
                     if self._parser.tool_calls:
                         yield Output(tool_calls=tuple(self._parser.tool_calls))
                     stats = event.stats
+                    log.info(
+                        "%s: %d prompt tokens (%d from cache) in %.2fs, %d generated in %.2fs, %s",
+                        self._runner.name, stats.prompt_tokens, stats.prompt_cached,
+                        stats.prompt_seconds, stats.generated, stats.eval_seconds, event.reason)
                     yield Done(
                         reason=event.reason,
                         timings=Timings(
@@ -238,7 +243,7 @@ class Engine:
             raise UnsupportedError(f'"{display}" does not support thinking')
         if request.suffix:
             raise UnsupportedError(f'"{display}" does not support insert')
-        if request.messages and any(message.images for message in request.messages):
+        if request.images or (request.messages and any(m.images for m in request.messages)):
             raise UnsupportedError(f'"{display}" does not support images')
         options = self.options_for(record, request.options)
         grammar = _grammar_for(request.format)

@@ -1,0 +1,92 @@
+"""The terminal commands, run as real processes against the real server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pexpect
+
+from tests.conftest import MODEL
+from tests.support.server import PROJECT_SRC, free_port
+
+
+def homeport(*args: str, endpoint: str | None, input_text: str | None = None,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_SRC), "COLUMNS": "200"}
+    if endpoint:
+        env["OLLAMA_ENDPOINT"] = endpoint
+    return subprocess.run([sys.executable, "-m", "homeport", *args], env=env, text=True,
+                          capture_output=True, timeout=timeout, input=input_text)
+
+
+def test_run_with_a_prompt_streams_an_answer(base_url: str) -> None:
+    result = homeport("run", MODEL, "Write a haiku about ports", endpoint=base_url)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.split()) >= 5
+
+
+def test_run_reads_the_prompt_from_stdin(base_url: str) -> None:
+    result = homeport("run", MODEL, endpoint=base_url, input_text="Say hello.")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+
+
+def test_list_ps_show(base_url: str) -> None:
+    homeport("run", MODEL, "hi", endpoint=base_url)
+    listed = homeport("list", endpoint=base_url)
+    assert listed.returncode == 0
+    assert MODEL in listed.stdout
+    assert "Q4_1" in listed.stdout
+    running = homeport("ps", endpoint=base_url)
+    assert running.returncode == 0
+    assert MODEL in running.stdout
+    assert "from now" in running.stdout
+    shown = homeport("show", MODEL, endpoint=base_url)
+    assert shown.returncode == 0
+    assert "8192" in shown.stdout
+    assert "completion" in shown.stdout
+    template = homeport("show", MODEL, "--template", endpoint=base_url)
+    assert "<|im_start|>" in template.stdout
+
+
+def test_cp_and_rm(base_url: str) -> None:
+    copied = homeport("cp", MODEL, "cli-copy", endpoint=base_url)
+    assert copied.returncode == 0, copied.stderr
+    assert "cli-copy:latest" in homeport("list", endpoint=base_url).stdout
+    removed = homeport("rm", "cli-copy", endpoint=base_url)
+    assert removed.returncode == 0, removed.stderr
+    assert "cli-copy" not in homeport("list", endpoint=base_url).stdout
+
+
+def test_errors_are_one_clear_line(base_url: str) -> None:
+    missing = homeport("run", "no-such-model", "hi", endpoint=base_url)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == \
+        "Error: model 'no-such-model' not found, try pulling it first"
+    port = free_port()
+    nowhere = homeport("list", endpoint=f"http://127.0.0.1:{port}")
+    assert nowhere.returncode == 1
+    lines = nowhere.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "Traceback" not in nowhere.stderr
+    assert f"127.0.0.1:{port}" in lines[0]
+    assert "OLLAMA_ENDPOINT" in lines[0]
+
+
+def test_interactive_run(base_url: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_SRC), "OLLAMA_ENDPOINT": base_url,
+           "PROMPT_TOOLKIT_NO_CPR": "1"}
+    child = pexpect.spawn(sys.executable, ["-m", "homeport", "run", MODEL], env=env,
+                          encoding="utf-8", timeout=120)
+    try:
+        child.expect(">>>")
+        child.sendline("What is the capital of France?")
+        child.expect(">>>")
+        assert len(child.before.strip()) > 10
+        child.sendline("/bye")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0

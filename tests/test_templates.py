@@ -1,0 +1,142 @@
+"""Chat templates from the model file: tools, thinking, and a template that tries to escape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from tests.support.models import gguf_with_template, install_model
+from tests.support.server import ServerProcess
+
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nYou may call these tools: {{ tools | tojson }}\n"
+    "Answer with a JSON object {\"name\": ..., \"arguments\": {...}}.<|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "{% if message.tool_calls %}{% for call in message.tool_calls %}"
+    "<tool_call>{{ call.function | tojson }}</tool_call>{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+THINKING_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif %}{% endif %}"
+)
+ESCAPING_TEMPLATE = (
+    "{{ self.__init__.__globals__.__builtins__.__import__('os').system('touch CANARY') }}"
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+)
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+TOOL_CALL_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "enum": ["get_weather"]},
+                   "arguments": {"type": "object", "properties": {"city": {"type": "string"}},
+                                 "required": ["city"]}},
+    "required": ["name", "arguments"],
+}
+OPTIONS = {"temperature": 0, "seed": 5, "num_predict": 60}
+
+
+@pytest.fixture(scope="module")
+def canary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("canary") / "pwned"
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory: pytest.TempPathFactory, canary: Path) -> Iterator[ServerProcess]:
+    home = tmp_path_factory.mktemp("templates")
+    files = home / "files"
+    files.mkdir()
+    models = home / "data" / "models"
+    install_model(models, "tooly:latest", gguf_with_template(files / "t.gguf", TOOLS_TEMPLATE))
+    install_model(models, "thinker:latest",
+                  gguf_with_template(files / "k.gguf", THINKING_TEMPLATE))
+    install_model(models, "escaper:latest", gguf_with_template(
+        files / "e.gguf", ESCAPING_TEMPLATE.replace("CANARY", str(canary))))
+    with ServerProcess(home, env={"HOMEPORT_CONTEXT_LENGTH": "1024",
+                                  "HOMEPORT_NUM_PARALLEL": "2"}) as process:
+        yield process
+
+
+def test_capabilities_follow_the_template(variants: ServerProcess) -> None:
+    client = ollama.Client(host=variants.url)
+    assert "tools" in (client.show("tooly").capabilities or [])
+    assert "thinking" in (client.show("thinker").capabilities or [])
+    assert "tools" not in (client.show("thinker").capabilities or [])
+
+
+def test_tool_calls_are_parsed_into_objects(variants: ServerProcess) -> None:
+    client = ollama.Client(host=variants.url)
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    reply = client.chat("tooly", messages=messages, tools=[WEATHER_TOOL],
+                        format=TOOL_CALL_SCHEMA, options=OPTIONS)
+    calls = reply.message.tool_calls
+    assert calls, reply.message
+    assert calls[0].function.name == "get_weather"
+    assert isinstance(calls[0].function.arguments, dict)
+    assert isinstance(calls[0].function.arguments["city"], str)
+    assert reply.message.content == ""
+    streamed = list(client.chat("tooly", messages=messages, tools=[WEATHER_TOOL],
+                                format=TOOL_CALL_SCHEMA, options=OPTIONS, stream=True))
+    streamed_calls = [call for chunk in streamed for call in (chunk.message.tool_calls or [])]
+    assert [c.function.arguments for c in streamed_calls] == [c.function.arguments for c in calls]
+    # The tool's answer goes back in and the conversation continues.
+    followup = client.chat("tooly", options=OPTIONS, tools=[WEATHER_TOOL], messages=[
+        *messages, reply.message,
+        {"role": "tool", "content": "18 degrees and sunny", "tool_name": "get_weather"}])
+    assert followup.done
+
+
+def test_openai_tool_calls_have_string_arguments(variants: ServerProcess) -> None:
+    client = openai.OpenAI(base_url=f"{variants.url}/v1", api_key="x", max_retries=0)
+    completion = client.chat.completions.create(
+        model="tooly", messages=[{"role": "user", "content": "Weather in Oslo?"}],
+        tools=[WEATHER_TOOL], temperature=0, seed=5, max_tokens=60,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "call", "schema": TOOL_CALL_SCHEMA}})
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls
+    assert choice.message.tool_calls[0].function.name == "get_weather"
+    assert '"city"' in choice.message.tool_calls[0].function.arguments
+
+
+def test_thinking_goes_to_thinking_never_content(variants: ServerProcess) -> None:
+    client = ollama.Client(host=variants.url)
+    messages = [{"role": "user", "content": "Why is the sea salty?"}]
+    reply = client.chat("thinker", messages=messages, think=True, options=OPTIONS)
+    assert reply.message.thinking
+    assert reply.message.content == ""  # the model never closed </think> within 60 tokens
+    chunks = list(client.chat("thinker", messages=messages, think=True, options=OPTIONS,
+                              stream=True))
+    assert "".join(c.message.thinking or "" for c in chunks) == reply.message.thinking
+    assert all(not c.message.content for c in chunks)
+
+
+def test_think_false_answers_in_content(variants: ServerProcess) -> None:
+    client = ollama.Client(host=variants.url)
+    reply = client.chat("thinker", messages=[{"role": "user", "content": "Say hi."}],
+                        think=False, options=OPTIONS)
+    assert reply.message.content
+    assert not reply.message.thinking
+
+
+def test_a_template_reaching_python_internals_is_refused(variants: ServerProcess,
+                                                          canary: Path) -> None:
+    reply = httpx.post(f"{variants.url}/api/chat", timeout=60, json={
+        "model": "escaper", "messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 400
+    assert "chat template" in reply.json()["error"]
+    assert not canary.exists()
+    healthy = httpx.post(f"{variants.url}/api/chat", timeout=60, json={
+        "model": "tooly", "stream": False, "options": OPTIONS,
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert healthy.status_code == 200
