@@ -18,6 +18,7 @@ from homeport.client.history import History
 from homeport.config import config_file, data_dir
 from tests.conftest import MODEL
 from tests.support.cli import homeport
+from tests.support.fake_anthropic import API_KEY, FakeAnthropic
 from tests.support.fake_ollama import FakeOllama
 from tests.support.server import PROJECT_SRC
 
@@ -193,3 +194,27 @@ def test_one_shot_errors_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.stderr.startswith(f"Error: could not reach a server at {url} "
                                     "(from OLLAMA_ENDPOINT): ")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_switching_adapters_keeps_the_conversation(fake: FakeOllama,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeAnthropic() as claude:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", claude.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
+        child = spawn()
+        ask(child, "hello ollama")
+        command(child, "/adapter anthropic_haiku",
+                r"now chatting with \S*anthropic_haiku\S* \(claude-haiku-5-5\)")
+        ask(child, "hello claude")
+        command(child, "/model", r"\* claude-haiku-5-5")
+        quit_(child)
+    sent = [r["body"] for r in claude.requests if r["path"] == "/v1/messages"][-1]
+    assert sent["messages"] == [{"role": "user", "content": "hello ollama"},
+                                {"role": "assistant", "content": "Answer 1."},
+                                {"role": "user", "content": "hello claude"}]
+    with History() as history:
+        turns = history.load(1).turns
+    assert [(t.adapter, t.model) for t in turns] == [("ollama", "fake-coder:latest"),
+                                                    ("anthropic_haiku", "claude-haiku-5-5")]
+    assert turns[1].answer == claude.reply
+    assert (turns[1].usage.input_tokens, turns[1].usage.output_tokens) == (21, 8)
