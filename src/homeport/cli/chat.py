@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -62,22 +63,20 @@ def chat(adapter: str | None, model: str | None, prompt: str | None, system: str
     the moment it ends.
     """
     settings = ClientSettings()
-    history = None if no_history else History()
-    conversation = _conversation(history, resume, conversation_id)
     piped = not sys.stdin.isatty()
     if prompt is None and piped:
-        prompt = ""
-    session = ChatSession(_adapter(settings, adapter, model, endpoint, conversation), history,
-                          conversation, system)
-    try:
+        prompt = ""  # text piped in is the question
+    with contextlib.ExitStack() as stack:
+        history = None if no_history else stack.enter_context(History())
+        conversation = _conversation(history, resume, conversation_id)
+        chosen = _adapter(settings, adapter, model, endpoint, conversation)
+        stack.callback(chosen.close)
+        session = ChatSession(chosen, history, conversation, system)
         if prompt is None:
             Repl(session, settings, endpoint, notify).run()
+            session.adapter.close()  # /adapter may have replaced the one opened here
         else:
             _one_shot(session, prompt, sys.stdin.read() if piped else "")
-    finally:
-        session.adapter.close()
-        if history is not None:
-            history.close()
 
 
 def _one_shot(session: ChatSession, prompt: str, stdin_text: str) -> None:

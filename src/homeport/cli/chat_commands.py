@@ -142,7 +142,10 @@ class Repl:
     def file(self, argument: str) -> None:
         if not argument:
             raise HomeportError("/file needs a path, e.g. /file src/main.py")
-        path = Path(shlex.split(argument)[0]).expanduser()
+        try:
+            path = Path(shlex.split(argument)[0]).expanduser()
+        except ValueError as exc:  # an unbalanced quote
+            raise HomeportError(f"/file: {exc}") from None
         attachment = self.session.attach(path)
         lines = attachment.text.count("\n") + 1
         self.console.print(f"attached {attachment.name} ({lines} lines) to your next message",

@@ -23,7 +23,7 @@ from homeport.errors import HomeportError
 MIGRATIONS = [
     """
     CREATE TABLE conversations (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids are never reused
         title TEXT NOT NULL,
         adapter TEXT NOT NULL,
         model TEXT NOT NULL,
@@ -134,26 +134,28 @@ class History:
     # --- writing ---------------------------------------------------------------------------------
 
     def add_turn(self, conversation_id: int | None, turn: Turn, system: str | None = None) -> int:
-        """Commit one finished turn; a new conversation when ``conversation_id`` is None."""
+        """Commit one finished turn; a new conversation when ``conversation_id`` is None (or
+        was deleted meanwhile, so the turn is never lost). Returns the conversation's id."""
         stamp = turn.created_at or now()
         with self._transaction() as db:
-            if conversation_id is None:
+            kept = conversation_id
+            if kept is not None and not db.execute(
+                    "UPDATE conversations SET adapter = ?, model = ?, system = ?, updated_at = ? "
+                    "WHERE id = ?", (turn.adapter, turn.model, system, stamp, kept)).rowcount:
+                kept = None
+            if kept is None:
                 title = " ".join(turn.user.split())[:60] or "(empty)"
                 cursor = db.execute(
                     "INSERT INTO conversations (title, adapter, model, system, created_at, "
                     "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (title, turn.adapter, turn.model, system, stamp, stamp))
-                conversation_id = int(cursor.lastrowid or 0)
-            else:
-                db.execute("UPDATE conversations SET adapter = ?, model = ?, system = ?, "
-                           "updated_at = ? WHERE id = ?",
-                           (turn.adapter, turn.model, system, stamp, conversation_id))
+                kept = int(cursor.lastrowid or 0)
             db.execute(
                 "INSERT INTO turns (conversation_id, user, answer, adapter, model, input_tokens, "
                 "output_tokens, stopped, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (conversation_id, turn.user, turn.answer, turn.adapter, turn.model,
+                (kept, turn.user, turn.answer, turn.adapter, turn.model,
                  turn.usage.input_tokens, turn.usage.output_tokens, int(turn.stopped), stamp))
-        return conversation_id
+        return kept
 
     def delete(self, conversation_id: int) -> None:
         self.load(conversation_id)  # a clear error when it does not exist
