@@ -158,7 +158,7 @@ def test_stdin_filter_gives_the_input_back_on_failure(fake: FakeOllama) -> None:
 def test_against_the_real_server(base_url: str, source: Path) -> None:
     """Whatever the bundled model writes, the flow holds: a diff or a clear error, no write."""
     config_file().parent.mkdir(parents=True, exist_ok=True)
-    config_file().write_text("[adapters.ollama]\nmax_tokens = 48\ntemperature = 0.0\n")
+    config_file().write_text("[adapters.ollama]\nmax_tokens = 24\ntemperature = 0.0\n")
     for args in ((f"{source}:1-2", "add a docstring", "--dry-run"),
                  ("-", "add a docstring")):
         result = homeport("edit", *args, "--adapter", "ollama", "--model", MODEL,

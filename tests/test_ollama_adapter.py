@@ -26,9 +26,11 @@ def endpoint_env(base_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return base_url
 
 
-def deterministic_config() -> None:
-    write_config(f'[adapters.ollama]\nmodel = "{MODEL}"\n'
-                 f'temperature = {DETERMINISTIC["temperature"]}\n')
+def deterministic_config(model: str = MODEL) -> None:
+    """Greedy and short: the bundled model would otherwise write until its context is full."""
+    write_config(f'[adapters.ollama]\n{f"model = {model!r}" if model else ""}\n'
+                 f'temperature = {DETERMINISTIC["temperature"]}\n'
+                 f'max_tokens = {DETERMINISTIC["num_predict"]}\n')
 
 
 def test_streams_an_answer_with_usage(endpoint_env: str) -> None:
@@ -48,6 +50,7 @@ def test_streams_an_answer_with_usage(endpoint_env: str) -> None:
 
 
 def test_default_model_falls_back_with_a_notice(endpoint_env: str) -> None:
+    deterministic_config(model="")
     adapter = open_adapter("ollama", ClientSettings())  # the built-in default, mistral
     assert adapter.model == MODEL
     assert adapter.notices == [

@@ -24,7 +24,7 @@ from homeport.errors import ConfigError, HomeportError
 Status = Literal["ok", "warn", "fail"]
 PING_COUNT = 10
 PING_BUDGET_SECONDS = 3.0
-PROBE_TOKENS = 32
+PROBE_TOKENS = 24
 PROBE_PROMPT = "Count from 1 to 100, separated by spaces."
 SIZES_B = (1.0, 3.0, 8.0, 14.0, 32.0, 70.0)
 COMFORTABLE_TPS = 10.0  # faster than people read
