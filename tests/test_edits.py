@@ -101,3 +101,12 @@ def test_whole_region_from_a_code_block() -> None:
 def test_a_reply_without_an_edit_is_an_error() -> None:
     with pytest.raises(EditError, match=r"holds no edit .* It began: I cannot do that"):
         new_region(["x = 1"], "I cannot do that.", whole=False)
+
+
+def test_whole_region_prose_is_not_code_and_the_region_like_block_wins() -> None:
+    with pytest.raises(EditError, match="expected a code block"):
+        new_region(["x = 1"], "Sure! x should be 2.", whole=True)
+    reply = ("Context:\n```python\nimport os\nimport sys\n```\nThe region:\n"
+             "```python\ntotal = a + b\nreturn total\n```")
+    assert new_region(["total = a+b", "return total"], reply, whole=True).text == (
+        "total = a + b\nreturn total")

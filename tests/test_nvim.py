@@ -158,7 +158,8 @@ def test_token_keys_and_defaults_from_the_config(neovim_home: Path,
         '[strategies.chat]\nadapter = "ollama"\n'
         '[strategies.inline]\nadapter = "ollama"\nmodel = "qwen2.5-coder:7b"\n'
         '[adapters.ollama]\nmodel = "llama3.2"\nnum_ctx = 8192\nkeep_alive = "1h"\n'
-        '[adapters.anthropic_opus]\nmodel = "claude-opus-4-8"\napi_key = "env:WORK_CLAUDE_KEY"\n')
+        '[adapters.anthropic_opus]\nmodel = "claude-opus-4-8"\napi_key = "env:WORK_CLAUDE_KEY"\n'
+        '[adapters.anthropic]\nbase_url = "https://proxy.example/anthropic/"\n')
     assert homeport("nvim", "--install").returncode == 0
     result = run_neovim(neovim_home, [])
     ollama = result["adapters"]["ollama"]["opts"]
@@ -171,6 +172,9 @@ def test_token_keys_and_defaults_from_the_config(neovim_home: Path,
     opus = result["adapters"]["anthropic_opus"]["opts"]
     assert opus["env"] == {"api_key": "WORK_CLAUDE_KEY"}
     assert opus["schema"]["model"]["default"] == "claude-opus-4-8"
+    assert "url" not in opus, "Anthropic's own URL unless another is configured"
+    assert result["adapters"]["anthropic"]["opts"]["url"] == (
+        "https://proxy.example/anthropic/v1/messages")
     assert result["interactions"]["chat"] == {"adapter": "ollama"}
     assert result["interactions"]["inline"] == {
         "adapter": {"name": "ollama", "model": "qwen2.5-coder:7b"}}

@@ -79,7 +79,7 @@ def render(settings: ClientSettings, explicit_endpoint: str | None = None) -> st
     for name in ANTHROPIC_ADAPTERS:
         reference = settings.api_key_reference(name)
         url = settings.anthropic_url(name).value
-        extra = "" if url == ANTHROPIC_URL else f", url = {lua_string(url.rstrip('/') + '/v1/messages')}"
+        extra = "" if url == ANTHROPIC_URL else f", {lua_string(url.rstrip('/') + '/v1/messages')}"
         anthropic.append(f"      {name} = anthropic({lua_string(settings.model(name).value)}, "
                          f"{lua_string(env_reference(reference, 'ANTHROPIC_API_KEY'))}{extra}),")
     ollama_env = "url = homeport_url" + (f", api_key = {lua_string(token)}" if token else "")

@@ -7,6 +7,7 @@ changes; line endings and the final newline stay as they were.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -81,10 +82,13 @@ def new_region(region: list[str], reply: str, whole: bool) -> Outcome:
                  for number, how in enumerate(applied, start=1) if how.how != "exact"]
         return Outcome(text, notes)
     if whole:
-        fence = _FENCE.search(reply)
-        body = fence.group(2) if fence else reply.strip("\n")
-        if body.strip():
-            return Outcome(body.rstrip("\n"))
+        # Prose is never taken for code: only a fenced block counts. When the model echoed the
+        # context too, the block most like the region is the region.
+        current = "\n".join(region)
+        bodies = [match.group(2).rstrip("\n") for match in _FENCE.finditer(reply)]
+        if any(body.strip() for body in bodies):
+            return Outcome(max(bodies, key=lambda body: difflib.SequenceMatcher(
+                None, body, current, autojunk=False).ratio()))
     opening = " / ".join(line.strip() for line in reply.strip().splitlines()[:2])[:120]
     raise EditError("the model's reply holds no edit (expected "
                     f"{'a code block' if whole else 'SEARCH/REPLACE blocks'}); nothing was "
