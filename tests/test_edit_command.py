@@ -3,15 +3,19 @@ then the flow against the real server for what does not depend on the model's sk
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from homeport.config import config_file
 from tests.conftest import MODEL
 from tests.support.cli import homeport
 from tests.support.fake_ollama import FakeOllama
+from tests.support.server import PROJECT_SRC
 
 SOURCE = """\
 def add(a, b):
@@ -176,3 +180,20 @@ def test_against_the_real_server(base_url: str, source: Path) -> None:
         else:
             assert result.stderr.startswith("Error: ")
         assert source.read_text() == SOURCE
+
+
+@pytest.mark.parametrize(("answer", "written"), [("y", True), ("n", False)])
+def test_at_a_terminal_it_asks_first(fake: FakeOllama, source: Path, answer: str,
+                                     written: bool) -> None:
+    fake.reply = block("    return a-b", "    return a - b")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_SRC)}
+    child = pexpect.spawn(sys.executable, ["-m", "homeport", "edit", str(source), "spaces",
+                                           "--adapter", "ollama", "--model", "fake-coder"],
+                          env=env, encoding="utf-8", timeout=60)
+    child.expect(r"Apply to .*calc\.py\? \[y/N\]")
+    child.sendline(answer)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert (source.read_text() == SOURCE.replace("a-b", "a - b")) is written
+    assert (source.parent / "calc.py.bak").exists() is written
