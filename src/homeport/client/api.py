@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from homeport.config import Endpoint, resolve_endpoint
+from homeport.config import Endpoint, config_file, resolve_endpoint
 from homeport.errors import HomeportError
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=60.0, pool=5.0)
@@ -34,6 +34,28 @@ class ServerUnreachableError(HomeportError):
             f"could not reach a server at {endpoint.url}{where}: {reason}; "
             "is `homeport serve` running there?")
         self.endpoint = endpoint
+
+
+def access_hint(status: int, endpoint: Endpoint) -> str:
+    """What to do about a 401 or 403 from the server ("" for other statuses)."""
+    if status == 401 and endpoint.token_source == "not set":
+        return ("; this server wants a token: set HOMEPORT_TOKEN, or token = \"env:NAME\" in "
+                f"{config_file()} (its owner creates one with `homeport token create NAME`)")
+    if status == 401:
+        return (f"; the token from {endpoint.token_source} was refused: check it or ask the "
+                "server's owner for a new one (`homeport token create NAME`)")
+    if status == 403:
+        return ("; the server's policy does not allow this: ask its owner to add you (or this "
+                "model) to its policy")
+    return ""
+
+
+def refused(status: int, message: str, endpoint: Endpoint) -> str:
+    """One line for an error status from the server, with a hint for 401 and 403."""
+    hint = access_hint(status, endpoint)
+    if not hint:
+        return message
+    return f"the server at {endpoint.url} answered {status}: {message}{hint}"
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -76,8 +98,12 @@ class HomeportClient:
                  **kwargs: Any) -> httpx.Response:
         response = self._send(method, path, json=body, **kwargs)
         if response.status_code >= 400:
-            raise ServerError(response.status_code, _error_message(response))
+            raise self._error(response)
         return response
+
+    def _error(self, response: httpx.Response) -> ServerError:
+        status = response.status_code
+        return ServerError(status, refused(status, _error_message(response), self.endpoint))
 
     def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         response = self._request(method, path, body)
@@ -89,7 +115,7 @@ class HomeportClient:
             with self._http.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise ServerError(response.status_code, _error_message(response))
+                    raise self._error(response)
                 for line in response.iter_lines():
                     if not line.strip():
                         continue
