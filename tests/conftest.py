@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.registry import DockerRegistry
 from tests.support.server import ServerProcess
 
 MODEL = "smollm2:135m"
@@ -40,3 +41,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture
 def base_url(server: ServerProcess) -> str:
     return server.url
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerRegistry]:
+    """A real OCI registry (Debian's docker-registry) on a free loopback port; each test pushes
+    to repositories of its own."""
+    registry = DockerRegistry(tmp_path_factory.mktemp("registry")).start()
+    yield registry
+    registry.stop()

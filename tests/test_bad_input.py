@@ -20,7 +20,8 @@ def http(base_url: str) -> httpx.Client:
 def _still_serving(http: httpx.Client) -> None:
     reply = http.post("/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False,
                                              "options": DETERMINISTIC})
-    assert reply.status_code == 200 and reply.json()["done"] is True
+    assert reply.status_code == 200
+    assert reply.json()["done"] is True
 
 
 @pytest.mark.parametrize(("body", "status", "fragment"), [
@@ -76,7 +77,7 @@ def test_body_over_the_limit_is_413(http: httpx.Client) -> None:
     assert reply.status_code == 413
     assert "too large" in reply.json()["error"]
     # Without a Content-Length, the limit still holds while streaming the body in.
-    def chunks():  # noqa: ANN202
+    def chunks():
         for _ in range(40):
             yield b"x" * 65536
     reply = http.post("/api/generate", content=chunks())
@@ -86,11 +87,13 @@ def test_body_over_the_limit_is_413(http: httpx.Client) -> None:
 
 def test_wrong_method_and_unknown_path(http: httpx.Client) -> None:
     reply = http.get("/api/chat")
-    assert reply.status_code == 405 and "method not allowed" in reply.json()["error"]
+    assert reply.status_code == 405
+    assert "method not allowed" in reply.json()["error"]
     reply = http.post("/api/tags")
     assert reply.status_code == 405
     reply = http.get("/api/nothing-here")
-    assert reply.status_code == 404 and "error" in reply.json()
+    assert reply.status_code == 404
+    assert "error" in reply.json()
 
 
 def test_double_slash_is_tolerated(base_url: str) -> None:
@@ -162,7 +165,8 @@ def test_format_json_and_schema_are_enforced(http: httpx.Client) -> None:
         "options": {"temperature": 0, "seed": 3, "num_predict": 200}})
     assert reply.status_code == 200
     value = json.loads(reply.json()["message"]["content"])
-    assert isinstance(value["name"], str) and isinstance(value["age"], int)
+    assert isinstance(value["name"], str)
+    assert isinstance(value["age"], int)
 
 
 def test_error_after_the_stream_started_is_one_more_line(http: httpx.Client) -> None:
@@ -173,4 +177,23 @@ def test_error_after_the_stream_started_is_one_more_line(http: httpx.Client) -> 
             "options": DETERMINISTIC}) as reply:
         assert reply.headers["content-type"].startswith("application/x-ndjson")
         lines = [json.loads(line) for line in reply.iter_lines() if line]
-    assert lines[-1]["done"] is True and all(not line["done"] for line in lines[:-1])
+    assert lines[-1]["done"] is True
+    assert all(not line["done"] for line in lines[:-1])
+
+
+def test_images_on_a_text_model_are_refused(http: httpx.Client) -> None:
+    reply = http.post("/api/generate", json={"model": MODEL, "prompt": "what is this?",
+                                             "images": ["aGVsbG8="]})
+    assert reply.status_code == 400
+    assert "does not support images" in reply.json()["error"]
+    reply = http.post("/api/chat", json={"model": MODEL, "messages": [
+        {"role": "user", "content": "what is this?", "images": ["aGVsbG8="]}]})
+    assert reply.status_code == 400
+    assert "does not support images" in reply.json()["error"]
+
+
+def test_raw_with_a_system_prompt_is_refused(http: httpx.Client) -> None:
+    reply = http.post("/api/generate", json={"model": MODEL, "prompt": "x", "raw": True,
+                                             "system": "be nice"})
+    assert reply.status_code == 400
+    assert "raw" in reply.json()["error"]

@@ -36,12 +36,17 @@ def test_run_reads_the_prompt_from_stdin(base_url: str) -> None:
 def test_list_ps_show(base_url: str) -> None:
     homeport("run", MODEL, "hi", endpoint=base_url)
     listed = homeport("list", endpoint=base_url)
-    assert listed.returncode == 0 and MODEL in listed.stdout and "Q4_1" in listed.stdout
+    assert listed.returncode == 0
+    assert MODEL in listed.stdout
+    assert "Q4_1" in listed.stdout
     running = homeport("ps", endpoint=base_url)
-    assert running.returncode == 0 and MODEL in running.stdout and "from now" in running.stdout
+    assert running.returncode == 0
+    assert MODEL in running.stdout
+    assert "from now" in running.stdout
     shown = homeport("show", MODEL, endpoint=base_url)
     assert shown.returncode == 0
-    assert "8192" in shown.stdout and "completion" in shown.stdout
+    assert "8192" in shown.stdout
+    assert "completion" in shown.stdout
     template = homeport("show", MODEL, "--template", endpoint=base_url)
     assert "<|im_start|>" in template.stdout
 
@@ -64,8 +69,10 @@ def test_errors_are_one_clear_line(base_url: str) -> None:
     nowhere = homeport("list", endpoint=f"http://127.0.0.1:{port}")
     assert nowhere.returncode == 1
     lines = nowhere.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in nowhere.stderr
-    assert f"127.0.0.1:{port}" in lines[0] and "OLLAMA_ENDPOINT" in lines[0]
+    assert len(lines) == 1
+    assert "Traceback" not in nowhere.stderr
+    assert f"127.0.0.1:{port}" in lines[0]
+    assert "OLLAMA_ENDPOINT" in lines[0]
 
 
 def test_interactive_run(base_url: str) -> None:

@@ -66,7 +66,7 @@ def _busy_slots(url: str) -> int:
     return sum(model["slots"]["busy"] for model in models)
 
 
-def _wait_for(condition, timeout: float = 10.0) -> bool:  # noqa: ANN001
+def _wait_for(condition, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -98,7 +98,8 @@ def test_disconnect_mid_stream_frees_the_slot(one_slot: ServerProcess) -> None:
         # The only slot is free again: the next request runs at once instead of waiting behind it.
         reply = http.post("/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False,
                                                  "options": {"num_predict": 8}})
-        assert reply.status_code == 200 and reply.json()["done"]
+        assert reply.status_code == 200
+        assert reply.json()["done"]
 
 
 def test_queued_request_whose_client_left_never_runs(one_slot: ServerProcess) -> None:
@@ -123,8 +124,9 @@ def test_queued_request_whose_client_left_never_runs(one_slot: ServerProcess) ->
 
 
 def test_queue_full_is_503_with_retry_after(tmp_path: Path) -> None:
+    # A long context keeps the endless stream going for the whole test, even on a fast machine.
     env = {"HOMEPORT_NUM_PARALLEL": "1", "HOMEPORT_MAX_QUEUE": "1",
-           "HOMEPORT_CONTEXT_LENGTH": "1024"}
+           "HOMEPORT_CONTEXT_LENGTH": "8192"}
     with ServerProcess(tmp_path / "queue", env=env) as process, \
             httpx.Client(base_url=process.url, timeout=60) as http, \
             http.stream("POST", "/api/chat", json=ENDLESS) as running:
@@ -132,8 +134,8 @@ def test_queue_full_is_503_with_retry_after(tmp_path: Path) -> None:
         with httpx.Client(base_url=process.url, timeout=60) as second, \
                 second.stream("POST", "/api/chat", json=ENDLESS) as waiting:
             assert waiting.status_code == 200
-            assert _wait_for(lambda: value(process.url, "homeport_queue_depth") == 1)
-            third = httpx.post(f"{process.url}/api/chat", timeout=30, json={
+            assert _wait_for(lambda: value(process.url, "homeport_queue_depth") == 1, timeout=30)
+            third = httpx.post(f"{process.url}/api/chat", timeout=60, json={
                 "model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
             assert third.status_code == 503
             assert int(third.headers["retry-after"]) >= 1

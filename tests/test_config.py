@@ -73,7 +73,8 @@ def test_bad_setting_warns_and_falls_back(monkeypatch: pytest.MonkeyPatch,
 
 def test_every_setting_is_documented() -> None:
     for names, _, description in config.describe_settings():
-        assert names and description
+        assert names
+        assert description
 
 
 def test_queue_full_error_is_the_only_retryable_5xx() -> None:

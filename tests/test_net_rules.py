@@ -306,11 +306,3 @@ def test_audit_rotates_and_is_summarised_across_files(tmp_path: Path) -> None:
     future = datetime.now(UTC) + timedelta(minutes=1)
     assert list(read_entries(tmp_path / "audit", since=future)) == []
 
-
-def test_client_commands_send_homeport_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    from homeport.config import resolve_endpoint
-
-    assert resolve_endpoint().headers == {}
-    monkeypatch.setenv("HOMEPORT_TOKEN", "homeport_abc")
-    for endpoint in (resolve_endpoint(), resolve_endpoint("http://gpu.lan:11434")):
-        assert endpoint.headers == {"Authorization": "Bearer homeport_abc"}

@@ -23,17 +23,21 @@ def test_list_shows_the_bundled_model(client: ollama.Client) -> None:
     assert bundled.details.family == "llama"
     assert bundled.details.quantization_level == "Q4_1"
     assert bundled.details.parameter_size == "134.52M"
-    assert bundled.size is not None and bundled.size > 90_000_000
+    assert bundled.size is not None
+    assert bundled.size > 90_000_000
 
 
 def test_show_reports_capabilities_and_context_length(client: ollama.Client) -> None:
     info = client.show(MODEL)
-    assert info.capabilities is not None and "completion" in info.capabilities
+    assert info.capabilities is not None
+    assert "completion" in info.capabilities
     assert "tools" not in info.capabilities
-    assert info.details is not None and info.details.family == "llama"
+    assert info.details is not None
+    assert info.details.family == "llama"
     assert info.modelinfo is not None
     assert info.modelinfo["llama.context_length"] == 8192
-    assert info.template and "<|im_start|>" in info.template
+    assert info.template
+    assert "<|im_start|>" in info.template
 
 
 def test_chat_not_streamed(client: ollama.Client) -> None:
@@ -41,10 +45,14 @@ def test_chat_not_streamed(client: ollama.Client) -> None:
                            options=DETERMINISTIC, stream=False)
     assert response.message.role == "assistant"
     assert response.message.content.strip()
-    assert response.done and response.done_reason in ("stop", "length")
-    assert response.eval_count and 0 < response.eval_count <= DETERMINISTIC["num_predict"]
-    assert response.prompt_eval_count and response.prompt_eval_count > 0
-    assert response.total_duration and response.eval_duration
+    assert response.done
+    assert response.done_reason in ("stop", "length")
+    assert response.eval_count
+    assert 0 < response.eval_count <= DETERMINISTIC["num_predict"]
+    assert response.prompt_eval_count
+    assert response.prompt_eval_count > 0
+    assert response.total_duration
+    assert response.eval_duration
 
 
 def test_chat_streamed_matches_not_streamed(client: ollama.Client) -> None:
@@ -54,7 +62,8 @@ def test_chat_streamed_matches_not_streamed(client: ollama.Client) -> None:
     assert len(chunks) > 2, "one object per token"
     assert all(not chunk.done for chunk in chunks[:-1])
     final = chunks[-1]
-    assert final.done and final.done_reason == whole.done_reason
+    assert final.done
+    assert final.done_reason == whole.done_reason
     assert final.message.content == ""
     assert "".join(chunk.message.content for chunk in chunks) == whole.message.content
     assert final.eval_count == whole.eval_count
@@ -63,7 +72,8 @@ def test_chat_streamed_matches_not_streamed(client: ollama.Client) -> None:
 def test_generate_streamed_and_not(client: ollama.Client) -> None:
     whole = client.generate(MODEL, prompt="The capital of France is", options=DETERMINISTIC)
     assert whole.response.strip()
-    assert whole.context and all(isinstance(token, int) for token in whole.context)
+    assert whole.context
+    assert all(isinstance(token, int) for token in whole.context)
     parts = list(client.generate(MODEL, prompt="The capital of France is",
                                  options=DETERMINISTIC, stream=True))
     assert "".join(part.response for part in parts) == whole.response

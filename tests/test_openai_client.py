@@ -22,7 +22,8 @@ def test_chat_completion_not_streamed(client: openai.OpenAI) -> None:
     assert completion.object == "chat.completion"
     assert completion.id.startswith("chatcmpl-")
     choice = completion.choices[0]
-    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.message.role == "assistant"
+    assert choice.message.content
     assert choice.finish_reason in ("stop", "length")
     assert completion.usage is not None
     assert 0 < completion.usage.completion_tokens <= 20
@@ -44,7 +45,8 @@ def test_chat_completion_streamed_with_usage(client: openai.OpenAI) -> None:
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == [whole.choices[0].finish_reason]
     usage_chunks = [c for c in chunks if c.usage is not None]
-    assert len(usage_chunks) == 1 and usage_chunks[0].choices == []
+    assert len(usage_chunks) == 1
+    assert usage_chunks[0].choices == []
     assert usage_chunks[0].usage.completion_tokens == whole.usage.completion_tokens
 
 
@@ -52,7 +54,8 @@ def test_completions(client: openai.OpenAI) -> None:
     completion = client.completions.create(model=MODEL, prompt="Once upon a time",
                                            max_tokens=12, temperature=0, seed=1)
     assert completion.choices[0].text
-    assert completion.usage is not None and completion.usage.completion_tokens <= 12
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens <= 12
     streamed = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12,
                                          temperature=0, seed=1, stream=True)
     assert "".join(chunk.choices[0].text for chunk in streamed if chunk.choices) == \
@@ -73,7 +76,8 @@ def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
     default = client.embeddings.create(model=MODEL, input=["harbour", "port"])
     floats = client.embeddings.create(model=MODEL, input=["harbour", "port"],
                                       encoding_format="float")
-    assert len(default.data) == 2 and len(floats.data) == 2
+    assert len(default.data) == 2
+    assert len(floats.data) == 2
     for a, b in zip(default.data, floats.data, strict=True):
         assert len(a.embedding) == 576
         assert math.isclose(math.sqrt(sum(v * v for v in b.embedding)), 1.0, rel_tol=1e-4)
@@ -88,7 +92,8 @@ def test_errors_have_openai_shape(client: openai.OpenAI) -> None:
                                        messages=[{"role": "user", "content": "hi"}])
     assert info.value.status_code == 404
     body = info.value.body
-    assert isinstance(body, dict) and body["type"] == "not_found_error"
+    assert isinstance(body, dict)
+    assert body["type"] == "not_found_error"
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="../../etc/passwd",
                                        messages=[{"role": "user", "content": "hi"}])

@@ -30,7 +30,8 @@ def test_prompt_opened_the_think_block() -> None:
 def test_no_thinking_model_keeps_angle_brackets() -> None:
     content, thinking = run(OutputParser(thinking=False, in_thinking=False, tool_names=None),
                             ["<think>not special</think>"])
-    assert content == "<think>not special</think>" and thinking == ""
+    assert content == "<think>not special</think>"
+    assert thinking == ""
 
 
 @pytest.mark.parametrize("chunks", [
@@ -59,10 +60,12 @@ def test_text_then_a_tool_call() -> None:
 def test_json_that_is_not_a_call_stays_content() -> None:
     parser = OutputParser(thinking=False, in_thinking=False, tool_names={"f"})
     content, _ = run(parser, ['{"answer": 42}'])
-    assert content == '{"answer": 42}' and parser.tool_calls == []
+    assert content == '{"answer": 42}'
+    assert parser.tool_calls == []
 
 
 def test_unknown_tool_name_stays_content() -> None:
     parser = OutputParser(thinking=False, in_thinking=False, tool_names={"f"})
     content, _ = run(parser, ['{"name": "rm_rf", "arguments": {}}'])
-    assert "rm_rf" in content and parser.tool_calls == []
+    assert "rm_rf" in content
+    assert parser.tool_calls == []

@@ -104,7 +104,8 @@ def test_openai_tool_calls_have_string_arguments(variants: ServerProcess) -> Non
                          "json_schema": {"name": "call", "schema": TOOL_CALL_SCHEMA}})
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
-    assert choice.message.tool_calls and choice.message.tool_calls[0].function.name == "get_weather"
+    assert choice.message.tool_calls
+    assert choice.message.tool_calls[0].function.name == "get_weather"
     assert '"city"' in choice.message.tool_calls[0].function.arguments
 
 

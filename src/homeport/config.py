@@ -26,6 +26,8 @@ from typing import Any, Generic, TypeVar
 import platformdirs
 
 from homeport.durations import normalize_keep_alive, parse_go_duration
+from homeport.errors import ConfigError
+from homeport.secrets import resolve_secret
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class Setting(Generic[T]):
     parse: Callable[[str], T]
     description: str
     shown_default: str = ""
+    secret: bool = False  # shown as "set" / "-", never by value
 
     def lookup(self) -> tuple[T, str]:
         """The effective value and where it came from (a variable's name, or "default")."""
@@ -59,7 +62,8 @@ class Setting(Generic[T]):
             try:
                 return self.parse(raw), name
             except ValueError as exc:
-                log.warning("invalid %s=%r (%s), using the default %s", name, raw, exc,
+                shown = "(hidden)" if self.secret else repr(raw)
+                log.warning("invalid %s=%s (%s), using the default %s", name, shown, exc,
                             self.shown_default or self.default)
                 return self.default, "default"
         return self.default, "default"
@@ -213,6 +217,15 @@ EXTRA_STORES: Setting[tuple[Path, ...]] = _register(Setting(
     "Other Ollama stores to serve read-only, separated by ':' "
     "(default ~/.ollama/models and /usr/share/ollama/.ollama/models)",
 ))
+PULL_CONNECTIONS = _register(Setting(
+    ("HOMEPORT_PULL_CONNECTIONS",), 8, _positive_int,
+    "Parallel ranged requests per blob while pulling a model (default 8)",
+))
+PULL_PART_SIZE = _register(Setting(
+    ("HOMEPORT_PULL_PART_SIZE",), 64 * 1024**2, _byte_size,
+    "Smallest part a pulled blob is split into; each part resumes on its own (default 64MiB)",
+    shown_default="64MiB",
+))
 
 # --- who may connect (homeport.net) -----------------------------------------------------------
 
@@ -260,7 +273,17 @@ ENDPOINT = _register(Setting(
 ))
 TOKEN = _register(Setting(
     ("HOMEPORT_TOKEN",), "", str,
-    "A homeport token the client commands send as `Authorization: Bearer` (default none)",
+    "Bearer token the client commands send to the server (default: the config file's token)",
+    secret=True,
+))
+ANTHROPIC_API_KEY = _register(Setting(
+    ("ANTHROPIC_API_KEY",), "", str,
+    "API key of the anthropic adapters (default: api_key in the config file)",
+    secret=True,
+))
+ANTHROPIC_BASE_URL = _register(Setting(
+    ("ANTHROPIC_BASE_URL",), "", str,
+    "Where the anthropic adapters send requests (default https://api.anthropic.com)",
 ))
 
 
@@ -323,8 +346,6 @@ def config_file() -> Path:
 
 def read_config_file() -> dict[str, Any]:
     """The user's config.toml as a dict ({} when absent); a broken file raises ConfigError."""
-    from homeport.errors import ConfigError
-
     path = config_file()
     try:
         with path.open("rb") as handle:
@@ -365,11 +386,12 @@ class HostAddress:
         return self
 
 
-def parse_host(value: str) -> HostAddress:
+def parse_host(value: str, source: str = "OLLAMA_HOST") -> HostAddress:
     """Parse ``[scheme://]host[:port][/path]`` exactly as Ollama's envconfig.Host does.
 
     No scheme means http and port 11434; an explicit http:// or https:// without a port means
-    80 or 443. An empty host means 127.0.0.1; a bad port falls back to the default with a warning.
+    80 or 443. An empty host means 127.0.0.1; a bad port falls back to the default with a warning
+    that names ``source``.
     """
     text = value.strip().strip("\"'")
     default_port = str(DEFAULT_PORT)
@@ -395,7 +417,7 @@ def parse_host(value: str) -> HostAddress:
     else:
         host, port = split
     if not port.isdigit() or int(port) > 65535:
-        log.warning("invalid port %r, using the default %s", port, default_port)
+        log.warning("%s: invalid port %r, using the default %s", source, port, default_port)
         port = default_port
     return HostAddress(scheme, host, int(port), path)
 
@@ -426,38 +448,70 @@ def bind_address() -> HostAddress:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """The server a client talks to, and the source it came from (for error messages)."""
+    """The server a client talks to, where its address came from, and the headers it needs."""
 
     url: str
     source: str
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # may hold a token
+    token_source: str = "not set"
 
 
 def resolve_endpoint(explicit: str | None = None) -> Endpoint:
-    """The client's server: --endpoint, OLLAMA_ENDPOINT, OLLAMA_HOST, config file, default."""
-    if explicit:
-        return Endpoint(_endpoint_url(explicit), "--endpoint", _auth_headers())
-    for name in ("OLLAMA_ENDPOINT", "OLLAMA_HOST"):
+    """The client's server: --endpoint, OLLAMA_ENDPOINT, OLLAMA_HOST, config file, default.
+
+    Each value is parsed as Ollama parses OLLAMA_HOST; a scheme other than http(s) is a
+    ConfigError naming its source. The bearer token, when one is configured, rides along.
+    """
+    url, source = endpoint_url(explicit)
+    token, token_source = resolve_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return Endpoint(url, source, headers, token_source)
+
+
+def endpoint_url(explicit: str | None = None, environment: bool = True) -> tuple[str, str]:
+    """The endpoint's URL and its source, without the token (see ``resolve_endpoint``).
+
+    ``environment=False`` skips the variables: what the flag or the config file say.
+    """
+    if explicit is not None and explicit.strip():
+        return _endpoint_url(explicit, "--endpoint"), "--endpoint"
+    for name in ("OLLAMA_ENDPOINT", "OLLAMA_HOST") if environment else ():
         raw = env_value(name)
         if raw:
-            return Endpoint(_endpoint_url(raw), name, _auth_headers())
+            return _endpoint_url(raw, name), name
     configured = read_config_file().get("endpoint")
-    if isinstance(configured, str) and configured.strip():
-        return Endpoint(_endpoint_url(configured), f"{config_file()} (endpoint)", _auth_headers())
-    return Endpoint(DEFAULT_ENDPOINT, "default", _auth_headers())
+    source = f"{config_file()} (endpoint)"
+    if configured is not None and not isinstance(configured, str):
+        raise ConfigError(f"{source} must be a string such as \"http://100.64.0.1:11434\"")
+    if configured and configured.strip():
+        return _endpoint_url(configured, source), source
+    return DEFAULT_ENDPOINT, "default"
 
 
-def _auth_headers() -> dict[str, str]:
-    """The bearer token header when HOMEPORT_TOKEN is set (servers outside the tailnet need one)."""
-    token = TOKEN.get()
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def _endpoint_url(raw: str) -> str:
-    address = parse_host(raw).connectable()
+def _endpoint_url(raw: str, source: str) -> str:
+    address = parse_host(raw, source).connectable()
+    if address.scheme not in ("http", "https"):
+        raise ConfigError(f"{source}: unsupported scheme {address.scheme!r} in {raw.strip()!r}; "
+                          "use http:// or https://")
     if address.host == "":
         address = HostAddress(address.scheme, "127.0.0.1", address.port, address.path)
     return address.url.rstrip("/")
+
+
+def resolve_token() -> tuple[str, str]:
+    """The bearer token for the server and where it came from ("" and "not set" when none).
+
+    HOMEPORT_TOKEN wins; else the config file's ``token``, which must be a reference
+    (``env:NAME`` or ``cmd:COMMAND``) and is resolved only now.
+    """
+    value, source = TOKEN.lookup()
+    if value:
+        return value, source
+    reference = read_config_file().get("token")
+    if reference is None:
+        return "", "not set"
+    where = f"`token` in {config_file()}"
+    return resolve_secret(reference, where), f"{config_file()} (token = {reference})"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -475,6 +529,8 @@ def describe_settings() -> list[tuple[str, str, str]]:
     for setting in REGISTRY:
         value, source = setting.lookup()
         shown = setting.shown_default if source == "default" and setting.shown_default else value
+        if setting.secret:
+            shown = "set" if value else ""
         if isinstance(shown, tuple):
             shown = ",".join(str(item) for item in shown)
         rows.append((" / ".join(setting.names), f"{shown}" if str(shown) else "-",

@@ -7,15 +7,18 @@
     │   ├── InvalidOptionError        400  an option or field has the wrong type or value
     │   ├── UnsupportedError          400  the model cannot do that (tools, embeddings, ...)
     │   ├── InvalidModelFileError     400  a GGUF or blob failed validation
-    │   └── ModelTooLargeError        400  the model does not fit in the memory left
+    │   ├── ModelTooLargeError        400  the model does not fit in the memory left
+    │   └── RegistryRefusedError      400  a registry sent or asked for something unsafe or wrong
     ├── UnauthorizedError             401  no or bad token
     ├── ForbiddenError                403  the policy or the Host/Origin check says no
     ├── NotFoundError                 404
     │   └── ModelNotFoundError        404  "model 'x' not found, try pulling it first"
     ├── PayloadTooLargeError          413
+    ├── InsufficientStorageError      507  the disk has no room for a model or blob
     ├── RateLimitedError              429  a per-identity limit; carries retry_after
     ├── ClientClosedError             499  the client went away
-    ├── RegistryError                 502  a registry failed or misbehaved during a pull
+    ├── StorageError                  500  reading or writing the model store failed
+    ├── RegistryError                 502  a registry could not be reached or failed (worth a retry)
     └── ServerBusyError               503  the queue is full; carries retry_after
 
 Permanent failures are 4xx on purpose: CodeCompanion's curl retries 408, 429 and 5xx three times,
@@ -65,6 +68,10 @@ class ModelTooLargeError(BadRequestError):
     pass
 
 
+class RegistryRefusedError(BadRequestError):
+    """A registry broke the rules (bad digest, lying size, unsafe redirect or realm): permanent."""
+
+
 class UnauthorizedError(HomeportError):
     status = 401
 
@@ -85,6 +92,20 @@ class ModelNotFoundError(NotFoundError):
 
 class PayloadTooLargeError(HomeportError):
     status = 413
+
+
+class InsufficientStorageError(HomeportError):
+    status = 507
+
+
+class StorageError(HomeportError):
+    """An OSError in the store, told without the path (``strerror`` only)."""
+
+    status = 500
+
+    @classmethod
+    def wrap(cls, action: str, exc: OSError) -> StorageError:
+        return cls(f"could not {action}: {exc.strerror or type(exc).__name__}")
 
 
 class RateLimitedError(HomeportError):

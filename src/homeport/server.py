@@ -31,7 +31,7 @@ def setup_logging() -> None:
         datefmt="%Y-%m-%dT%H:%M:%S",
         stream=sys.stderr,
     )
-    # httpx logs every request at INFO; the LocalAPI is asked once per connection.
+    # httpx logs every request at INFO: a pull makes dozens, the LocalAPI one per connection.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 

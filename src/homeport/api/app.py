@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from homeport import metrics
-from homeport.api import ollama_routes, openai_routes
+from homeport.api import model_routes, ollama_routes, openai_routes
 from homeport.api.common import AppState
 from homeport.api.errors import homeport_error, http_error, unexpected_error
 from homeport.engine.service import Engine
@@ -114,6 +114,7 @@ def create_app(parts: AppParts) -> Starlette:
     app = Starlette(
         routes=[
             *ollama_routes.routes,
+            *model_routes.routes,
             *openai_routes.routes,
             *parts.routes,
             Route("/metrics", metrics_endpoint, methods=["GET"]),

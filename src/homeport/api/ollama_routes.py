@@ -1,4 +1,5 @@
-"""Ollama's native API: /api/chat, /api/generate, embeddings, and model listing and info.
+"""Ollama's native API: /api/chat, /api/generate, embeddings, and model listing and info
+(model management is in ``model_routes``).
 
 Handlers translate wire shapes to engine calls and back; the engine does the work. Streams are
 NDJSON, one object per token, with the final object carrying ``done_reason`` and the timings in
@@ -21,7 +22,6 @@ from homeport.api import schemas
 from homeport.api.access import (
     MeteredGeneration,
     capped_options,
-    check_model,
     may_use,
     note_embedding_tokens,
     start_generation,
@@ -189,6 +189,7 @@ async def generate(request: Request) -> Response:
         record=record, options=body.options, keep_alive=body.keep_alive, prompt=body.prompt,
         system=body.system, suffix=body.suffix, raw=body.raw, context=body.context,
         think=body.think, format=body.format, truncate=body.truncate is not False,
+        images=list(body.images or []),
     ))
 
     def final(done: Done, text: str = "", thinking: str = "") -> dict[str, Any]:
@@ -343,35 +344,12 @@ async def show(request: Request) -> Response:
     return JSONResponse(response)
 
 
-async def copy(request: Request) -> Response:
-    state = state_of(request)
-    body = await read_json(request, schemas.CopyRequest, state.max_body_bytes)
-    if not body.source or not body.destination:
-        raise BadRequestError("source and destination are required")
-    # Copying under another name must not turn a model outside the caller's globs into one inside.
-    check_model(request, body.source)
-    check_model(request, body.destination)
-    state.store.copy(body.source, body.destination)
-    return Response(status_code=200)
-
-
-async def delete(request: Request) -> Response:
-    state = state_of(request)
-    body = await read_json(request, schemas.DeleteRequest, state.max_body_bytes)
-    name = body.model or body.name
-    resolve_model(request, name)
-    state.store.delete(name)
-    return Response(status_code=200)
-
-
 routes = [
     Route("/", root, methods=["GET", "HEAD"]),
     Route("/api/version", version, methods=["GET", "HEAD"]),
     Route("/api/tags", tags, methods=["GET", "HEAD"]),
     Route("/api/ps", ps, methods=["GET"]),
     Route("/api/show", show, methods=["POST"]),
-    Route("/api/copy", copy, methods=["POST"]),
-    Route("/api/delete", delete, methods=["DELETE"]),
     Route("/api/chat", chat, methods=["POST"]),
     Route("/api/generate", generate, methods=["POST"]),
     Route("/api/embed", embed, methods=["POST"]),

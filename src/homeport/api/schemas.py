@@ -139,6 +139,30 @@ class DeleteRequest(_Request):
     name: str = ""  # legacy spelling
 
 
+class PullRequest(_Request):
+    model: str = ""
+    name: str = ""  # legacy spelling
+    insecure: bool = False
+    stream: bool | None = True
+
+
+class CreateRequest(_Request):
+    model: str = ""
+    name: str = ""  # legacy spelling
+    from_: str | None = Field(default=None, alias="from")
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    template: str | None = None
+    system: str | None = None
+    license: str | list[str] | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[MessageIn] | None = None
+    quantize: str | None = None
+    quantization: str | None = None  # legacy spelling
+    modelfile: str | None = None  # the old API; refused with a pointer to the new one
+    stream: bool | None = True
+
+
 # --- OpenAI ---------------------------------------------------------------------------------------
 
 

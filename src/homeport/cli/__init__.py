@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from homeport import __version__
 from homeport.errors import HomeportError
@@ -25,7 +26,8 @@ class HomeportGroup(click.Group):
         try:
             return super().invoke(ctx)
         except HomeportError as exc:
-            err_console.print(f"[bold red]Error:[/] {exc.message}", markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]Error:[/] {escape(exc.message)}", markup=True,
+                              soft_wrap=True)
             sys.exit(1)
 
 
@@ -36,11 +38,29 @@ def main() -> None:
 
 
 def _register() -> None:
-    from homeport.cli import audit, models, serve, token
+    from homeport.cli import (
+        audit,
+        chat,
+        config_cmd,
+        doctor,
+        edit,
+        history,
+        models,
+        nvim,
+        serve,
+        token,
+        transfer,
+    )
 
     main.add_command(serve.serve)
-    for command in models.commands:
+    for command in [*models.commands, *transfer.commands]:
         main.add_command(command)
+    main.add_command(chat.chat)
+    main.add_command(edit.edit)
+    main.add_command(history.history)
+    main.add_command(config_cmd.config_cmd)
+    main.add_command(nvim.nvim)
+    main.add_command(doctor.doctor)
     main.add_command(token.token)
     main.add_command(audit.audit)
 

@@ -10,19 +10,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from homeport.client.api import HomeportClient
-from homeport.config import resolve_endpoint
+from homeport.cli import err_console
+from homeport.cli.options import client_for, endpoint_option, insecure_option
+from homeport.cli.transfer import pull_with_progress
+from homeport.client.api import HomeportClient, ServerError
 from homeport.humanize import format_bytes, format_duration
 
-console = Console(highlight=False)
-
-endpoint_option = click.option(
-    "--endpoint", default=None, metavar="URL",
-    help="Server to talk to (default: OLLAMA_ENDPOINT, OLLAMA_HOST, then localhost:11434).")
-
-
-def client_for(endpoint: str | None) -> HomeportClient:
-    return HomeportClient(resolve_endpoint(endpoint))
+# Piped output is for scripts: full-width rows, never names cut to fit 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
 
 
 def _ago(timestamp: str) -> str:
@@ -51,6 +46,9 @@ def list_(endpoint: str | None) -> None:
     """List the models the server has."""
     with client_for(endpoint) as client:
         models = client.list_models()
+    if not models:
+        err_console.print("no models yet; pull one with `homeport pull NAME`", highlight=False)
+        return
     table = Table(box=None, header_style="bold")
     for column in ("NAME", "ID", "SIZE", "FAMILY", "PARAMS", "QUANT", "MODIFIED"):
         table.add_column(column)
@@ -81,20 +79,26 @@ def ps(endpoint: str | None) -> None:
     console.print(table)
 
 
+def _excerpt(text: str, lines: int = 3) -> str:
+    kept = text.strip().splitlines()
+    return "\n".join(kept[:lines] + (["..."] if len(kept) > lines else []))
+
+
 @click.command("show")
 @click.argument("model")
 @click.option("--modelfile", is_flag=True, help="Print the Modelfile.")
 @click.option("--template", is_flag=True, help="Print the chat template.")
 @click.option("--parameters", is_flag=True, help="Print the parameters.")
+@click.option("--system", is_flag=True, help="Print the system prompt.")
 @click.option("--license", "license_", is_flag=True, help="Print the license.")
 @endpoint_option
-def show(model: str, modelfile: bool, template: bool, parameters: bool, license_: bool,
-         endpoint: str | None) -> None:
+def show(model: str, modelfile: bool, template: bool, parameters: bool, system: bool,
+         license_: bool, endpoint: str | None) -> None:
     """Show a model's details, parameters, template and license."""
     with client_for(endpoint) as client:
         info = client.show(model)
     for flag, key in ((modelfile, "modelfile"), (template, "template"),
-                      (parameters, "parameters"), (license_, "license")):
+                      (parameters, "parameters"), (system, "system"), (license_, "license")):
         if flag:
             click.echo(info.get(key, ""))
             return
@@ -107,16 +111,17 @@ def show(model: str, modelfile: bool, template: bool, parameters: bool, license_
     table.add_row("architecture", str(model_info.get("general.architecture", family)))
     table.add_row("parameters", str(details.get("parameter_size", "")))
     table.add_row("context length", str(model_info.get(f"{family}.context_length", "")))
+    table.add_row("embedding length", str(model_info.get(f"{family}.embedding_length", "")))
     table.add_row("quantization", str(details.get("quantization_level", "")))
     table.add_row("capabilities", ", ".join(info.get("capabilities", [])))
     console.print("[bold]Model[/]")
     console.print(table)
-    if info.get("parameters"):
-        console.print("\n[bold]Parameters[/]")
-        console.print(info["parameters"], markup=False)
-    if info.get("license"):
-        console.print("\n[bold]License[/]")
-        console.print(info["license"].strip().splitlines()[0], markup=False)
+    for title, key in (("Parameters", "parameters"), ("System", "system"),
+                       ("Template", "template"), ("License", "license")):
+        if info.get(key):
+            console.print(f"\n[bold]{title}[/]")
+            text = info[key] if key == "parameters" else _excerpt(info[key])
+            console.print(text, markup=False)
 
 
 def _stream_answer(client: HomeportClient, model: str, messages: list[dict[str, Any]]) -> str:
@@ -133,13 +138,32 @@ def _stream_answer(client: HomeportClient, model: str, messages: list[dict[str, 
     return "".join(parts)
 
 
+def ensure_model(client: HomeportClient, model: str, insecure: bool) -> None:
+    """Offer to pull ``model`` when the server does not have it. Only a person at a terminal is
+    asked; a script gets the server's "not found" error rather than a surprise download."""
+    try:
+        client.show(model)
+        return
+    except ServerError as exc:
+        if exc.status != 404 or not (sys.stdin.isatty() and sys.stderr.isatty()):
+            raise
+        if not click.confirm(f"model '{model}' is not on the server; pull it now?",
+                             default=True, err=True):
+            raise SystemExit(1) from None
+    pull_with_progress(client, model, insecure)
+
+
 @click.command("run")
 @click.argument("model")
 @click.argument("prompt", nargs=-1)
+@insecure_option
 @endpoint_option
-def run(model: str, prompt: tuple[str, ...], endpoint: str | None) -> None:
-    """Chat with a model: one answer for PROMPT, or an interactive session without one."""
+def run(model: str, prompt: tuple[str, ...], insecure: bool, endpoint: str | None) -> None:
+    """Chat with a model: one answer for PROMPT, or an interactive session without one.
+
+    At a terminal, a model the server does not have is pulled first, after asking."""
     with client_for(endpoint) as client:
+        ensure_model(client, model, insecure)
         text = " ".join(prompt)
         if not text and not sys.stdin.isatty():
             text = sys.stdin.read()
@@ -152,7 +176,6 @@ def run(model: str, prompt: tuple[str, ...], endpoint: str | None) -> None:
 def _interactive(client: HomeportClient, model: str) -> None:
     from prompt_toolkit import PromptSession
 
-    client.show(model)  # fail early, with the server's message, if the model is missing
     session: PromptSession[str] = PromptSession()
     messages: list[dict[str, Any]] = []
     console.print("[dim]Send a message (/bye to quit, /clear to forget the conversation)[/]")

@@ -8,12 +8,12 @@ address came from). Both carry a one-line message meant for people.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import httpx
 
-from homeport.config import Endpoint, resolve_endpoint
+from homeport.config import Endpoint, config_file, resolve_endpoint
 from homeport.errors import HomeportError
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=60.0, pool=5.0)
@@ -34,6 +34,28 @@ class ServerUnreachableError(HomeportError):
             f"could not reach a server at {endpoint.url}{where}: {reason}; "
             "is `homeport serve` running there?")
         self.endpoint = endpoint
+
+
+def access_hint(status: int, endpoint: Endpoint) -> str:
+    """What to do about a 401 or 403 from the server ("" for other statuses)."""
+    if status == 401 and endpoint.token_source == "not set":
+        return ("; this server wants a token: set HOMEPORT_TOKEN, or token = \"env:NAME\" in "
+                f"{config_file()} (its owner creates one with `homeport token create NAME`)")
+    if status == 401:
+        return (f"; the token from {endpoint.token_source} was refused: check it or ask the "
+                "server's owner for a new one (`homeport token create NAME`)")
+    if status == 403:
+        return ("; the server's policy does not allow this: ask its owner to add you (or this "
+                "model) to its policy")
+    return ""
+
+
+def refused(status: int, message: str, endpoint: Endpoint) -> str:
+    """One line for an error status from the server, with a hint for 401 and 403."""
+    hint = access_hint(status, endpoint)
+    if not hint:
+        return message
+    return f"the server at {endpoint.url} answered {status}: {message}{hint}"
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -66,15 +88,22 @@ class HomeportClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None
-                 ) -> httpx.Response:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = self._http.request(method, path, json=body)
+            return self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ServerUnreachableError(self.endpoint, str(exc) or type(exc).__name__) from None
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                 **kwargs: Any) -> httpx.Response:
+        response = self._send(method, path, json=body, **kwargs)
         if response.status_code >= 400:
-            raise ServerError(response.status_code, _error_message(response))
+            raise self._error(response)
         return response
+
+    def _error(self, response: httpx.Response) -> ServerError:
+        status = response.status_code
+        return ServerError(status, refused(status, _error_message(response), self.endpoint))
 
     def _json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         response = self._request(method, path, body)
@@ -86,7 +115,7 @@ class HomeportClient:
             with self._http.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise ServerError(response.status_code, _error_message(response))
+                    raise self._error(response)
                 for line in response.iter_lines():
                     if not line.strip():
                         continue
@@ -112,6 +141,25 @@ class HomeportClient:
     def show(self, model: str) -> dict[str, Any]:
         result: dict[str, Any] = self._json("POST", "/api/show", {"model": model})
         return result
+
+    def pull(self, model: str, insecure: bool = False) -> Iterator[dict[str, Any]]:
+        """Pull ``model`` from its registry, yielding the server's progress lines."""
+        return self.stream("/api/pull", {"model": model, "insecure": insecure, "stream": True})
+
+    def create(self, model: str, **fields: Any) -> Iterator[dict[str, Any]]:
+        """Create ``model`` (``from`` or ``files``, template, system, ...), yielding progress."""
+        return self.stream("/api/create", {"model": model, **fields, "stream": True})
+
+    def has_blob(self, digest: str) -> bool:
+        response = self._send("HEAD", f"/api/blobs/{digest}")
+        if response.status_code in (200, 404):
+            return response.status_code == 200
+        raise ServerError(response.status_code, f"HTTP {response.status_code}")
+
+    def upload_blob(self, digest: str, chunks: Iterable[bytes], size: int) -> None:
+        """Send a blob's bytes; the server keeps them only if they hash to ``digest``."""
+        self._request("POST", f"/api/blobs/{digest}", content=chunks,
+                      headers={"Content-Length": str(size)})
 
     def copy(self, source: str, destination: str) -> None:
         self._request("POST", "/api/copy", {"source": source, "destination": destination})

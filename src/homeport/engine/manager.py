@@ -13,8 +13,10 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from homeport import metrics
 from homeport.engine.llama import ContextSettings, LlamaModel
@@ -77,6 +79,7 @@ class ModelManager:
         self._load_lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._expiry_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._expiry_task = asyncio.create_task(self._expire_loop(), name="keep-alive")
@@ -138,7 +141,17 @@ class ModelManager:
             runner.keep_alive = keep_alive
         if runner.active == 0:
             runner.expires_at = runner.last_used + runner.keep_alive
-        asyncio.get_running_loop().create_task(self._notify())
+            if runner.keep_alive <= 0:
+                # keep_alive 0: gone now, so the next request loads afresh rather than reusing it.
+                runner.unloading = True
+                self._spawn(self._unload(runner))
+        self._spawn(self._notify())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, holding a reference until it is done."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def unload_now(self, record: ModelRecord) -> bool:
         """Unload ``record`` once its requests finish (keep_alive 0 with no prompt)."""

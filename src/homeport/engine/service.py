@@ -69,6 +69,7 @@ class GenerationInput:
     think: bool | str | None = None
     format: str | dict[str, Any] | None = None
     truncate: bool = True
+    images: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class EngineSettings:
 
 def capabilities(record: ModelRecord) -> list[str]:
     """Ollama's capability names for a model, judged from its file and template."""
-    features = template_features(record.gguf.chat_template)
+    features = template_features(record.chat_template)
     found = ["completion"]
     if features.tools:
         found.append("tools")
@@ -234,7 +235,7 @@ class Engine:
     async def start_generation(self, request: GenerationInput) -> Generation:
         started = time.perf_counter()
         record = request.record
-        features = template_features(record.gguf.chat_template)
+        features = template_features(record.chat_template)
         display = record.name.display
         if request.tools and not features.tools:
             raise UnsupportedError(f'"{display}" does not support tools')
@@ -242,7 +243,7 @@ class Engine:
             raise UnsupportedError(f'"{display}" does not support thinking')
         if request.suffix:
             raise UnsupportedError(f'"{display}" does not support insert')
-        if request.messages and any(message.images for message in request.messages):
+        if request.images or (request.messages and any(m.images for m in request.messages)):
             raise UnsupportedError(f'"{display}" does not support images')
         options = self.options_for(record, request.options)
         grammar = _grammar_for(request.format)
@@ -297,7 +298,7 @@ class Engine:
             messages.insert(0, ChatMessage("system", system))
         model = runner.model
         text = render_chat(
-            record.gguf.chat_template,
+            record.chat_template,
             [message.for_template() for message in messages],
             tools=request.tools,
             bos_token=model.special_text(model.bos),

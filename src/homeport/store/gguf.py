@@ -269,8 +269,12 @@ def parse_gguf(data: mmap.mmap | bytes) -> GGUFInfo:
         metadata[key] = _read_value(reader, value_type, key)
 
     tensors: list[tuple[str, tuple[int, ...], int, int]] = []
+    names: set[str] = set()
     for _ in range(tensor_count):
         name = reader.string("tensor name")
+        if name in names:
+            raise InvalidModelFileError(f"invalid GGUF file: tensor {name!r} appears twice")
+        names.add(name)
         n_dims = reader.u32(f"dimensions of {name!r}")
         if n_dims == 0 or n_dims > MAX_DIMS:
             raise InvalidModelFileError(f"invalid GGUF file: tensor {name!r} has {n_dims} dims")
@@ -296,6 +300,7 @@ def parse_gguf(data: mmap.mmap | bytes) -> GGUFInfo:
 
 
 _CACHE: dict[tuple[str, int, int], GGUFInfo] = {}
+_CACHE_SIZE = 64
 
 
 def read_gguf(path: Path) -> GGUFInfo:
@@ -312,5 +317,7 @@ def read_gguf(path: Path) -> GGUFInfo:
         raise InvalidModelFileError("invalid GGUF file: not a GGUF model (bad magic or too short)")
     with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         info = parse_gguf(data)
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = info
     return info

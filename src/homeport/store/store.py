@@ -5,28 +5,33 @@ One writable root (``HOMEPORT_MODELS``, ``OLLAMA_MODELS``, or ``<data dir>/model
 read-only roots (existing Ollama stores) whose models are served in place. The bundled model's
 manifest lives in the writable root; its model layer resolves to the file inside the installed
 package. Only this package knows about paths; callers get ``ModelRecord``s.
+
+Changes follow one rule: blobs first, manifest last (atomically), then the layers the old manifest
+used and no other manifest (nor a pull or create in progress) still needs are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
-from typing import Any
 
-from homeport.errors import BadRequestError, InvalidModelFileError, ModelNotFoundError
+from homeport.errors import BadRequestError, InvalidModelFileError, ModelNotFoundError, StorageError
 from homeport.store import manifests as mf
 from homeport.store.bundled import BundledModel
 from homeport.store.digests import blob_path, normalize_digest, sha256_bytes
-from homeport.store.gguf import GGUFInfo, read_gguf
+from homeport.store.download import Downloads
+from homeport.store.gguf import read_gguf
 from homeport.store.names import ModelName, parse_name
+from homeport.store.record import ModelRecord
 
 log = logging.getLogger(__name__)
 
@@ -47,60 +52,8 @@ class StoreRoot:
         return self.path / "blobs"
 
 
-@dataclass
-class ModelRecord:
-    """A model as the rest of homeport sees it: its name, files and Modelfile settings."""
-
-    name: ModelName
-    manifest: mf.Manifest
-    manifest_digest: str
-    modified_at: datetime
-    model_path: Path
-    config: dict[str, Any] = field(default_factory=dict)
-    template: str | None = None
-    system: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
-    license: list[str] = field(default_factory=list)
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    read_only: bool = False
-
-    @property
-    def size(self) -> int:
-        return self.manifest.total_size
-
-    @property
-    def model_digest(self) -> str:
-        layer = self.manifest.layer_of(mf.MODEL_LAYER)
-        return layer.digest if layer else ""
-
-    @cached_property
-    def gguf(self) -> GGUFInfo:
-        return read_gguf(self.model_path)
-
-    @property
-    def family(self) -> str:
-        family = self.config.get("model_family")
-        return family if isinstance(family, str) and family else self.gguf.architecture
-
-    @property
-    def families(self) -> list[str]:
-        families = self.config.get("model_families")
-        if isinstance(families, list) and all(isinstance(item, str) for item in families):
-            return list(families)
-        return [self.family]
-
-    @property
-    def parameter_size(self) -> str:
-        value = self.config.get("model_type")
-        return value if isinstance(value, str) and value else self.gguf.parameter_size
-
-    @property
-    def quantization_level(self) -> str:
-        value = self.config.get("file_type")
-        return value if isinstance(value, str) and value else self.gguf.quantization
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, flush it to disk, rename it over."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".partial")
     try:
@@ -129,9 +82,17 @@ class ModelStore:
             if path.resolve() != root.resolve() and path.is_dir()
         ]
         self.bundled = bundled
+        self.downloads = Downloads()
         self._lock = threading.RLock()
+        self._held: Counter[str] = Counter()
 
     # --- blobs ---------------------------------------------------------------------------------
+
+    @property
+    def blobs_dir(self) -> Path:
+        """The writable root's blob folder, created on first use."""
+        self.primary.blobs.mkdir(parents=True, exist_ok=True)
+        return self.primary.blobs
 
     def blob_file(self, digest: str) -> Path | None:
         """The file holding ``digest`` in any root (or the bundled package), if present."""
@@ -144,15 +105,22 @@ class ModelStore:
             return self.bundled.path
         return None
 
+    def has_blob(self, digest: str) -> bool:
+        """Whether the writable root holds ``digest`` (what pulls and uploads fill)."""
+        return blob_path(self.primary.blobs, digest).is_file()
+
     def write_blob(self, data: bytes) -> str:
         """Store small bytes (a config, template or params layer) and return their digest."""
         digest = sha256_bytes(data)
         path = blob_path(self.primary.blobs, digest)
         if not path.exists():
-            _atomic_write(path, data)
+            try:
+                atomic_write(path, data)
+            except OSError as exc:
+                raise StorageError.wrap("write a layer", exc) from None
         return digest
 
-    def _read_blob(self, digest: str, limit: int = MAX_TEXT_LAYER_BYTES) -> bytes:
+    def read_text_layer(self, digest: str, limit: int = MAX_TEXT_LAYER_BYTES) -> bytes:
         path = self.blob_file(digest)
         if path is None:
             raise InvalidModelFileError(f"model layer {digest} is missing from the store")
@@ -161,6 +129,19 @@ class ModelStore:
         if len(data) > limit:
             raise InvalidModelFileError(f"model layer {digest} is too large to be text")
         return data
+
+    @contextlib.contextmanager
+    def hold(self, digests: Iterable[str]) -> Iterator[None]:
+        """Keep ``digests`` from being removed while a pull or create that needs them runs."""
+        held = [normalize_digest(digest) for digest in digests]
+        with self._lock:
+            self._held.update(held)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.subtract(held)
+                self._held += Counter()  # drop the zero counts
 
     # --- manifests -----------------------------------------------------------------------------
 
@@ -181,14 +162,16 @@ class ModelStore:
                             except BadRequestError:
                                 log.debug("skipping a manifest with an invalid name: %s", text)
 
-    def _locate(self, name: ModelName) -> tuple[ModelName, Path, StoreRoot] | None:
+    def _locate(self, name: ModelName, writable_only: bool = False,
+                ) -> tuple[ModelName, Path, StoreRoot] | None:
         """The stored name (its own spelling), manifest file and root for ``name``."""
-        for root in self.roots:
+        roots = [self.primary] if writable_only else self.roots
+        for root in roots:
             exact = root.manifests.joinpath(*name.manifest_parts)
             if exact.is_file():
                 return name, exact, root
         for found, path, root in self._iter_manifests():
-            if found.key() == name.key():
+            if found.key() == name.key() and (root.writable or not writable_only):
                 return found, path, root
         return None
 
@@ -208,23 +191,23 @@ class ModelStore:
             read_only=not root.writable,
         )
         try:
-            config = json.loads(self._read_blob(manifest.config.digest))
+            config = json.loads(self.read_text_layer(manifest.config.digest))
             record.config = config if isinstance(config, dict) else {}
         except (InvalidModelFileError, ValueError):
             record.config = {}
         if layer := manifest.layer_of(mf.TEMPLATE_LAYER):
-            record.template = self._read_blob(layer.digest).decode("utf-8", "replace")
+            record.template = self.read_text_layer(layer.digest).decode("utf-8", "replace")
         if layer := manifest.layer_of(mf.SYSTEM_LAYER):
-            record.system = self._read_blob(layer.digest).decode("utf-8", "replace")
+            record.system = self.read_text_layer(layer.digest).decode("utf-8", "replace")
         if layer := manifest.layer_of(mf.PARAMS_LAYER):
-            params = json.loads(self._read_blob(layer.digest) or b"{}")
+            params = json.loads(self.read_text_layer(layer.digest) or b"{}")
             record.parameters = params if isinstance(params, dict) else {}
         record.license = [
-            self._read_blob(layer.digest).decode("utf-8", "replace")
+            self.read_text_layer(layer.digest).decode("utf-8", "replace")
             for layer in manifest.layers_of(mf.LICENSE_LAYER)
         ]
         if layer := manifest.layer_of(mf.MESSAGES_LAYER):
-            messages = json.loads(self._read_blob(layer.digest) or b"[]")
+            messages = json.loads(self.read_text_layer(layer.digest) or b"[]")
             record.messages = messages if isinstance(messages, list) else []
         return record
 
@@ -252,25 +235,46 @@ class ModelStore:
                     log.warning("skipping model %s: %s", name.display, exc)
         return records
 
+    def stored_name(self, name: ModelName) -> ModelName:
+        """``name`` as the writable root already spells it (lookups ignore case), else itself."""
+        with self._lock:
+            located = self._locate(name, writable_only=True)
+        return located[0] if located else name
+
     # --- changes -------------------------------------------------------------------------------
 
-    def write_manifest(self, name: ModelName, manifest_bytes: bytes) -> None:
-        """Write a manifest atomically into the writable root (the last step of any change)."""
-        mf.parse_manifest(manifest_bytes)
+    def write_manifest(self, name: ModelName, manifest_bytes: bytes) -> set[str]:
+        """Write a manifest atomically into the writable root (the last step of any change).
+
+        Returns the digests the manifest it replaced used and this one does not: candidates for
+        ``remove_layers``.
+        """
+        new = mf.parse_manifest(manifest_bytes).digests()
+        path = self.primary.manifests.joinpath(*name.manifest_parts)
         with self._lock:
-            _atomic_write(self.primary.manifests.joinpath(*name.manifest_parts), manifest_bytes)
+            old: set[str] = set()
+            if path.is_file():
+                try:
+                    old = mf.parse_manifest(path.read_bytes()).digests()
+                except BadRequestError:
+                    log.warning("replacing an unreadable manifest for %s", name.display)
+            try:
+                atomic_write(path, manifest_bytes)
+            except OSError as exc:
+                raise StorageError.wrap("write the manifest", exc) from None
+        return old - new
 
     def copy(self, source: str, destination: str) -> None:
         src = parse_name(source)
-        dst = parse_name(destination)
+        dst = self.stored_name(parse_name(destination))
         with self._lock:
             located = self._locate(src)
             if located is None:
                 raise ModelNotFoundError(source, hint="")
-            self.write_manifest(dst, located[1].read_bytes())
+            self.remove_layers(self.write_manifest(dst, located[1].read_bytes()))
 
     def delete(self, text: str) -> None:
-        """Remove a model's manifest and every blob no other manifest still uses."""
+        """Remove a model's manifest and every layer of it no other manifest still uses."""
         name = parse_name(text)
         with self._lock:
             located = self._locate(name)
@@ -281,9 +285,13 @@ class ModelStore:
                 raise BadRequestError(
                     f"model '{name.display}' belongs to another Ollama store, which homeport "
                     "only reads; remove it with ollama rm")
+            try:
+                digests = mf.parse_manifest(path.read_bytes()).digests()
+            except BadRequestError:
+                digests = set()
             path.unlink()
             _prune_empty_dirs(path.parent, self.primary.manifests)
-            self.remove_unused_blobs()
+            self.remove_layers(digests)
 
     def used_digests(self) -> set[str]:
         used: set[str] = set()
@@ -296,24 +304,21 @@ class ModelStore:
                 continue
         return used
 
-    def remove_unused_blobs(self) -> list[str]:
-        """Delete blobs of the writable root that no manifest there refers to."""
+    def remove_layers(self, candidates: Iterable[str]) -> list[str]:
+        """Delete the blobs among ``candidates`` that no manifest uses and no pull or create holds."""
         removed: list[str] = []
         with self._lock:
-            used = self.used_digests()
-            blobs = self.primary.blobs
-            if not blobs.is_dir():
+            wanted = set(candidates) - set(self._held)
+            if not wanted:
                 return removed
-            for path in blobs.iterdir():
-                if path.name.endswith(".partial") or not path.is_file():
-                    continue
-                try:
-                    digest = normalize_digest(path.name)
-                except BadRequestError:
-                    continue
-                if digest not in used:
-                    blob_path(blobs, digest).unlink(missing_ok=True)
+            used = self.used_digests()
+            for digest in sorted(wanted - used):
+                path = blob_path(self.primary.blobs, digest)
+                if path.is_file():
+                    path.unlink()
                     removed.append(digest)
+        if removed:
+            log.info("removed %d unused layer(s)", len(removed))
         return removed
 
     def ensure_bundled(self) -> None:
@@ -325,13 +330,8 @@ class ModelStore:
             if self.primary.manifests.joinpath(*name.manifest_parts).is_file():
                 return
             info = read_gguf(self.bundled.path)
-            config = json.dumps({
-                "model_format": "gguf",
-                "model_family": info.architecture,
-                "model_families": [info.architecture],
-                "model_type": info.parameter_size,
-                "file_type": info.quantization,
-            }).encode()
+            config = json.dumps(gguf_config(info.architecture, info.parameter_size,
+                                            info.quantization)).encode()
             config_digest = self.write_blob(config)
             manifest = mf.Manifest(
                 schemaVersion=2,
@@ -342,6 +342,17 @@ class ModelStore:
                                  size=self.bundled.size)],
             )
             self.write_manifest(name, manifest.to_bytes())
+
+
+def gguf_config(architecture: str, parameter_size: str, quantization: str) -> dict[str, object]:
+    """The config blob Ollama writes for a GGUF model."""
+    return {
+        "model_format": "gguf",
+        "model_family": architecture,
+        "model_families": [architecture],
+        "model_type": parameter_size,
+        "file_type": quantization,
+    }
 
 
 def _subdirs(path: Path) -> list[Path]:

@@ -1,0 +1,241 @@
+"""``homeport doctor``: is the server there, will it let us in, and what can the link carry?
+
+Checks in order (each a line with ok / warn / fail): the config file, the endpoint and its source,
+the server and its version, access (token), models (and the default model), the Anthropic key.
+Then a bounded measurement: round-trip latency (a few tiny requests) and one short streamed
+answer, timed on both sides: the server's own tokens/s against the tokens/s that arrive here.
+From those, an estimate of how fast models of other sizes would feel over this link.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from homeport import config
+from homeport.client.adapters.ollama import same_model
+from homeport.client.api import HomeportClient, ServerError, ServerUnreachableError
+from homeport.client.settings import ANTHROPIC_ADAPTERS, STRATEGIES, ClientSettings
+from homeport.errors import ConfigError, HomeportError
+
+Status = Literal["ok", "warn", "fail"]
+PING_COUNT = 10
+PING_BUDGET_SECONDS = 3.0
+PROBE_TOKENS = 24
+PROBE_PROMPT = "Count from 1 to 100, separated by spaces."
+SIZES_B = (1.0, 3.0, 8.0, 14.0, 32.0, 70.0)
+COMFORTABLE_TPS = 10.0  # faster than people read
+USABLE_TPS = 4.0
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    detail: str
+
+
+@dataclass
+class SizeEstimate:
+    billions: float
+    tokens_per_second: float
+    feel: str
+
+
+@dataclass
+class Network:
+    rtt_ms: list[float]
+    model: str = ""
+    server_tps: float = 0.0
+    received_tps: float = 0.0
+    first_token_ms: float = 0.0
+    bytes_per_token: float = 0.0
+    link_keeps_up: bool = True
+    sizes: list[SizeEstimate] = field(default_factory=list)
+
+    @property
+    def rtt_median_ms(self) -> float:
+        return statistics.median(self.rtt_ms) if self.rtt_ms else 0.0
+
+    @property
+    def rtt_p90_ms(self) -> float:
+        ordered = sorted(self.rtt_ms)
+        return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] if ordered else 0.0
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+    network: Network | None = None
+
+    @property
+    def failed(self) -> bool:
+        return any(check.status == "fail" for check in self.checks)
+
+    def add(self, name: str, status: Status, detail: str) -> None:
+        self.checks.append(Check(name, status, detail))
+
+
+def parameter_billions(text: str) -> float:
+    """ "134.52M" -> 0.13452, "7.2B" -> 7.2; 0 when unknown."""
+    match = re.fullmatch(r"\s*([\d.]+)\s*([KMBT])\s*", text or "", re.IGNORECASE)
+    if match is None:
+        return 0.0
+    scale = {"K": 1e-6, "M": 1e-3, "B": 1.0, "T": 1e3}[match.group(2).upper()]
+    return float(match.group(1)) * scale
+
+
+def feel(tokens_per_second: float) -> str:
+    if tokens_per_second >= COMFORTABLE_TPS:
+        return "comfortable"
+    return "usable" if tokens_per_second >= USABLE_TPS else "slow"
+
+
+def diagnose(explicit_endpoint: str | None = None, measure: bool = True) -> Report:
+    report = Report()
+    try:
+        settings = ClientSettings()
+        endpoint = config.resolve_endpoint(explicit_endpoint)
+    except ConfigError as exc:
+        report.add("config", "fail", exc.message)
+        return report
+    file = config.config_file()
+    report.add("config", "ok", f"{file}" + ("" if file.exists() else " (absent: defaults)"))
+    report.add("endpoint", "ok", f"{endpoint.url} (from {endpoint.source})")
+    with HomeportClient(endpoint) as client:
+        models = _server_checks(report, client)
+        if models is not None:
+            model = _default_model(report, settings, models)
+            if measure and model:
+                try:
+                    report.network = measure_network(client, model)
+                except HomeportError as exc:
+                    report.add("streaming", "fail", exc.message)
+                else:
+                    _network_checks(report, report.network)
+    _anthropic_check(report, settings)
+    return report
+
+
+def _server_checks(report: Report, client: HomeportClient) -> list[dict[str, Any]] | None:
+    started = time.perf_counter()
+    try:
+        version = client.version()
+    except ServerUnreachableError as exc:
+        report.add("server", "fail", exc.message)
+        return None
+    except ServerError as exc:
+        report.add("server", "fail", f"{client.endpoint.url} is not an Ollama-API server "
+                                     f"({exc.status}: {exc.message})")
+        return None
+    elapsed = (time.perf_counter() - started) * 1000
+    name = f"homeport {version['homeport']}, " if "homeport" in version else ""
+    report.add("server", "ok", f"{name}Ollama API {version.get('version', '?')}, answered in "
+                               f"{elapsed:.0f} ms")
+    try:
+        models = client.list_models()
+    except ServerError as exc:
+        report.add("access", "fail", exc.message)
+        return None
+    token = client.endpoint.token_source
+    report.add("access", "ok", "no token needed" if token == "not set"
+               else f"token accepted (from {token})")
+    names = [model["name"] for model in models]
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        report.add("models", "ok", f"{len(names)}: {shown}")
+    else:
+        report.add("models", "fail", "the server has no models; pull one with "
+                                     "`homeport pull NAME`")
+    return models
+
+
+def _default_model(report: Report, settings: ClientSettings, models: list[dict[str, Any]]
+                   ) -> str:
+    if not models:
+        return ""
+    wanted = settings.model("ollama")
+    for model in models:
+        if same_model(model["name"], wanted.value):
+            report.add("ollama model", "ok", f"{model['name']} (from {wanted.source})")
+            return str(model["name"])
+    chosen = str(models[0]["name"])
+    report.add("ollama model", "warn", f"{wanted.value} (from {wanted.source}) is not on the "
+               f"server; {chosen} is used instead (set model under [adapters.ollama])")
+    return chosen
+
+
+def _anthropic_check(report: Report, settings: ClientSettings) -> None:
+    uses = [s for s in STRATEGIES if settings.adapter_for(s).value in ANTHROPIC_ADAPTERS]
+    try:
+        key = settings.anthropic_key("anthropic")
+    except ConfigError as exc:
+        report.add("anthropic", "fail", exc.message)
+        return
+    if key.value:
+        report.add("anthropic", "ok", f"API key set (from {key.source})")
+    elif uses:
+        report.add("anthropic", "warn", f"no ANTHROPIC_API_KEY: {' and '.join(uses)} use the "
+                                        "ollama adapter until one is set")
+    else:
+        report.add("anthropic", "ok", "not used")
+
+
+def measure_network(client: HomeportClient, model: str) -> Network:
+    """Round trips, then one short answer timed here and on the server (bounded)."""
+    network = Network(rtt_ms=[])
+    deadline = time.perf_counter() + PING_BUDGET_SECONDS
+    for _ in range(PING_COUNT):
+        started = time.perf_counter()
+        client.version()
+        network.rtt_ms.append((time.perf_counter() - started) * 1000)
+        if time.perf_counter() > deadline:
+            break
+    size = parameter_billions(client.show(model).get("details", {}).get("parameter_size", ""))
+    arrivals: list[float] = []
+    sizes: list[int] = []
+    final: dict[str, Any] = {}
+    started = time.perf_counter()
+    for chunk in client.chat(model, [{"role": "user", "content": PROBE_PROMPT}],
+                             options={"temperature": 0, "num_predict": PROBE_TOKENS}):
+        if chunk.get("done"):
+            final = chunk
+        elif chunk.get("message", {}).get("content"):
+            arrivals.append(time.perf_counter())
+            sizes.append(len(str(chunk)) + 1)
+    network.model = model
+    if final.get("eval_duration") and final.get("eval_count"):
+        network.server_tps = final["eval_count"] / final["eval_duration"] * 1e9
+    if len(arrivals) > 1:
+        network.received_tps = (len(arrivals) - 1) / max(arrivals[-1] - arrivals[0], 1e-6)
+        network.first_token_ms = (arrivals[0] - started) * 1000
+        network.bytes_per_token = statistics.mean(sizes)
+    network.link_keeps_up = network.received_tps >= 0.9 * network.server_tps
+    if size and network.server_tps:
+        # Decoding is bound by reading the weights: speed falls with size. The link's share is
+        # what it delivered, when it could not keep up.
+        ceiling = network.received_tps if not network.link_keeps_up else float("inf")
+        for billions in SIZES_B:
+            estimate = min(network.server_tps * size / billions, ceiling)
+            network.sizes.append(SizeEstimate(billions, estimate, feel(estimate)))
+    return network
+
+
+def _network_checks(report: Report, network: Network) -> None:
+    median = network.rtt_median_ms
+    report.add("latency", "ok" if median < 150 else "warn",
+               f"median {median:.1f} ms, p90 {network.rtt_p90_ms:.1f} ms over "
+               f"{len(network.rtt_ms)} requests" + ("" if median < 150 else
+                                                    ": each request starts that much later"))
+    if not network.server_tps:
+        report.add("streaming", "warn", f"{network.model} gave no timings to compare")
+        return
+    keeps_up = "the link keeps up" if network.link_keeps_up else "the link is the bottleneck"
+    report.add("streaming", "ok" if network.link_keeps_up else "warn",
+               f"{network.model}: {network.server_tps:.0f} tokens/s on the server, "
+               f"{network.received_tps:.0f} received here ({keeps_up}); first token after "
+               f"{network.first_token_ms:.0f} ms, ~{network.bytes_per_token:.0f} bytes a token")
+

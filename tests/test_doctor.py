@@ -1,0 +1,98 @@
+"""``homeport doctor`` against the real server, an unreachable one, and a fake that wants a token."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from homeport.client.doctor import feel, parameter_billions
+from homeport.config import config_file
+from tests.conftest import MODEL
+from tests.support.cli import homeport
+from tests.support.fake_ollama import FakeOllama
+from tests.support.server import free_port
+
+
+def doctor(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    result = homeport("doctor", "--json", *args, env=env)
+    return result.returncode, json.loads(result.stdout)
+
+
+def checks(report: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {check["name"]: (check["status"], check["detail"]) for check in report["checks"]}
+
+
+def test_against_the_real_server(base_url: str) -> None:
+    config_file().parent.mkdir(parents=True, exist_ok=True)
+    config_file().write_text(f'[adapters.ollama]\nmodel = "{MODEL}"\n')
+    code, report = doctor("--endpoint", base_url)
+    assert code == 0
+    found = checks(report)
+    assert found["endpoint"] == ("ok", f"{base_url} (from --endpoint)")
+    assert found["server"][0] == "ok"
+    assert found["server"][1].startswith("homeport ")
+    assert found["access"] == ("ok", "no token needed")
+    assert found["models"][0] == "ok"
+    assert MODEL in found["models"][1]
+    assert found["ollama model"][0] == "ok"
+    assert found["anthropic"][0] == "warn"
+    assert found["latency"][0] == "ok"
+    network = report["network"]
+    assert 1 <= len(network["rtt_ms"]) <= 10
+    assert all(rtt > 0 for rtt in network["rtt_ms"])
+    assert network["server_tps"] > 0
+    assert network["received_tps"] > 0
+    assert network["first_token_ms"] > 0
+    assert 50 < network["bytes_per_token"] < 1000
+    sizes = network["sizes"]
+    assert [size["billions"] for size in sizes] == [1, 3, 8, 14, 32, 70]
+    rates = [size["tokens_per_second"] for size in sizes]
+    assert rates == sorted(rates, reverse=True)
+    assert all(size["feel"] == feel(size["tokens_per_second"]) for size in sizes)
+
+
+def test_unreachable_fails_with_the_endpoint_and_its_source() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, report = doctor(env={"OLLAMA_HOST": url})
+    assert code == 1
+    status, detail = checks(report)["server"]
+    assert status == "fail"
+    assert detail.startswith(f"could not reach a server at {url} (from OLLAMA_HOST)")
+    assert report["network"] is None
+
+
+def test_a_server_that_wants_a_token() -> None:
+    with FakeOllama() as fake:
+        fake.token = "hp_right"
+        code, report = doctor("--no-measure", "--endpoint", fake.url)
+        assert code == 1
+        status, detail = checks(report)["access"]
+        assert status == "fail"
+        assert "answered 401" in detail
+        assert "set HOMEPORT_TOKEN" in detail
+        _, report = doctor("--no-measure", "--endpoint", fake.url,
+                           env={"HOMEPORT_TOKEN": "hp_right"})
+        assert checks(report)["access"] == ("ok", "token accepted (from HOMEPORT_TOKEN)")
+
+
+def test_a_slow_link_caps_the_estimates() -> None:
+    """The fake server claims to generate instantly, but its chunks arrive ~100 a second."""
+    with FakeOllama() as fake:
+        fake.reply = " ".join(f"n{number}" for number in range(40))
+        fake.delay = 0.01
+        _, report = doctor("--endpoint", fake.url)
+    network = report["network"]
+    assert network["link_keeps_up"] is False
+    assert checks(report)["streaming"][0] == "warn"
+    assert "the link is the bottleneck" in checks(report)["streaming"][1]
+    assert network["received_tps"] < network["server_tps"]
+    for size in network["sizes"]:
+        assert size["tokens_per_second"] == pytest.approx(network["received_tps"])
+
+
+@pytest.mark.parametrize(("text", "billions"), [("134.52M", 0.13452), ("7.2B", 7.2),
+                                                 ("70B", 70.0), ("", 0.0), ("big", 0.0)])
+def test_parameter_sizes(text: str, billions: float) -> None:
+    assert parameter_billions(text) == pytest.approx(billions)
