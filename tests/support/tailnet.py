@@ -96,7 +96,8 @@ class TailnetServer:
     def ollama(self, peer: Peer, action: str, model: str = "", *extra: str,
                url: str | None = None) -> dict[str, Any]:
         """The official ollama client, run in the peer's namespace; its JSON result."""
-        result = self.lab.run(peer, [sys.executable, PEER_CLIENT, url or self.tailnet_url,
+        # -P: the script's folder (tests/support, with its http.py) must not shadow the stdlib
+        result = self.lab.run(peer, [sys.executable, "-P", PEER_CLIENT, url or self.tailnet_url,
                                      action, model, *extra], timeout=300)
         assert result.returncode == 0, result.stderr
         answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
