@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from homeport.errors import ClientClosedError
+
 T = TypeVar("T")
 
 NDJSON = "application/x-ndjson"
@@ -33,19 +35,26 @@ def sse_event(obj: Mapping[str, Any] | str) -> bytes:
 
 
 async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
-    """Run ``work``; cancel it if the client disconnects first (CancelledError then propagates)."""
+    """Run ``work``; cancel it if the client disconnects first and raise ClientClosedError."""
     task = asyncio.ensure_future(work)
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                gone = True
                 task.cancel()
                 return
 
     watcher = asyncio.create_task(watch())
     try:
         return await task
+    except asyncio.CancelledError:
+        if gone:
+            raise ClientClosedError() from None
+        raise
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -77,5 +86,5 @@ class StreamResponse(Response):
                 if aclose is not None:
                     await aclose()
 
-        with contextlib.suppress(asyncio.CancelledError, OSError):
+        with contextlib.suppress(ClientClosedError, OSError):
             await cancel_on_disconnect(receive, pump())
