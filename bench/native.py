@@ -10,6 +10,7 @@ sequences on this machine.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import time
 from dataclasses import dataclass
@@ -72,13 +73,20 @@ class RawEngine:
 
 
 def eog_tokens(model_path: Path) -> list[int]:
-    """Every end-of-generation token of the model (its vocabulary is loaded, not its weights)."""
-    llm = llama_cpp.Llama(str(model_path), vocab_only=True, verbose=False)
+    """Every end-of-generation token of the model (only its vocabulary is loaded)."""
+    # llama-cpp-python's log callback prints llama.cpp's whole loading log unless told otherwise.
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), params)
+    if not model:
+        raise RuntimeError(f"llama.cpp could not read the vocabulary of {model_path.name}")
     try:
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        return [token for token in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, token)]
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        return [token for token in range(llama_cpp.llama_vocab_n_tokens(vocab))
+                if llama_cpp.llama_vocab_is_eog(vocab, token)]
     finally:
-        llm.close()
+        llama_cpp.llama_model_free(model)
 
 
 def system_info() -> str:

@@ -19,6 +19,10 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f}"
 
 
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
 def _times(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -80,7 +84,7 @@ def chat_table(report: BenchReport) -> Table:
     for turn in range(1, turns + 1):
         table.add_column(str(turn), justify="right")
     table.add_column("last/first", justify="right")
-    table.add_column("prompt tokens (last)", justify="right")
+    table.add_column("last turn: prompt / evaluated tokens", justify="right")
     for peer in report.peers:
         if peer.chat is None:
             continue
@@ -88,7 +92,8 @@ def chat_table(report: BenchReport) -> Table:
         cells += [""] * (turns - len(cells))
         last = peer.chat.turns[-1] if peer.chat.turns else None
         table.add_row(peer.name, *cells, _times(peer.chat.growth),
-                      str(last.prompt_tokens) if last and last.prompt_tokens else "-")
+                      f"{_count(last.prompt_tokens)} / {_count(last.prompt_evaluated)}"
+                      if last else "-")
     return table
 
 
@@ -125,7 +130,7 @@ def print_report(report: BenchReport, console: Console) -> None:
     for peer in report.peers:
         if peer.error:
             console.print(f"[red]{peer.name} failed:[/] {peer.error}")
-    for error in report.native.errors:
+    for error in report.native.errors + report.errors:
         console.print(f"[red]{error}[/]")
 
 
@@ -180,6 +185,8 @@ def write_chart(report: BenchReport, path: Path) -> None:
                       label=peer.name, color=colors[peer.name])
     chat.set_title("Growing chat: time to first token per turn (ms)")
     chat.set_xlabel("turn")
+    turns = max((len(peer.chat.turns) for peer in report.peers if peer.chat), default=0)
+    chat.set_xticks(range(1, turns + 1))
 
     for axis in (aggregate, p95, chat):
         axis.set_ylim(bottom=0)

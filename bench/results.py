@@ -27,13 +27,15 @@ class StreamSummary:
     completed: bool
     finish_reason: str | None
     prompt_tokens: int | None = None
-    cached_tokens: int | None = None
+    prompt_evaluated: int | None = None
+    pieces: int | None = None  # text pieces received: a client-side check on ``tokens``
     error: str | None = None
 
     @classmethod
     def of(cls, result: StreamResult) -> StreamSummary:
         return cls(result.ttft, result.decode_rate, result.tokens, result.completed,
-                   result.finish_reason, result.prompt_tokens, result.cached_tokens, result.error)
+                   result.finish_reason, result.prompt_tokens, result.prompt_evaluated,
+                   result.pieces, result.error)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -138,6 +140,7 @@ class BenchReport:
     duration_s: float = 0.0
     peers: list[PeerResult] = field(default_factory=list)
     native: NativeResult = field(default_factory=NativeResult)
+    errors: list[str] = field(default_factory=list)
 
     def peer(self, name: str) -> PeerResult | None:
         return next((peer for peer in self.peers if peer.name == name), None)
@@ -186,7 +189,9 @@ def targets(report: BenchReport, name: str) -> list[Target]:
                       theirs.ttft_percentile(95) if theirs else None), 1.0)
     cut = float(peer.streams_cut) if peer.levels else None
     checks.append(Target("streams cut", cut, "= 0", None if cut is None else cut == 0))
-    at_most("turn-10 / turn-1 time to first token", peer.chat.growth if peer.chat else None, 1.5)
+    turns = len(peer.chat.turns) if peer.chat else report.settings.get("turns", 10)
+    at_most(f"turn-{turns} / turn-1 time to first token", peer.chat.growth if peer.chat else None,
+            1.5)
     return checks
 
 

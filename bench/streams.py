@@ -47,6 +47,7 @@ class StreamResult:
     usage_tokens: int | None = None
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
+    evaluated_tokens: int | None = None  # prompt tokens the server evaluated (not from its cache)
     finish_reason: str | None = None
     error: str | None = None
     text: str = ""
@@ -59,6 +60,14 @@ class StreamResult:
     def completed(self) -> bool:
         """The server ended the stream itself, with a finish reason and without an error."""
         return self.error is None and self.finish_reason is not None
+
+    @property
+    def prompt_evaluated(self) -> int | None:
+        if self.evaluated_tokens is not None:
+            return self.evaluated_tokens
+        if self.prompt_tokens is not None and self.cached_tokens is not None:
+            return self.prompt_tokens - self.cached_tokens
+        return None
 
     @property
     def ttft(self) -> float | None:
@@ -148,8 +157,9 @@ def _openai_line(line: str, result: StreamResult) -> bool:
         details = usage.get("prompt_tokens_details") or {}
         result.cached_tokens = details.get("cached_tokens")
     timings = chunk.get("timings")  # llama-server's own figures
-    if timings and result.cached_tokens is None and "cache_n" in timings:
-        result.cached_tokens = timings["cache_n"]
+    if timings:
+        result.cached_tokens = timings.get("cache_n", result.cached_tokens)
+        result.evaluated_tokens = timings.get("prompt_n", result.evaluated_tokens)
     return False
 
 
@@ -168,6 +178,7 @@ def _ollama_line(line: str, result: StreamResult) -> bool:
     if record.get("done"):
         result.finish_reason = record.get("done_reason") or "stop"
         result.usage_tokens = record.get("eval_count")
-        result.prompt_tokens = record.get("prompt_eval_count")
+        # Ollama counts only the prompt tokens it evaluated, not those served from its cache.
+        result.evaluated_tokens = record.get("prompt_eval_count")
         return True
     return False

@@ -1,18 +1,21 @@
-"""The three workloads of issue 3, run against one peer over HTTP.
+"""The three workloads of issue 3, run over HTTP against every peer, interleaved.
 
 1. one stream at a time (repeated): decode tokens/s and time to first token;
 2. 1, 2, 4, 8 streams started together, each a different prompt: aggregate tokens/s, p50/p95
    time to first token, streams completed;
 3. a 10-turn chat whose history grows: time to first token per turn.
 
-Every loop is bounded in count, and every stream in time (``stream_chat``'s limit).
+All peers are up at once but only one is ever busy: each step (one run of workload 1, one level
+of workload 2, workload 3) goes to every peer in turn before the next step starts, so that load
+from other processes on a shared machine falls on the peers alike rather than on whichever ran
+during a busy minute. Every loop is bounded in count, and every stream in time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -24,21 +27,23 @@ WARMUP_TOKENS = 8
 Progress = Callable[[str], None]
 
 
+@dataclass
+class Contender:
+    """A running peer, where its results go, and its own prompt sequence."""
+
+    result: PeerResult
+    endpoint: Endpoint
+    prompts: PromptSequence = field(default_factory=PromptSequence)
+
+    @property
+    def failed(self) -> bool:
+        return self.result.error is not None
+
+
 async def warm_up(client: httpx.AsyncClient, endpoint: Endpoint) -> StreamResult:
     """One short request so that loading the model (homeport loads on demand) is not measured."""
     messages: list[Message] = [{"role": "user", "content": "Say hello."}]
-    result = await stream_chat(client, endpoint, messages, WARMUP_TOKENS)
-    if result.error:
-        raise RuntimeError(f"warm-up request failed: {result.error}")
-    return result
-
-
-async def single_stream(client: httpx.AsyncClient, endpoint: Endpoint, prompts: PromptSequence,
-                        max_tokens: int, repeats: int) -> SingleStream:
-    runs = []
-    for messages in prompts.take(repeats):
-        runs.append(StreamSummary.of(await stream_chat(client, endpoint, messages, max_tokens)))
-    return SingleStream(runs)
+    return await stream_chat(client, endpoint, messages, WARMUP_TOKENS)
 
 
 async def concurrent_streams(client: httpx.AsyncClient, endpoint: Endpoint,
@@ -66,21 +71,35 @@ async def growing_chat(client: httpx.AsyncClient, endpoint: Endpoint, max_tokens
     return ChatRun(summaries)
 
 
-async def run_workloads(peer: PeerResult, endpoint: Endpoint, *, max_tokens: int, repeats: int,
-                        levels: list[int], turns: int, progress: Progress) -> None:
-    """Run all three workloads against ``endpoint``, filling in ``peer``."""
+async def run_interleaved(contenders: list[Contender], *, max_tokens: int, repeats: int,
+                          levels: list[int], turns: int, progress: Progress) -> None:
+    """All three workloads, step by step across the peers, filling in each ``result``."""
     limits = httpx.Limits(max_connections=max(levels, default=1) + 4)
     async with httpx.AsyncClient(limits=limits) as client:
-        progress(f"{peer.name}: warming up")
-        await warm_up(client, endpoint)
-        prompts = PromptSequence()
-        progress(f"{peer.name}: one stream x{repeats}")
-        peer.single = await single_stream(client, endpoint, prompts, max_tokens, repeats)
+        for contender in contenders:
+            progress(f"{contender.result.name}: warming up")
+            warm = await warm_up(client, contender.endpoint)
+            if warm.error:
+                contender.result.error = f"warm-up request failed: {warm.error}"
+        live = [contender for contender in contenders if not contender.failed]
+
+        singles: dict[str, list[StreamSummary]] = {c.result.name: [] for c in live}
+        for repeat in range(repeats):
+            for contender in live:
+                progress(f"{contender.result.name}: one stream, run {repeat + 1}/{repeats}")
+                messages = contender.prompts.take(1)[0]
+                run = await stream_chat(client, contender.endpoint, messages, max_tokens)
+                singles[contender.result.name].append(StreamSummary.of(run))
+        for contender in live:
+            contender.result.single = SingleStream(singles[contender.result.name])
+
         for streams in levels:
-            progress(f"{peer.name}: {streams} concurrent streams")
-            started = time.perf_counter()
-            peer.levels.append(
-                await concurrent_streams(client, endpoint, prompts, max_tokens, streams))
-            progress(f"{peer.name}: {streams} streams took {time.perf_counter() - started:.1f}s")
-        progress(f"{peer.name}: {turns}-turn chat")
-        peer.chat = await growing_chat(client, endpoint, max_tokens, turns)
+            for contender in live:
+                progress(f"{contender.result.name}: {streams} concurrent streams")
+                contender.result.levels.append(await concurrent_streams(
+                    client, contender.endpoint, contender.prompts, max_tokens, streams))
+
+        for contender in live:
+            progress(f"{contender.result.name}: {turns}-turn chat")
+            contender.result.chat = await growing_chat(client, contender.endpoint, max_tokens,
+                                                       turns)
