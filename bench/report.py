@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from bench.results import BASELINE, BenchReport, ratio, targets
+from bench.results import BASELINE, BenchReport, StreamSummary, ratio, targets
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -21,6 +21,13 @@ def _ms(seconds: float | None) -> str:
 
 def _count(value: int | None) -> str:
     return "?" if value is None else str(value)
+
+
+def _completed(runs: list[StreamSummary], max_tokens: int | None) -> str:
+    """``done/started``, and how many finished early (end of text where it cannot be ignored)."""
+    done = [run for run in runs if run.completed]
+    short = sum(1 for run in done if max_tokens and run.tokens < max_tokens)
+    return f"{len(done)}/{len(runs)}" + (f" ({short} short)" if short else "")
 
 
 def _times(value: float | None) -> str:
@@ -67,7 +74,7 @@ def concurrency_table(report: BenchReport) -> Table:
                 _ms(level.ttft_percentile(50)), _ms(level.ttft_percentile(95)),
                 _times(ratio(level.ttft_percentile(95),
                              theirs.ttft_percentile(95) if theirs else None)),
-                f"{level.completed}/{level.streams}",
+                _completed(level.runs, report.settings.get("max_tokens")),
                 style="red" if level.completed < level.streams else None)
         if peer.levels:
             table.add_section()

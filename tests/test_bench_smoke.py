@@ -26,12 +26,12 @@ from bench.results import (
     targets,
     to_json,
 )
-from bench.streams import Endpoint, StreamResult, stream_chat
+from bench.streams import Endpoint, Protocol, StreamResult, stream_chat
 from tests.conftest import MODEL
 
 
-def _stream(base_url: str, protocol: str, max_tokens: int) -> StreamResult:
-    endpoint = Endpoint(base_url, protocol, MODEL)  # type: ignore[arg-type]
+def _stream(base_url: str, protocol: Protocol, max_tokens: int) -> StreamResult:
+    endpoint = Endpoint(base_url, protocol, MODEL)
 
     async def go() -> StreamResult:
         async with httpx.AsyncClient() as client:
@@ -41,7 +41,7 @@ def _stream(base_url: str, protocol: str, max_tokens: int) -> StreamResult:
 
 
 @pytest.mark.parametrize("protocol", ["openai", "ollama"])
-def test_stream_client_times_a_real_stream(base_url: str, protocol: str) -> None:
+def test_stream_client_times_a_real_stream(base_url: str, protocol: Protocol) -> None:
     result = _stream(base_url, protocol, max_tokens=12)
     assert result.error is None
     assert result.completed
