@@ -134,6 +134,21 @@ def main(quick: bool, skip_build: bool, out: Path, cache_dir: Path, selected: li
             raise click.ClickException(str(exc)) from exc
     report.native = _native_figures(settings, tools, selected, repeats, levels, console)
     names = [peer for peer in PEERS if peer in selected]
+    _run_peers(report, names, settings, tools, run_dir, repeats, levels, turns, console)
+
+    report.duration_s = round(time.monotonic() - started, 1)
+    report.machine["load_end"] = machine.load_average()
+    json_path, chart_path = run_dir / "bench.json", run_dir / "bench.png"
+    write_json(report, json_path)
+    write_chart(report, chart_path)
+    print_report(report, console)
+    console.print(f"\nwrote {json_path} and {chart_path} ({report.duration_s:.0f}s in all)")
+
+
+def _run_peers(report: BenchReport, names: list[str], settings: Settings,
+               tools: LlamaTools | None, run_dir: Path, repeats: int, levels: list[int],
+               turns: int, console: Console) -> None:
+    """Start every peer, run the workloads across them, and stop them all, whatever happens."""
     with tempfile.TemporaryDirectory(prefix="homeport-bench-") as work, ExitStack() as stack:
         contenders = []
         for name in names:
@@ -151,19 +166,11 @@ def main(quick: bool, skip_build: bool, out: Path, cache_dir: Path, selected: li
         with console.status("workloads") as status:
             try:
                 asyncio.run(asyncio.wait_for(run_interleaved(
-                    contenders, max_tokens=max_tokens, repeats=repeats, levels=levels,
+                    contenders, max_tokens=settings.max_tokens, repeats=repeats, levels=levels,
                     turns=turns, progress=status.update), RUN_LIMIT))
             except TimeoutError:
                 report.errors.append(f"the workloads did not finish within {RUN_LIMIT:.0f}s")
         console.print("stopping the peers")
-
-    report.duration_s = round(time.monotonic() - started, 1)
-    report.machine["load_end"] = machine.load_average()
-    json_path, chart_path = run_dir / "bench.json", run_dir / "bench.png"
-    write_json(report, json_path)
-    write_chart(report, chart_path)
-    print_report(report, console)
-    console.print(f"\nwrote {json_path} and {chart_path} ({report.duration_s:.0f}s in all)")
 
 
 def _peer_spec(name: str, settings: Settings, tools: LlamaTools | None, work: Path) -> PeerSpec:
@@ -178,7 +185,7 @@ def _peer_spec(name: str, settings: Settings, tools: LlamaTools | None, work: Pa
 def _native_figures(settings: Settings, tools: LlamaTools | None, selected: list[str],
                     repeats: int, levels: list[int], console: Console) -> NativeResult:
     """The raw engine, llama-bench and llama-batched-bench; each failure is recorded."""
-    raw, tg, stddev, batched, errors = None, None, None, {}, []
+    raw, tg, stddev, commit, batched, errors = None, None, None, None, {}, []
     if "raw" in selected:
         with console.status("raw engine (llama-cpp-python's Llama, in-process)"):
             try:
@@ -189,7 +196,7 @@ def _native_figures(settings: Settings, tools: LlamaTools | None, selected: list
         with console.status("llama-bench"):
             try:
                 figure = native.llama_bench(tools, settings)
-                tg, stddev = figure.tokens_per_second, figure.stddev
+                tg, stddev, commit = figure.tokens_per_second, figure.stddev, figure.build_commit
             except (RuntimeError, OSError, ValueError) as exc:
                 errors.append(f"llama-bench: {exc}")
     if tools is not None and "batched-bench" in selected:
@@ -209,7 +216,7 @@ def _native_figures(settings: Settings, tools: LlamaTools | None, selected: list
             f"{n} seq {tps:.0f} t/s" for n, tps in sorted(batched.items())))
     if figures:
         console.print(f"[bold]without a server[/]: {'; '.join(figures)}")
-    return NativeResult(raw, tg, stddev, batched, errors)
+    return NativeResult(raw, tg, stddev, batched, errors, commit)
 
 
 def _raw_engine(settings: Settings, repeats: int) -> SingleStream:

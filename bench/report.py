@@ -130,6 +130,9 @@ def print_report(report: BenchReport, console: Console) -> None:
     console.print(f"[bold]machine[/]  {machine.get('cpu_model')}, {machine.get('cores')} cores, "
                   f"{machine.get('memory_gib') or '?'} GiB, load average at start "
                   f"{machine.get('load_start') or '?'} / end {machine.get('load_end') or '?'}")
+    console.print(f"[bold]versions[/] homeport {machine.get('homeport')} ({machine.get('commit')}), "
+                  f"llama-cpp-python {machine.get('llama_cpp_python')}, llama.cpp "
+                  f"{report.native.llama_cpp_commit or '?'}")
     console.print(f"[bold]settings[/] {report.settings}")
     for table in (one_stream_table(report), concurrency_table(report), chat_table(report),
                   targets_table(report)):

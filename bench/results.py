@@ -129,6 +129,7 @@ class NativeResult:
     llama_bench_stddev: float | None = None
     batched: dict[int, float] = field(default_factory=dict)  # sequences -> decode t/s
     errors: list[str] = field(default_factory=list)
+    llama_cpp_commit: str | None = None  # the build llama-bench reports
 
 
 @dataclass
