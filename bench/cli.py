@@ -153,7 +153,8 @@ def _run_peers(report: BenchReport, names: list[str], settings: Settings,
         contenders = []
         for name in names:
             spec = _peer_spec(name, settings, tools, Path(work) / name)
-            peer = PeerResult(spec.name, spec.description, spec.command)
+            peer = PeerResult(spec.name, spec.description, spec.command,
+                              request_extra=spec.endpoint.extra_body)
             report.peers.append(peer)
             with console.status(f"starting {name}"):
                 try:

@@ -175,7 +175,9 @@ def write_chart(report: BenchReport, path: Path) -> None:
         levels.update(streams)
         aggregate.plot(streams, [level.aggregate_tps for level in peer.levels], marker="o",
                        label=peer.name, color=colors[peer.name])
-        p95.plot(streams, [(level.ttft_percentile(95) or 0) * 1000 for level in peer.levels],
+        timed = [level for level in peer.levels if level.all_started]
+        p95.plot([level.streams for level in timed],
+                 [(level.ttft_percentile(95) or 0) * 1000 for level in timed],
                  marker="o", label=peer.name, color=colors[peer.name])
     if report.native.batched:
         sequences = sorted(report.native.batched)
@@ -183,7 +185,8 @@ def write_chart(report: BenchReport, path: Path) -> None:
         aggregate.plot(sequences, [report.native.batched[n] for n in sequences], linestyle="--",
                        color="grey", label="llama-batched-bench (ceiling)")
     aggregate.set_title("Concurrent streams: aggregate tokens/s")
-    p95.set_title("Concurrent streams: p95 time to first token (ms)")
+    p95.set_title("Concurrent streams: p95 time to first token (ms)\n"
+                  "(no point where a stream got no token at all)", fontsize=10)
     for axis in (aggregate, p95):
         axis.set_xlabel("streams")
         axis.set_xticks(sorted(levels))

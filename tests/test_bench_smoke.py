@@ -68,9 +68,12 @@ def test_stream_client_records_an_http_error_instead_of_raising(base_url: str) -
     assert result.error.startswith("HTTP 404")
 
 
-def _run(ttft: float, tokens: int = 128, completed: bool = True) -> StreamSummary:
-    return StreamSummary(ttft_s=ttft, decode_tps=100.0, tokens=tokens, completed=completed,
-                         finish_reason="length" if completed else None)
+def _run(ttft: float, completed: bool = True) -> StreamSummary:
+    if not completed:  # cut before its first token, as llama-cpp-python's server does
+        return StreamSummary(ttft_s=None, decode_tps=None, tokens=0, completed=False,
+                             finish_reason=None)
+    return StreamSummary(ttft_s=ttft, decode_tps=100.0, tokens=128, completed=True,
+                         finish_reason="length")
 
 
 def _peer(name: str, tps: float, wall: float, ttft: float, cut: int = 0) -> PeerResult:
@@ -115,6 +118,9 @@ def test_targets_compare_against_llama_server_from_the_same_run() -> None:
     assert slow["streams cut"].value == 1 + 3 + 3
     assert slow["streams cut"].passed is False
     assert slow["one stream tokens/s vs llama-server"].passed is False
+    # Streams that got no token leave no time to first token, and fail the target outright.
+    assert slow["p95 time to first token at 4 vs llama-server"].value is None
+    assert slow["p95 time to first token at 4 vs llama-server"].passed is False
 
 
 def test_table_json_and_chart(tmp_path: Path) -> None:
