@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from bench.results import BASELINE, BenchReport, StreamSummary, ratio, targets
+from bench.results import BASELINE, BenchReport, ConcurrencyLevel, ratio, targets
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -23,11 +23,12 @@ def _count(value: int | None) -> str:
     return "?" if value is None else str(value)
 
 
-def _completed(runs: list[StreamSummary], max_tokens: int | None) -> str:
-    """``done/started``, and how many finished early (end of text where it cannot be ignored)."""
-    done = [run for run in runs if run.completed]
-    short = sum(1 for run in done if max_tokens and run.tokens < max_tokens)
-    return f"{len(done)}/{len(runs)}" + (f" ({short} short)" if short else "")
+def _completed(level: ConcurrencyLevel, max_tokens: int | None) -> str:
+    """``done/started``, then how many were cut, failed, or ended early at the end of text."""
+    short = sum(1 for run in level.runs if run.completed and max_tokens and run.tokens < max_tokens)
+    notes = [f"{count} {what}" for count, what in
+             ((level.cut, "cut"), (level.failed, "failed"), (short, "short")) if count]
+    return f"{level.completed}/{level.streams}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _times(value: float | None) -> str:
@@ -74,7 +75,7 @@ def concurrency_table(report: BenchReport) -> Table:
                 _ms(level.ttft_percentile(50)), _ms(level.ttft_percentile(95)),
                 _times(ratio(level.ttft_percentile(95),
                              theirs.ttft_percentile(95) if theirs else None)),
-                _completed(level.runs, report.settings.get("max_tokens")),
+                _completed(level, report.settings.get("max_tokens")),
                 style="red" if level.completed < level.streams else None)
         if peer.levels:
             table.add_section()
@@ -116,7 +117,7 @@ def targets_table(report: BenchReport) -> Table:
         cells = []
         for name in names:
             check = checks[name][row]
-            value = _num(check.value, 0) if check.name == "streams cut" else _times(check.value)
+            value = _num(check.value, 0) if check.goal == "= 0" else _times(check.value)
             mark = {True: "[green]ok[/]", False: "[red]MISSED[/]", None: "[dim]n/a[/]"}[
                 check.passed]
             cells.append(f"{value} {mark}")
@@ -140,6 +141,8 @@ def print_report(report: BenchReport, console: Console) -> None:
     for peer in report.peers:
         if peer.error:
             console.print(f"[red]{peer.name} failed:[/] {peer.error}")
+        for error in peer.errors()[:3]:
+            console.print(f"[red]{peer.name}, a stream:[/] {error}")
     for error in report.native.errors + report.errors:
         console.print(f"[red]{error}[/]")
 

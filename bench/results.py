@@ -86,6 +86,16 @@ class ConcurrencyLevel:
         return sum(run.completed for run in self.runs)
 
     @property
+    def cut(self) -> int:
+        """Streams the server ended without a finish reason (and without an error)."""
+        return sum(1 for run in self.runs if not run.completed and run.error is None)
+
+    @property
+    def failed(self) -> int:
+        """Streams that ended in an error: an HTTP status, a broken connection, a timeout."""
+        return sum(1 for run in self.runs if run.error is not None)
+
+    @property
     def all_started(self) -> bool:
         """Every stream got at least one token (a cut stream may get none)."""
         return all(run.ttft_s is not None for run in self.runs)
@@ -128,7 +138,18 @@ class PeerResult:
 
     @property
     def streams_cut(self) -> int:
-        return sum(level.streams - level.completed for level in self.levels)
+        return sum(level.cut for level in self.levels)
+
+    @property
+    def streams_failed(self) -> int:
+        return sum(level.failed for level in self.levels)
+
+    def errors(self) -> list[str]:
+        """The distinct errors of every stream, in order of first appearance."""
+        runs = [run for level in self.levels for run in level.runs]
+        runs += self.single.runs if self.single else []
+        runs += self.chat.turns if self.chat else []
+        return list(dict.fromkeys(run.error for run in runs if run.error))
 
 
 @dataclass(frozen=True)
@@ -198,8 +219,10 @@ def targets(report: BenchReport, name: str) -> list[Target]:
                 ratio(mine.ttft_percentile(95) if mine else None,
                       theirs.ttft_percentile(95) if theirs else None), 1.0,
                 failed=mine is not None and not mine.all_started)
-    cut = float(peer.streams_cut) if peer.levels else None
-    checks.append(Target("streams cut", cut, "= 0", None if cut is None else cut == 0))
+    for label, count in (("streams cut", peer.streams_cut),
+                         ("streams failed (errors, timeouts)", peer.streams_failed)):
+        value = float(count) if peer.levels else None
+        checks.append(Target(label, value, "= 0", None if value is None else value == 0))
     turns = len(peer.chat.turns) if peer.chat else report.settings.get("turns", 10)
     at_most(f"turn-{turns} / turn-1 time to first token", peer.chat.growth if peer.chat else None,
             1.5)
@@ -215,6 +238,7 @@ def to_json(report: BenchReport) -> dict[str, Any]:
                                        ttft_s=peer.single.ttft_s)
         for level, level_data in zip(peer.levels, peer_data["levels"], strict=True):
             level_data.update(aggregate_tps=level.aggregate_tps, completed=level.completed,
+                              cut=level.cut, failed=level.failed,
                               ttft_p50_s=level.ttft_percentile(50),
                               ttft_p95_s=level.ttft_percentile(95))
         if peer.chat:

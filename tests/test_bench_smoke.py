@@ -145,3 +145,20 @@ def test_table_json_and_chart(tmp_path: Path) -> None:
     write_chart(report, chart)
     assert chart.read_bytes().startswith(b"\x89PNG")
     assert chart.stat().st_size > 10_000
+
+
+def test_a_stream_that_failed_is_not_counted_as_cut() -> None:
+    timed_out = StreamSummary(ttft_s=None, decode_tps=None, tokens=0, completed=False,
+                              finish_reason=None, error="ReadTimeout")
+    level = ConcurrencyLevel(2, 1.0, [_run(0.05), timed_out])
+    assert (level.completed, level.cut, level.failed) == (1, 0, 1)
+    report = _report()
+    report.peers[1].levels.append(level)
+    checks = {check.name: check for check in targets(report, "homeport")}
+    assert checks["streams cut"].passed
+    assert checks["streams failed (errors, timeouts)"].value == 1
+    assert checks["streams failed (errors, timeouts)"].passed is False
+    output = io.StringIO()
+    print_report(report, Console(file=output, width=200, color_system=None))
+    assert "1/2 (1 failed)" in output.getvalue()
+    assert "homeport, a stream: ReadTimeout" in output.getvalue()
