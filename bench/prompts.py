@@ -1,0 +1,58 @@
+"""What the benchmark asks: distinct essay prompts for the streams, follow-ups for the chat.
+
+Every stream gets its own prompt so that no server answers one from a prompt cache filled by an
+earlier stream. The prompts ask for long essays: with greedy decoding SmolLM2-135M writes past
+128 tokens for each of them, so even a server that cannot ignore the end-of-text token (homeport,
+like Ollama, has no such option) produces full-length answers.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+TOPICS = (
+    "the history of the printing press", "how bread is baked", "the life cycle of stars",
+    "the water cycle", "the invention of the telephone", "how bees make honey", "the Roman Empire",
+    "volcanoes", "the human heart", "the history of chess", "how airplanes fly", "coral reefs",
+    "the Silk Road", "photosynthesis", "the moon landing", "the history of jazz",
+    "how computers store data", "rainforests", "the Great Wall of China", "the immune system",
+    "the history of the bicycle", "ocean tides", "ancient Egypt",
+)
+
+CHAT_SUBJECT = "how a small town library works"
+CHAT_QUESTIONS = (
+    f"I want to understand {CHAT_SUBJECT}. Give me a detailed overview.",
+    "Tell me more about how the librarians choose which books to buy.",
+    "How do they organise the books on the shelves? Explain in detail.",
+    "What happens when a book is damaged or lost?",
+    "Describe the events and programs such a library might run for children.",
+    "How is the library funded, and what does the money pay for?",
+    "What role do volunteers play? Give examples.",
+    "How has the internet changed the way the library works?",
+    "What problems might the library face in the next ten years?",
+    "Summarise everything we discussed, in detail, as a short essay.",
+)
+
+
+class Message(TypedDict):
+    role: str
+    content: str
+
+
+def essay_messages(index: int) -> list[Message]:
+    """The chat for stream ``index``: a different essay topic for each index (they cycle)."""
+    topic = TOPICS[index % len(TOPICS)]
+    return [{"role": "user",
+             "content": f"Write a long, detailed essay about {topic}, with several paragraphs."}]
+
+
+class PromptSequence:
+    """Hands out distinct essay prompts, in order, across all workloads of one peer."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def take(self, count: int) -> list[list[Message]]:
+        taken = [essay_messages(self._next + offset) for offset in range(count)]
+        self._next += count
+        return taken

@@ -1,0 +1,255 @@
+"""The benchmark's results as plain dataclasses: summaries of streams, ratios, targets, JSON.
+
+Everything here is pure arithmetic on recorded figures, so the table, JSON and chart code can be
+tested on a small synthetic result without any server.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.streams import StreamResult
+
+BASELINE = "llama-server"
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """One stream as recorded in the JSON file."""
+
+    ttft_s: float | None
+    decode_tps: float | None
+    tokens: int
+    completed: bool
+    finish_reason: str | None
+    prompt_tokens: int | None = None
+    prompt_evaluated: int | None = None
+    pieces: int | None = None  # text pieces received: a client-side check on ``tokens``
+    error: str | None = None
+
+    @classmethod
+    def of(cls, result: StreamResult) -> StreamSummary:
+        return cls(result.ttft, result.decode_rate, result.tokens, result.completed,
+                   result.finish_reason, result.prompt_tokens, result.prompt_evaluated,
+                   result.pieces, result.error)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0-100) with linear interpolation, None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
+
+
+@dataclass(frozen=True)
+class SingleStream:
+    """Workload 1: one stream at a time, repeated; medians over the runs."""
+
+    runs: list[StreamSummary]
+
+    @property
+    def decode_tps(self) -> float | None:
+        return _median([run.decode_tps for run in self.runs])
+
+    @property
+    def ttft_s(self) -> float | None:
+        return _median([run.ttft_s for run in self.runs])
+
+
+@dataclass(frozen=True)
+class ConcurrencyLevel:
+    """Workload 2: ``streams`` streams started together."""
+
+    streams: int
+    wall_s: float
+    runs: list[StreamSummary]
+
+    @property
+    def aggregate_tps(self) -> float:
+        return sum(run.tokens for run in self.runs) / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def completed(self) -> int:
+        return sum(run.completed for run in self.runs)
+
+    @property
+    def cut(self) -> int:
+        """Streams the server ended without a finish reason (and without an error)."""
+        return sum(1 for run in self.runs if not run.completed and run.error is None)
+
+    @property
+    def failed(self) -> int:
+        """Streams that ended in an error: an HTTP status, a broken connection, a timeout."""
+        return sum(1 for run in self.runs if run.error is not None)
+
+    @property
+    def all_started(self) -> bool:
+        """Every stream got at least one token (a cut stream may get none)."""
+        return all(run.ttft_s is not None for run in self.runs)
+
+    def ttft_percentile(self, q: float) -> float | None:
+        """None when a stream got no token: leaving it out would flatter the server."""
+        if not self.all_started:
+            return None
+        return percentile([run.ttft_s for run in self.runs if run.ttft_s is not None], q)
+
+
+@dataclass(frozen=True)
+class ChatRun:
+    """Workload 3: one conversation whose history grows turn by turn."""
+
+    turns: list[StreamSummary]
+
+    @property
+    def growth(self) -> float | None:
+        """Last turn's time to first token over the first turn's."""
+        if len(self.turns) < 2:
+            return None
+        first, last = self.turns[0].ttft_s, self.turns[-1].ttft_s
+        return last / first if first and last is not None else None
+
+
+@dataclass
+class PeerResult:
+    name: str
+    description: str
+    command: list[str]
+    single: SingleStream | None = None
+    levels: list[ConcurrencyLevel] = field(default_factory=list)
+    chat: ChatRun | None = None
+    error: str | None = None
+    request_extra: dict[str, Any] = field(default_factory=dict)  # e.g. ignore_eos
+
+    def level(self, streams: int) -> ConcurrencyLevel | None:
+        return next((level for level in self.levels if level.streams == streams), None)
+
+    @property
+    def streams_cut(self) -> int:
+        return sum(level.cut for level in self.levels)
+
+    @property
+    def streams_failed(self) -> int:
+        return sum(level.failed for level in self.levels)
+
+    def errors(self) -> list[str]:
+        """The distinct errors of every stream, in order of first appearance."""
+        runs = [run for level in self.levels for run in level.runs]
+        runs += self.single.runs if self.single else []
+        runs += self.chat.turns if self.chat else []
+        return list(dict.fromkeys(run.error for run in runs if run.error))
+
+
+@dataclass(frozen=True)
+class NativeResult:
+    raw_engine: SingleStream | None = None
+    llama_bench_tg: float | None = None
+    llama_bench_stddev: float | None = None
+    batched: dict[int, float] = field(default_factory=dict)  # sequences -> decode t/s
+    errors: list[str] = field(default_factory=list)
+    llama_cpp_commit: str | None = None  # the build llama-bench reports
+
+
+@dataclass
+class BenchReport:
+    command: str
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    started_at: str
+    duration_s: float = 0.0
+    peers: list[PeerResult] = field(default_factory=list)
+    native: NativeResult = field(default_factory=NativeResult)
+    errors: list[str] = field(default_factory=list)
+
+    def peer(self, name: str) -> PeerResult | None:
+        return next((peer for peer in self.peers if peer.name == name), None)
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    if value is None or not baseline:
+        return None
+    return value / baseline
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of issue 3's targets, checked for one peer against llama-server from the same run."""
+
+    name: str
+    value: float | None
+    goal: str
+    passed: bool | None  # None: not measured
+
+
+def targets(report: BenchReport, name: str) -> list[Target]:
+    peer, base = report.peer(name), report.peer(BASELINE)
+    if peer is None:
+        return []
+    checks: list[Target] = []
+
+    def at_least(label: str, value: float | None, goal: float) -> None:
+        checks.append(Target(label, value, f">= {goal:.2f}x",
+                             None if value is None else value >= goal))
+
+    def at_most(label: str, value: float | None, goal: float, failed: bool = False) -> None:
+        passed = False if failed else None if value is None else value <= goal
+        checks.append(Target(label, value, f"<= {goal:.2f}x", passed))
+
+    single = peer.single.decode_tps if peer.single else None
+    base_single = base.single.decode_tps if base and base.single else None
+    at_least("one stream tokens/s vs llama-server", ratio(single, base_single), 0.95)
+    for streams in (4, 8):
+        mine, theirs = peer.level(streams), base.level(streams) if base else None
+        at_least(f"aggregate tokens/s at {streams} vs llama-server",
+                 ratio(mine.aggregate_tps if mine else None,
+                       theirs.aggregate_tps if theirs else None), 1.0)
+        at_most(f"p95 time to first token at {streams} vs llama-server",
+                ratio(mine.ttft_percentile(95) if mine else None,
+                      theirs.ttft_percentile(95) if theirs else None), 1.0,
+                failed=mine is not None and not mine.all_started)
+    for label, count in (("streams cut", peer.streams_cut),
+                         ("streams failed (errors, timeouts)", peer.streams_failed)):
+        value = float(count) if peer.levels else None
+        checks.append(Target(label, value, "= 0", None if value is None else value == 0))
+    turns = len(peer.chat.turns) if peer.chat else report.settings.get("turns", 10)
+    at_most(f"turn-{turns} / turn-1 time to first token", peer.chat.growth if peer.chat else None,
+            1.5)
+    return checks
+
+
+def to_json(report: BenchReport) -> dict[str, Any]:
+    """The whole report with the derived figures alongside the raw ones."""
+    data = asdict(report)
+    for peer, peer_data in zip(report.peers, data["peers"], strict=True):
+        if peer.single:
+            peer_data["single"].update(decode_tps=peer.single.decode_tps,
+                                       ttft_s=peer.single.ttft_s)
+        for level, level_data in zip(peer.levels, peer_data["levels"], strict=True):
+            level_data.update(aggregate_tps=level.aggregate_tps, completed=level.completed,
+                              cut=level.cut, failed=level.failed,
+                              ttft_p50_s=level.ttft_percentile(50),
+                              ttft_p95_s=level.ttft_percentile(95))
+        if peer.chat:
+            peer_data["chat"]["growth"] = peer.chat.growth
+        if peer.name != BASELINE:
+            peer_data["targets"] = [asdict(target) for target in targets(report, peer.name)]
+    if report.native.raw_engine:
+        data["native"]["raw_engine"].update(decode_tps=report.native.raw_engine.decode_tps,
+                                            ttft_s=report.native.raw_engine.ttft_s)
+    return data
+
+
+def write_json(report: BenchReport, path: Path) -> None:
+    path.write_text(json.dumps(to_json(report), indent=2) + "\n")

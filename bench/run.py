@@ -1,0 +1,14 @@
+"""Entry point of ``./dev bench``: ``python bench/run.py [OPTIONS]`` (see ``--help``)."""
+
+import sys
+from pathlib import Path
+
+# As a script, only bench/ is on sys.path: add the checkout (for the ``bench`` package) and its
+# src/ (so the homeport measured and imported is this checkout's, not an installed copy).
+_REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(_REPO / "src"), str(_REPO)]
+
+from bench.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    main()
