@@ -21,7 +21,7 @@ from typing import Any
 from homeport import metrics
 from homeport.engine.llama import ContextSettings, LlamaModel
 from homeport.engine.memory import available_memory, estimate_model_bytes
-from homeport.engine.scheduler import Scheduler
+from homeport.engine.scheduler import Outbox, Scheduler, deliver_directly
 from homeport.errors import HomeportError, ModelTooLargeError, ServerBusyError
 from homeport.humanize import format_bytes
 from homeport.store import ModelRecord
@@ -183,7 +183,13 @@ class ModelManager:
                     f"timed out loading model '{record.name.display}' after "
                     f"{self.settings.load_timeout:.0f}s") from None
             raise
-        scheduler = Scheduler(model, settings.n_seq, settings.n_batch, record.name.display)
+        loop = asyncio.get_running_loop()
+
+        def deliver(outbox: Outbox) -> None:
+            loop.call_soon_threadsafe(deliver_directly, outbox)
+
+        scheduler = Scheduler(model, settings.n_seq, settings.n_batch, record.name.display,
+                              deliver=deliver)
         runner = Runner(
             record=record, settings=settings, model=model, scheduler=scheduler, size=need,
             load_seconds=time.perf_counter() - started,

@@ -6,8 +6,9 @@ request owns a slot (a llama.cpp sequence id). A slot keeps its KV cache when it
 a new request goes to the free slot sharing the longest token prefix with its prompt, so a chat whose
 history grows turn by turn evaluates only the new tokens.
 
-Requests arrive through ``submit`` from any thread and report through their ``sink`` callback (a
-thread-safe hand-off to the event loop). ``Job.cancel`` frees the slot at the next step.
+Requests arrive through ``submit`` from any thread. Their events are collected during a step and
+handed over once per step through ``deliver`` (one wake-up of the event loop per step, not one per
+token), which calls each job's ``sink`` there. ``Job.cancel`` frees the slot at the next step.
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ class Failed:
 
 Event = TextChunk | Finished | Failed
 Sink = Callable[[Event], None]
+Outbox = list[tuple["Job", Event]]
+Deliver = Callable[[Outbox], None]
+
+def deliver_directly(outbox: Outbox) -> None:
+    """Call each sink on the scheduler thread (for callers without an event loop)."""
+    for job, event in outbox:
+        job.sink(event)
 
 
 @dataclass
@@ -119,8 +127,11 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class Scheduler:
     """Runs every request for one model; see the module docstring."""
 
-    def __init__(self, model: LlamaModel, n_slots: int, n_batch: int, label: str) -> None:
+    def __init__(self, model: LlamaModel, n_slots: int, n_batch: int, label: str,
+                 deliver: Deliver = deliver_directly) -> None:
         self.model = model
+        self._deliver = deliver
+        self._outbox: Outbox = []
         self.n_ctx_per_seq = model.settings.n_ctx_per_seq
         self.slots = [Slot(seq_id) for seq_id in range(n_slots)]
         self.n_batch = n_batch
@@ -187,7 +198,17 @@ class Scheduler:
             except Exception as exc:  # never let the thread die with requests waiting on it
                 log.exception("scheduler step failed for %s", self.label)
                 self._fail_running(exc)
+            self._flush()
         self._fail_all(HomeportError("the model was unloaded before the request finished"))
+        self._flush()
+
+    def _emit(self, job: Job, event: Event) -> None:
+        self._outbox.append((job, event))
+
+    def _flush(self) -> None:
+        if self._outbox:
+            outbox, self._outbox = self._outbox, []
+            self._deliver(outbox)
 
     def _step(self) -> None:
         self._drop_cancelled()
@@ -254,14 +275,14 @@ class Scheduler:
         """Send text on, holding back what may be the start of a stop string; True on a stop."""
         if not job.stop:
             if text:
-                job.sink(TextChunk(text))
+                self._emit(job, TextChunk(text))
             return False
         held = job._held + text
         for stop in job.stop:
             found = held.find(stop)
             if found >= 0:
                 if found:
-                    job.sink(TextChunk(held[:found]))
+                    self._emit(job, TextChunk(held[:found]))
                 job._held = ""
                 return True
         keep = 0
@@ -271,7 +292,7 @@ class Scheduler:
                     keep = max(keep, size)
                     break
         if len(held) > keep:
-            job.sink(TextChunk(held[:len(held) - keep]))
+            self._emit(job, TextChunk(held[:len(held) - keep]))
         job._held = held[len(held) - keep:]
         return False
 
@@ -280,7 +301,7 @@ class Scheduler:
         assert job is not None
         rest = job._held + job._decoder.decode(b"", final=True)
         if rest:
-            job.sink(TextChunk(rest))
+            self._emit(job, TextChunk(rest))
         end = job.last_token_at or time.perf_counter()
         stats = GenerationStats(
             prompt_tokens=len(job.prompt),
@@ -292,7 +313,7 @@ class Scheduler:
             tokens=tuple(job.prompt + job.generated),
         )
         self._release(slot)
-        job.sink(Finished(reason, stats))
+        self._emit(job, Finished(reason, stats))
 
     def _release(self, slot: Slot) -> None:
         if slot.sampler is not None:
@@ -340,7 +361,7 @@ class Scheduler:
         try:
             slot.sampler = Sampler(self.model, job.sampling)
         except HomeportError as exc:
-            job.sink(Failed(exc))
+            self._emit(job, Failed(exc))
             return
         slot.job = job
         slot.cursor = reuse
@@ -366,7 +387,7 @@ class Scheduler:
                 self.model.forget(slot.seq_id)
                 slot.cache = []
                 self._release(slot)
-                job.sink(Failed(error))
+                self._emit(job, Failed(error))
 
     def _fail_all(self, error: HomeportError) -> None:
         self._fail_running(error)
@@ -375,6 +396,6 @@ class Scheduler:
             embeddings, self.embeddings = list(self.embeddings), deque()
         metrics.QUEUE_DEPTH.dec(len(pending))
         for job in pending:
-            job.sink(Failed(error))
+            self._emit(job, Failed(error))
         for embedding in embeddings:
             embedding.done(error)

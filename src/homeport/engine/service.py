@@ -233,6 +233,7 @@ class Engine:
     # --- generation ----------------------------------------------------------------------------
 
     async def start_generation(self, request: GenerationInput) -> Generation:
+        """Check, load, render and queue ``request``; errors here reach the client as a status."""
         started = time.perf_counter()
         record = request.record
         features = template_features(record.chat_template)
@@ -253,16 +254,11 @@ class Engine:
         try:
             prompt_text, in_thinking = self._prompt_text(runner, request, features.thinking)
             tokens = self._tokens(runner, request, prompt_text, options)
-            loop = asyncio.get_running_loop()
             queue: asyncio.Queue[SchedulerEvent] = asyncio.Queue()
-
-            def sink(event: SchedulerEvent) -> None:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-
             job = Job(
                 prompt=tokens,
                 sampling=_sampling(options, grammar),
-                sink=sink,
+                sink=queue.put_nowait,  # called on the event loop, by the manager's delivery
                 num_predict=options.num_predict if options.num_predict >= 0 else -1,
                 stop=options.stop,
             )
