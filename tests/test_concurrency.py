@@ -130,7 +130,9 @@ def test_queue_full_is_503_with_retry_after(tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "queue", env=env) as process, \
             httpx.Client(base_url=process.url, timeout=60) as http, \
             http.stream("POST", "/api/chat", json=ENDLESS) as running:
-        next(running.iter_lines())
+        # Keep the line iterator: a discarded httpx iterator closes the response, ending the stream.
+        running_lines = running.iter_lines()
+        next(running_lines)
         with httpx.Client(base_url=process.url, timeout=60) as second, \
                 second.stream("POST", "/api/chat", json=ENDLESS) as waiting:
             assert waiting.status_code == 200
