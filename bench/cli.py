@@ -82,7 +82,7 @@ def _parse_levels(ctx: click.Context, param: click.Parameter, value: str) -> lis
 @click.option("--ctx-per-slot", type=click.IntRange(512), default=4096, show_default=True)
 @click.option("--max-tokens", type=click.IntRange(2, 2048), default=128, show_default=True,
               help="Tokens per answer.")
-@click.option("--repeats", type=click.IntRange(1, 20), default=3, show_default=True,
+@click.option("--repeats", type=click.IntRange(1, 20), default=5, show_default=True,
               help="Runs of the one-stream workload (the median is reported).")
 @click.option("--levels", default="1,2,4,8", callback=_parse_levels, show_default=True,
               help="Concurrent stream counts.")

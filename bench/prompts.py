@@ -40,10 +40,14 @@ class Message(TypedDict):
 
 
 def essay_messages(index: int) -> list[Message]:
-    """The chat for stream ``index``: a different essay topic for each index (they cycle)."""
+    """The chat for stream ``index``: a different essay for each index. Topics cycle; a later
+    round numbers its essays, so no prompt is ever sent twice and no server answers one from a
+    cache of a whole earlier prompt, while all share the same opening as real prompts do."""
     topic = TOPICS[index % len(TOPICS)]
-    return [{"role": "user",
-             "content": f"Write a long, detailed essay about {topic}, with several paragraphs."}]
+    cycle = index // len(TOPICS)
+    number = f" This is essay number {cycle + 1} on it." if cycle else ""
+    return [{"role": "user", "content":
+             f"Write a long, detailed essay about {topic}, with several paragraphs.{number}"}]
 
 
 class PromptSequence:

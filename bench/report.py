@@ -28,7 +28,7 @@ def _completed(level: ConcurrencyLevel, max_tokens: int | None) -> str:
     short = sum(1 for run in level.runs if run.completed and max_tokens and run.tokens < max_tokens)
     notes = [f"{count} {what}" for count, what in
              ((level.cut, "cut"), (level.failed, "failed"), (short, "short")) if count]
-    return f"{level.completed}/{level.streams}" + (f" ({', '.join(notes)})" if notes else "")
+    return f"{level.completed}/{level.total}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _times(value: float | None) -> str:
@@ -76,7 +76,7 @@ def concurrency_table(report: BenchReport) -> Table:
                 _times(ratio(level.ttft_percentile(95),
                              theirs.ttft_percentile(95) if theirs else None)),
                 _completed(level, report.settings.get("max_tokens")),
-                style="red" if level.completed < level.streams else None)
+                style="red" if level.completed < level.total else None)
         if peer.levels:
             table.add_section()
     for sequences, tps in sorted(report.native.batched.items()):

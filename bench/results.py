@@ -70,16 +70,41 @@ class SingleStream:
 
 
 @dataclass(frozen=True)
-class ConcurrencyLevel:
-    """Workload 2: ``streams`` streams started together."""
+class Round:
+    """``streams`` streams started together, once."""
 
-    streams: int
     wall_s: float
     runs: list[StreamSummary]
 
     @property
     def aggregate_tps(self) -> float:
         return sum(run.tokens for run in self.runs) / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def all_started(self) -> bool:
+        """Every stream got at least one token (a cut stream may get none)."""
+        return all(run.ttft_s is not None for run in self.runs)
+
+
+@dataclass(frozen=True)
+class ConcurrencyLevel:
+    """Workload 2: ``streams`` streams started together, in one or more rounds; the figures are
+    medians over the rounds, so one burst of outside load does not decide a ratio."""
+
+    streams: int
+    rounds: list[Round]
+
+    @property
+    def runs(self) -> list[StreamSummary]:
+        return [run for round_ in self.rounds for run in round_.runs]
+
+    @property
+    def total(self) -> int:
+        return len(self.runs)
+
+    @property
+    def aggregate_tps(self) -> float:
+        return float(statistics.median(r.aggregate_tps for r in self.rounds)) if self.rounds else 0.0
 
     @property
     def completed(self) -> int:
@@ -97,14 +122,15 @@ class ConcurrencyLevel:
 
     @property
     def all_started(self) -> bool:
-        """Every stream got at least one token (a cut stream may get none)."""
-        return all(run.ttft_s is not None for run in self.runs)
+        return all(round_.all_started for round_ in self.rounds)
 
     def ttft_percentile(self, q: float) -> float | None:
-        """None when a stream got no token: leaving it out would flatter the server."""
-        if not self.all_started:
+        """The median over rounds of each round's percentile; None when a stream got no token:
+        leaving it out would flatter the server."""
+        if not self.rounds or not self.all_started:
             return None
-        return percentile([run.ttft_s for run in self.runs if run.ttft_s is not None], q)
+        return _median([percentile([run.ttft_s for run in round_.runs if run.ttft_s is not None], q)
+                        for round_ in self.rounds])
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,16 @@
 """The three workloads of issue 3, run over HTTP against every peer, interleaved.
 
 1. one stream at a time (repeated): decode tokens/s and time to first token;
-2. 1, 2, 4, 8 streams started together, each a different prompt: aggregate tokens/s, p50/p95
-   time to first token, streams completed;
+2. 1, 2, 4, 8 streams started together, each a different prompt, in as many rounds as workload 1
+   has runs: aggregate tokens/s and p50/p95 time to first token (medians over the rounds),
+   streams completed;
 3. a 10-turn chat whose history grows: time to first token per turn.
 
-All peers are up at once but only one is ever busy: each step (one run of workload 1, one level
-of workload 2, workload 3) goes to every peer in turn before the next step starts, so that load
-from other processes on a shared machine falls on the peers alike rather than on whichever ran
-during a busy minute. Every loop is bounded in count, and every stream in time.
+All peers are up at once but only one is ever busy: each step (one run of workload 1, one round of
+a level of workload 2, workload 3) goes to every peer in turn, in a rotated order each round,
+before the next step starts, so that load from other processes on a shared machine falls on the
+peers alike rather than on whichever ran during a busy minute. Every loop is bounded in count,
+and every stream in time.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from dataclasses import dataclass, field
 import httpx
 
 from bench.prompts import CHAT_QUESTIONS, Message, PromptSequence
-from bench.results import ChatRun, ConcurrencyLevel, PeerResult, SingleStream, StreamSummary
+from bench.results import (
+    ChatRun,
+    ConcurrencyLevel,
+    PeerResult,
+    Round,
+    SingleStream,
+    StreamSummary,
+)
 from bench.streams import Endpoint, StreamResult, stream_chat
 
 WARMUP_TOKENS = 8
@@ -47,13 +56,18 @@ async def warm_up(client: httpx.AsyncClient, endpoint: Endpoint) -> StreamResult
 
 
 async def concurrent_streams(client: httpx.AsyncClient, endpoint: Endpoint,
-                             prompts: PromptSequence, max_tokens: int,
-                             streams: int) -> ConcurrencyLevel:
+                             prompts: PromptSequence, max_tokens: int, streams: int) -> Round:
     batch = prompts.take(streams)
     results = await asyncio.gather(
         *(stream_chat(client, endpoint, messages, max_tokens) for messages in batch))
     wall = max(r.ended for r in results) - min(r.started for r in results)
-    return ConcurrencyLevel(streams, wall, [StreamSummary.of(r) for r in results])
+    return Round(wall, [StreamSummary.of(r) for r in results])
+
+
+def rotated(contenders: list[Contender], turn: int) -> list[Contender]:
+    """The peers in another order each time, so that none always runs right after another."""
+    shift = turn % len(contenders) if contenders else 0
+    return contenders[shift:] + contenders[:shift]
 
 
 async def growing_chat(client: httpx.AsyncClient, endpoint: Endpoint, max_tokens: int,
@@ -85,7 +99,7 @@ async def run_interleaved(contenders: list[Contender], *, max_tokens: int, repea
 
         singles: dict[str, list[StreamSummary]] = {c.result.name: [] for c in live}
         for repeat in range(repeats):
-            for contender in live:
+            for contender in rotated(live, repeat):
                 progress(f"{contender.result.name}: one stream, run {repeat + 1}/{repeats}")
                 messages = contender.prompts.take(1)[0]
                 run = await stream_chat(client, contender.endpoint, messages, max_tokens)
@@ -94,10 +108,16 @@ async def run_interleaved(contenders: list[Contender], *, max_tokens: int, repea
             contender.result.single = SingleStream(singles[contender.result.name])
 
         for streams in levels:
+            rounds: dict[str, list[Round]] = {c.result.name: [] for c in live}
+            for repeat in range(repeats):
+                for contender in rotated(live, repeat):
+                    progress(f"{contender.result.name}: {streams} concurrent streams, "
+                             f"round {repeat + 1}/{repeats}")
+                    rounds[contender.result.name].append(await concurrent_streams(
+                        client, contender.endpoint, contender.prompts, max_tokens, streams))
             for contender in live:
-                progress(f"{contender.result.name}: {streams} concurrent streams")
-                contender.result.levels.append(await concurrent_streams(
-                    client, contender.endpoint, contender.prompts, max_tokens, streams))
+                contender.result.levels.append(
+                    ConcurrencyLevel(streams, rounds[contender.result.name]))
 
         for contender in live:
             progress(f"{contender.result.name}: {turns}-turn chat")

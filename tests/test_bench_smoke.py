@@ -20,6 +20,7 @@ from bench.results import (
     ConcurrencyLevel,
     NativeResult,
     PeerResult,
+    Round,
     SingleStream,
     StreamSummary,
     percentile,
@@ -77,8 +78,8 @@ def _run(ttft: float, completed: bool = True) -> StreamSummary:
 
 
 def _peer(name: str, tps: float, wall: float, ttft: float, cut: int = 0) -> PeerResult:
-    levels = [ConcurrencyLevel(n, wall * n / 4, [_run(ttft * (i + 1), completed=i >= cut)
-                                                 for i in range(n)]) for n in (1, 4, 8)]
+    levels = [ConcurrencyLevel(n, [Round(wall * n / 4, [_run(ttft * (i + 1), completed=i >= cut)
+                                                        for i in range(n)])]) for n in (1, 4, 8)]
     single = SingleStream([StreamSummary(ttft, tps, 128, True, "length") for _ in range(3)])
     chat = ChatRun([_run(ttft * (1 + turn / 10)) for turn in range(10)])
     return PeerResult(name, f"{name} for the test", [name], single, levels, chat)
@@ -150,7 +151,7 @@ def test_table_json_and_chart(tmp_path: Path) -> None:
 def test_a_stream_that_failed_is_not_counted_as_cut() -> None:
     timed_out = StreamSummary(ttft_s=None, decode_tps=None, tokens=0, completed=False,
                               finish_reason=None, error="ReadTimeout")
-    level = ConcurrencyLevel(2, 1.0, [_run(0.05), timed_out])
+    level = ConcurrencyLevel(2, [Round(1.0, [_run(0.05), timed_out])])
     assert (level.completed, level.cut, level.failed) == (1, 0, 1)
     report = _report()
     report.peers[1].levels.append(level)

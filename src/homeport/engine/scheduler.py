@@ -63,6 +63,13 @@ Sink = Callable[[Event], None]
 Outbox = list[tuple["Job", Event]]
 Deliver = Callable[[Outbox], None]
 
+# With nothing running, a new request waits until no other one has arrived for GATHER_QUIET
+# (at most GATHER_MAX), so that requests sent together are evaluated in one step rather than the
+# first alone and the rest one step later. A lone request pays GATHER_QUIET once.
+GATHER_QUIET = 0.003
+GATHER_MAX = 0.02
+
+
 def deliver_directly(outbox: Outbox) -> None:
     """Call each sink on the scheduler thread (for callers without an event loop)."""
     for job, event in outbox:
@@ -210,10 +217,25 @@ class Scheduler:
             outbox, self._outbox = self._outbox, []
             self._deliver(outbox)
 
+    def _gather(self) -> None:
+        """Let requests that arrive together start together (see GATHER_QUIET)."""
+        if any(slot.job is not None for slot in self.slots):
+            return
+        started = time.perf_counter()
+        seen = len(self.pending)
+        with self._cond:
+            while seen < len(self.slots) and time.perf_counter() - started < GATHER_MAX:
+                self._cond.wait(GATHER_QUIET)
+                if len(self.pending) == seen:
+                    return
+                seen = len(self.pending)
+
     def _step(self) -> None:
         self._drop_cancelled()
         if self.embeddings:
             self._run_embedding(self.embeddings.popleft())
+        if self.pending:
+            self._gather()
         self._admit()
         batch = self._batch
         batch.clear()

@@ -11,6 +11,7 @@ import json
 import logging
 import logging.handlers
 import os
+import queue
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,8 +37,12 @@ class AuditLog:
         self._handler = logging.handlers.RotatingFileHandler(
             self.path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(message)s"))
+        # The file is written on a thread of its own, so no request waits on the disk.
+        self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        self._listener = logging.handlers.QueueListener(self._queue, self._handler)
+        self._listener.start()
         self._logger = logging.Logger("homeport.audit", logging.INFO)
-        self._logger.addHandler(self._handler)
+        self._logger.addHandler(logging.handlers.QueueHandler(self._queue))
 
     def write(self, record: RequestRecord, method: str, route: str, status: int,
               seconds: float) -> None:
@@ -58,12 +63,11 @@ class AuditLog:
         if self.keep_text:
             entry["prompt"] = record.prompt
             entry["answer"] = "".join(record.answer)
-        try:
-            self._logger.info(json.dumps(entry, ensure_ascii=False))
-        except OSError as exc:  # a full disk must not take requests down with it
-            log.warning("could not write the audit log: %s", exc)
+        self._logger.info(json.dumps(entry, ensure_ascii=False))
 
     def close(self) -> None:
+        """Write what is queued, then close the file."""
+        self._listener.stop()
         self._handler.close()
 
 
