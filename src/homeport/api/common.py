@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from typing import Any
 from starlette.requests import Request
 
 from homeport.api.access import check_model
+from homeport.api.schemas import ToolCallIn
 from homeport.engine.parsing import ToolCall
 from homeport.engine.service import Engine
 from homeport.errors import BadRequestError
@@ -79,3 +81,20 @@ def ollama_tool_calls(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
     return [{"id": tool_call_id(),
              "function": {"index": call.index, "name": call.name, "arguments": call.arguments}}
             for call in calls]
+
+
+def incoming_tool_calls(calls: list[ToolCallIn] | None) -> list[dict[str, Any]] | None:
+    """A message's tool calls as chat templates expect them, arguments always an object."""
+    if not calls:
+        return None
+    converted = []
+    for call in calls:
+        arguments: Any = call.function.arguments
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments or "{}")
+            except ValueError:
+                arguments = {}
+        converted.append({"type": "function", "id": call.id,
+                          "function": {"name": call.function.name, "arguments": arguments}})
+    return converted

@@ -31,6 +31,7 @@ from homeport.api.body import read_json
 from homeport.api.common import (
     OLLAMA_COMPAT_VERSION,
     details,
+    incoming_tool_calls,
     model_summary,
     nanoseconds,
     ollama_tool_calls,
@@ -68,22 +69,10 @@ def timings_fields(done: Done) -> dict[str, Any]:
 
 
 def to_chat_message(message: schemas.MessageIn) -> ChatMessage:
-    tool_calls = None
-    if message.tool_calls:
-        tool_calls = []
-        for call in message.tool_calls:
-            arguments: Any = call.function.arguments
-            if isinstance(arguments, str):
-                try:
-                    arguments = json.loads(arguments or "{}")
-                except ValueError:
-                    arguments = {}
-            tool_calls.append({"type": "function", "id": call.id,
-                               "function": {"name": call.function.name, "arguments": arguments}})
     return ChatMessage(
         role=message.role, content=message.content or "", thinking=message.thinking,
-        images=list(message.images or []), tool_calls=tool_calls, tool_name=message.tool_name,
-        tool_call_id=message.tool_call_id,
+        images=list(message.images or []), tool_calls=incoming_tool_calls(message.tool_calls),
+        tool_name=message.tool_name, tool_call_id=message.tool_call_id,
     )
 
 

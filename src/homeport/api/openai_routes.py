@@ -29,7 +29,7 @@ from homeport.api.access import (
     visible,
 )
 from homeport.api.body import read_json
-from homeport.api.common import AppState, resolve_model, state_of, tool_call_id
+from homeport.api.common import AppState, incoming_tool_calls, resolve_model, state_of, tool_call_id
 from homeport.api.errors import openai_error_body
 from homeport.api.streaming import SSE, StreamResponse, cancel_on_disconnect, sse_event
 from homeport.engine.parsing import ToolCall
@@ -86,20 +86,9 @@ def _messages(messages: list[schemas.OpenAIMessage]) -> list[ChatMessage]:
     converted = []
     for message in messages:
         text, images = _text_content(message.content)
-        tool_calls = None
-        if message.tool_calls:
-            tool_calls = []
-            for call in message.tool_calls:
-                arguments: Any = call.function.arguments
-                if isinstance(arguments, str):
-                    try:
-                        arguments = json.loads(arguments or "{}")
-                    except ValueError:
-                        arguments = {}
-                tool_calls.append({"type": "function", "id": call.id, "function": {
-                    "name": call.function.name, "arguments": arguments}})
         converted.append(ChatMessage(
-            role=message.role, content=text, images=images, tool_calls=tool_calls,
+            role=message.role, content=text, images=images,
+            tool_calls=incoming_tool_calls(message.tool_calls),
             tool_call_id=message.tool_call_id, thinking=message.reasoning,
             tool_name=message.name if message.role == "tool" else None))
     return converted
