@@ -282,13 +282,13 @@ class Engine:
         record = request.record
         if request.raw and request.prompt is not None:
             return request.prompt, False
+        # The Modelfile's MESSAGE lines (a stored conversation) come before the request's own.
+        messages = [ChatMessage(str(m.get("role", "user")), str(m.get("content", "")))
+                    for m in record.messages if isinstance(m, dict)]
         if request.messages is not None:
-            messages = [ChatMessage(**message) if isinstance(message, dict) else message
-                        for message in record.messages] + list(request.messages)
+            messages += request.messages
         else:
-            messages = [ChatMessage("user", request.prompt or "")]
-            if record.messages:
-                messages = [ChatMessage(**m) for m in record.messages] + messages
+            messages.append(ChatMessage("user", request.prompt or ""))
         system = request.system if request.system is not None else record.system
         if system and not any(message.role == "system" for message in messages):
             messages.insert(0, ChatMessage("system", system))
