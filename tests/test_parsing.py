@@ -69,3 +69,12 @@ def test_unknown_tool_name_stays_content() -> None:
     content, _ = run(parser, ['{"name": "rm_rf", "arguments": {}}'])
     assert "rm_rf" in content
     assert parser.tool_calls == []
+
+
+def test_newline_after_a_tool_call_arriving_alone_is_markup() -> None:
+    # The scheduler sends one token at a time; "\n" between two calls is usually its own token.
+    parser = OutputParser(thinking=False, in_thinking=False, tool_names={"f"})
+    content, _ = run(parser, ['<tool_call>{"name": "f", "arguments": {}}</tool_call>', "\n",
+                              '<tool_call>{"name": "f", "arguments": {"x": 2}}</tool_call>'])
+    assert content == ""
+    assert [c.arguments for c in parser.tool_calls] == [{}, {"x": 2}]

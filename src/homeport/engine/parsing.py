@@ -165,7 +165,8 @@ class OutputParser:
         if end >= 0:
             block, rest = self._tool_buffer[:end], self._tool_buffer[end + len(TOOL_CLOSE):]
             self._tool_buffer = None
-            self._pending = rest.lstrip("\n")
+            self._pending = rest
+            self._strip_newlines = True
             if not self._parse_tool_text(block):
                 return [Delta(content=f"{TOOL_OPEN}{block}{TOOL_CLOSE}")]
         return []
