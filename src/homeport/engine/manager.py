@@ -142,9 +142,9 @@ class ModelManager:
         if runner.active == 0:
             runner.expires_at = runner.last_used + runner.keep_alive
             if runner.keep_alive <= 0:
-                # keep_alive 0: gone now, so the next request loads afresh rather than reusing it.
+                # keep_alive 0: the next request loads afresh rather than reusing it; the expiry
+                # loop unloads it (under the load lock) within EXPIRY_CHECK_SECONDS.
                 runner.unloading = True
-                self._spawn(self._unload(runner))
         self._spawn(self._notify())
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -160,7 +160,8 @@ class ModelManager:
             return False
         runner.keep_alive = 0.0
         if runner.active == 0:
-            await self._unload(runner)
+            async with self._load_lock:  # never beside a load, like every other unload
+                await self._unload(runner)
         return True
 
     # --- loading -------------------------------------------------------------------------------
