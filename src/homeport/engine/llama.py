@@ -141,7 +141,7 @@ class Sampler:
                 self.free()
                 raise InvalidOptionError("format: the requested grammar is not valid")
             self._candidates = np.empty(model.n_vocab, dtype=_TOKEN_DATA)
-            self._candidates["id"] = np.arange(model.n_vocab, dtype=np.int32)
+            self._ids = np.arange(model.n_vocab, dtype=np.int32)
             self._single = np.empty(1, dtype=_TOKEN_DATA)
         add = self._add
         if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
@@ -187,7 +187,7 @@ class Sampler:
 
     def _apply(self, logits: np.ndarray[Any, Any], *, with_grammar: bool) -> int:
         candidates = self._candidates
-        candidates["id"] = np.arange(len(logits), dtype=np.int32)
+        candidates["id"] = self._ids  # reset every time: the chain sorts the array in place
         candidates["logit"] = logits
         candidates["p"] = 0.0
         array = self._token_array(candidates)
