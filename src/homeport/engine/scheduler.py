@@ -71,7 +71,7 @@ GATHER_MAX = 0.02
 
 
 def deliver_directly(outbox: Outbox) -> None:
-    """Call each sink on the scheduler thread (for callers without an event loop)."""
+    """Call each sink, in order (run on the event loop by the manager's ``deliver``)."""
     for job, event in outbox:
         job.sink(event)
 
@@ -135,7 +135,7 @@ class Scheduler:
     """Runs every request for one model; see the module docstring."""
 
     def __init__(self, model: LlamaModel, n_slots: int, n_batch: int, label: str,
-                 deliver: Deliver = deliver_directly) -> None:
+                 deliver: Deliver) -> None:
         self.model = model
         self._deliver = deliver
         self._outbox: Outbox = []
