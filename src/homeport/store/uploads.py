@@ -8,6 +8,7 @@ no larger than the free disk space (less a reserve). A client that goes away lea
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -46,7 +47,8 @@ async def receive_blob(store: ModelStore, digest: str, chunks: AsyncIterator[byt
                 hasher.update(chunk)
                 handle.write(chunk)
             handle.flush()
-            os.fsync(handle.fileno())
+            # Off the event loop: syncing a multi-GB blob to disk takes seconds.
+            await asyncio.to_thread(os.fsync, handle.fileno())
         actual = f"sha256:{hasher.hexdigest()}"
         if actual != digest:
             raise BadRequestError(
