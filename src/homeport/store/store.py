@@ -145,8 +145,10 @@ class ModelStore:
 
     # --- manifests -----------------------------------------------------------------------------
 
-    def _iter_manifests(self) -> Iterator[tuple[ModelName, Path, StoreRoot]]:
-        for root in self.roots:
+    def _iter_manifests(self, roots: Sequence[StoreRoot] | None = None,
+                        ) -> Iterator[tuple[ModelName, Path, StoreRoot]]:
+        """Every manifest in ``roots`` (default: all of them, writable root first)."""
+        for root in self.roots if roots is None else roots:
             base = root.manifests
             if not base.is_dir():
                 continue
@@ -170,8 +172,8 @@ class ModelStore:
             exact = root.manifests.joinpath(*name.manifest_parts)
             if exact.is_file():
                 return name, exact, root
-        for found, path, root in self._iter_manifests():
-            if found.key() == name.key() and (root.writable or not writable_only):
+        for found, path, root in self._iter_manifests(roots):
+            if found.key() == name.key():
                 return found, path, root
         return None
 
@@ -295,9 +297,7 @@ class ModelStore:
 
     def used_digests(self) -> set[str]:
         used: set[str] = set()
-        for _, path, root in self._iter_manifests():
-            if not root.writable:
-                continue
+        for _, path, _ in self._iter_manifests([self.primary]):
             try:
                 used |= mf.parse_manifest(path.read_bytes()).digests()
             except BadRequestError:
