@@ -110,7 +110,7 @@ def _text_layers(spec: CreateSpec, base_parameters: dict[str, Any]
 
 def create_model(store: ModelStore, spec: CreateSpec) -> Iterator[Progress]:
     """Create ``spec.model``; every check that can fail is made before anything is written."""
-    name = store.stored_name(parse_name(spec.model))
+    name = parse_name(spec.model)
     if spec.quantize:
         raise UnsupportedError(
             "quantization is not supported by homeport; quantize with llama.cpp's "

@@ -246,14 +246,16 @@ class ModelStore:
     # --- changes -------------------------------------------------------------------------------
 
     def write_manifest(self, name: ModelName, manifest_bytes: bytes) -> set[str]:
-        """Write a manifest atomically into the writable root (the last step of any change).
+        """Write a manifest atomically into the writable root (the last step of any change), over
+        the one stored under any spelling of ``name`` (lookups ignore case), else as spelled.
 
         Returns the digests the manifest it replaced used and this one does not: candidates for
         ``remove_layers``.
         """
         new = mf.parse_manifest(manifest_bytes).digests()
-        path = self.primary.manifests.joinpath(*name.manifest_parts)
-        with self._lock:
+        with self._lock:  # one lookup and write at a time: "Foo" and "foo" never make two
+            located = self._locate(name, writable_only=True)
+            path = located[1] if located else self.primary.manifests.joinpath(*name.manifest_parts)
             old: set[str] = set()
             if path.is_file():
                 try:
@@ -268,7 +270,7 @@ class ModelStore:
 
     def copy(self, source: str, destination: str) -> None:
         src = parse_name(source)
-        dst = self.stored_name(parse_name(destination))
+        dst = parse_name(destination)
         with self._lock:
             located = self._locate(src)
             if located is None:
@@ -327,7 +329,7 @@ class ModelStore:
             return
         name = parse_name(self.bundled.name)
         with self._lock:
-            if self.primary.manifests.joinpath(*name.manifest_parts).is_file():
+            if self._locate(name, writable_only=True) is not None:  # in any spelling: kept as is
                 return
             info = read_gguf(self.bundled.path)
             config = json.dumps(gguf_config(info.architecture, info.parameter_size,
