@@ -11,14 +11,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from homeport.errors import BadRequestError, InvalidModelFileError, RegistryRefusedError
+from homeport.errors import (
+    BadRequestError,
+    InvalidModelFileError,
+    ModelNotFoundError,
+    RegistryRefusedError,
+)
 from homeport.store.bundled import BundledModel
+from homeport.store.create import CreateSpec, create_model
 from homeport.store.digests import blob_path, normalize_digest, partial_path, sha256_file
 from homeport.store.gguf import parse_gguf
 from homeport.store.modelfile import ModelfileError, parse_modelfile
 from homeport.store.names import parse_name
 from homeport.store.netpolicy import check_realm, check_redirect, is_public_address
-from homeport.store.record import is_jinja_template
+from homeport.store.record import ModelRecord, is_jinja_template
 from homeport.store.store import ModelStore
 from tests.support.gguf_files import gguf_bytes, write_tiny_llama
 
@@ -94,6 +100,27 @@ def test_the_bundled_model_never_replaces_a_model_of_its_name(tmp_path: Path) ->
     store.ensure_bundled()
     assert _manifest_files(store) == ["registry.ollama.ai/library/SmolLM2/135M"]
     assert store.resolve("smollm2:135m").manifest.to_bytes() == mine
+
+
+def test_a_base_model_deleted_while_a_create_reads_it_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DELETE of the base landing between create's read of it and its hold on the layers: the
+    create fails as if the base were gone, and leaves no manifest naming a missing file."""
+    store = ModelStore(tmp_path / "models")
+    digest = store.write_blob(write_tiny_llama(tmp_path / "tiny.gguf").read_bytes())
+    list(create_model(store, CreateSpec(model="base", files={"tiny.gguf": digest})))
+    resolve = store.resolve
+
+    def resolve_then_delete(text: str) -> ModelRecord:
+        record = resolve(text)
+        store.delete(text)
+        return record
+
+    monkeypatch.setattr(store, "resolve", resolve_then_delete)
+    with pytest.raises(ModelNotFoundError, match="model 'base' not found"):
+        list(create_model(store, CreateSpec(model="derived", from_="base", system="Be brief.")))
+    assert _manifest_files(store) == []
+    assert not store.has_blob(digest)
 
 
 @pytest.mark.parametrize("digest", [
