@@ -140,8 +140,7 @@ class ModelStore:
             yield
         finally:
             with self._lock:
-                self._held.subtract(held)
-                self._held += Counter()  # drop the zero counts
+                self._held -= Counter(held)  # and drops the digests no one holds now
 
     # --- manifests -----------------------------------------------------------------------------
 
