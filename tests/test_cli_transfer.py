@@ -13,6 +13,7 @@ import httpx
 import pexpect
 import pytest
 
+from tests.support.fake_ollama import FakeOllama
 from tests.support.gguf_files import bad_gguf_files, write_tiny_llama
 from tests.support.registry import DockerRegistry
 from tests.support.server import ServerProcess, isolated_env
@@ -150,6 +151,23 @@ def test_create_and_import_errors_are_one_line(server: ServerProcess, tmp_path: 
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1].startswith("Error: invalid GGUF file")
     assert "Traceback" not in refused.stderr
+
+
+def test_import_to_a_server_that_wants_a_token_says_what_to_do(tmp_path: Path) -> None:
+    """The first request of an import (does the server have the file?) is refused with 401:
+    the error names the server and says how to send a token, as every other command's does."""
+    gguf = write_tiny_llama(tmp_path / "tiny.gguf", seed=44)
+    with FakeOllama() as fake:
+        fake.token = "hp_right"
+        refused = subprocess.run(
+            [sys.executable, "-m", "homeport", "import", str(gguf), "--name", "tiny",
+             "--endpoint", fake.url],
+            env=isolated_env(tmp_path / "cli"), capture_output=True, text=True, timeout=60,
+            stdin=subprocess.DEVNULL)
+    assert refused.returncode == 1
+    assert f"the server at {fake.url} answered 401" in refused.stderr
+    assert "this server wants a token: set HOMEPORT_TOKEN" in refused.stderr
+    assert fake.requests[-1]["path"].startswith("/api/blobs/sha256:")
 
 
 def test_run_offers_to_pull_a_missing_model(server: ServerProcess, registry: DockerRegistry,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,6 +64,30 @@ def test_blob_upload_head_and_post(server: ServerProcess, tiny: Path, home: Path
     assert "digest mismatch" in response.json()["error"]
     assert httpx.head(wrong).status_code == 404
     assert not [name for name in blob_names(home / "models") if ".upload-" in name]
+
+
+def test_a_blob_the_store_has_is_taken_again_on_a_full_disk(tmp_path: Path, tiny: Path) -> None:
+    """Sending a blob again needs no disk space: 200 on a disk where any new blob gets 507."""
+    wrapper = ("unshare", "--user", "--map-root-user", "--mount")
+    if subprocess.run([*wrapper, "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a mount namespace here for a small disk")
+    digest = sha256(tiny)
+    models = tmp_path / "models"
+    models.mkdir()
+    # The server's store is a 64 MiB tmpfs (less than the 256 MiB reserve) holding the blob.
+    small_disk = ('mount -t tmpfs -o size=64m tmpfs "$0" && mkdir "$0/blobs" && '
+                  'cp "$1" "$0/blobs/$2" && shift 2 && exec "$@"')
+    wrapper += ("sh", "-c", small_disk, str(models), str(tiny), f"sha256-{digest[7:]}")
+    with ServerProcess(tmp_path / "server", env={"HOMEPORT_MODELS": str(models)},
+                       wrapper=wrapper) as server:
+        url = f"{server.url}/api/blobs/{digest}"
+        assert httpx.head(url).status_code == 200
+        assert httpx.post(url, content=tiny.read_bytes()).status_code == 200
+        new = b"bytes the store lacks"
+        refused = httpx.post(f"{server.url}/api/blobs/sha256:{hashlib.sha256(new).hexdigest()}",
+                             content=new)
+        assert refused.status_code == 507
+        assert "not enough disk space" in refused.json()["error"]
 
 
 def test_create_from_a_blob_with_every_modelfile_setting(

@@ -4,21 +4,29 @@ template kinds and GGUF validation. Fast; the same rules are exercised end to en
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 from pathlib import Path
 
 import httpx
 import pytest
 
-from homeport.errors import BadRequestError, InvalidModelFileError, RegistryRefusedError
-from homeport.store.digests import blob_path, normalize_digest, partial_path
+from homeport.errors import (
+    BadRequestError,
+    InvalidModelFileError,
+    ModelNotFoundError,
+    RegistryRefusedError,
+)
+from homeport.store.bundled import BundledModel
+from homeport.store.create import CreateSpec, create_model
+from homeport.store.digests import blob_path, normalize_digest, partial_path, sha256_file
 from homeport.store.gguf import parse_gguf
 from homeport.store.modelfile import ModelfileError, parse_modelfile
 from homeport.store.names import parse_name
 from homeport.store.netpolicy import check_realm, check_redirect, is_public_address
-from homeport.store.record import is_jinja_template
+from homeport.store.record import ModelRecord, is_jinja_template
 from homeport.store.store import ModelStore
-from tests.support.gguf_files import gguf_bytes
+from tests.support.gguf_files import gguf_bytes, write_tiny_llama
 
 
 @pytest.mark.parametrize(("text", "full"), [
@@ -53,6 +61,66 @@ def test_local_lookup_ignores_case(tmp_path: Path) -> None:
     store.write_manifest(parse_name("Mixed/Case:Tag"), manifest.to_bytes())
     assert store.stored_name(parse_name("mixed/case:tag")).display == "Mixed/Case:Tag"
     assert store.resolve("MIXED/case:TAG").name.display == "Mixed/Case:Tag"
+
+
+def _manifest_bytes(store: ModelStore, config: bytes) -> bytes:
+    from homeport.store import manifests as mf
+
+    digest = store.write_blob(config)
+    return mf.Manifest(
+        schemaVersion=2,
+        config=mf.Layer(mediaType=mf.CONFIG_MEDIA_TYPE, digest=digest, size=len(config)),
+        layers=[mf.Layer(mediaType=mf.MODEL_LAYER, digest=digest, size=len(config))],
+    ).to_bytes()
+
+
+def _manifest_files(store: ModelStore) -> list[str]:
+    base = store.primary.manifests
+    return sorted(str(path.relative_to(base)) for path in base.rglob("*") if path.is_file())
+
+
+def test_a_manifest_written_in_another_spelling_replaces_the_stored_one(tmp_path: Path) -> None:
+    """The case-insensitive lookup is part of the write, under the store's lock, so no two
+    writers (a create of "Foo" and one of "foo") can leave two manifests for one model."""
+    store = ModelStore(tmp_path / "models")
+    first, second = _manifest_bytes(store, b"{}"), _manifest_bytes(store, b"{ }")
+    store.write_manifest(parse_name("Mixed/Case:Tag"), first)
+    unused = store.write_manifest(parse_name("mixed/case:TAG"), second)
+    assert _manifest_files(store) == ["registry.ollama.ai/Mixed/Case/Tag"]
+    assert store.resolve("mixed/case:tag").manifest.to_bytes() == second
+    assert unused == {f"sha256:{hashlib.sha256(b'{}').hexdigest()}"}
+
+
+def test_the_bundled_model_never_replaces_a_model_of_its_name(tmp_path: Path) -> None:
+    gguf = write_tiny_llama(tmp_path / "tiny.gguf")
+    bundled = BundledModel("smollm2:135m", gguf, sha256_file(gguf), gguf.stat().st_size)
+    store = ModelStore(tmp_path / "models", bundled=bundled)
+    mine = _manifest_bytes(store, b"{}")
+    store.write_manifest(parse_name("SmolLM2:135M"), mine)
+    store.ensure_bundled()
+    assert _manifest_files(store) == ["registry.ollama.ai/library/SmolLM2/135M"]
+    assert store.resolve("smollm2:135m").manifest.to_bytes() == mine
+
+
+def test_a_base_model_deleted_while_a_create_reads_it_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DELETE of the base landing between create's read of it and its hold on the layers: the
+    create fails as if the base were gone, and leaves no manifest naming a missing file."""
+    store = ModelStore(tmp_path / "models")
+    digest = store.write_blob(write_tiny_llama(tmp_path / "tiny.gguf").read_bytes())
+    list(create_model(store, CreateSpec(model="base", files={"tiny.gguf": digest})))
+    resolve = store.resolve
+
+    def resolve_then_delete(text: str) -> ModelRecord:
+        record = resolve(text)
+        store.delete(text)
+        return record
+
+    monkeypatch.setattr(store, "resolve", resolve_then_delete)
+    with pytest.raises(ModelNotFoundError, match="model 'base' not found"):
+        list(create_model(store, CreateSpec(model="derived", from_="base", system="Be brief.")))
+    assert _manifest_files(store) == []
+    assert not store.has_blob(digest)
 
 
 @pytest.mark.parametrize("digest", [

@@ -54,6 +54,11 @@ class _Handler(JSONHandler):
         else:
             self.send_json(404, {"error": "404 page not found"})
 
+    def do_HEAD(self) -> None:  # /api/blobs/:digest: no blob is here
+        self.fake.record(self.path, self.headers, {})
+        if self._allowed():
+            self.send_json(404, {"error": "404 page not found"})
+
     def _summary(self, name: str) -> dict[str, Any]:
         return {"name": name, "model": name, "modified_at": _now(), "size": 1000,
                 "digest": "0" * 64,

@@ -29,7 +29,8 @@ class JSONHandler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":  # a HEAD answer has the headers only
+            self.wfile.write(data)
 
     def start_stream(self, content_type: str) -> None:
         # No Content-Length: the stream ends when the connection closes.

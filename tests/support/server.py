@@ -43,7 +43,7 @@ class ServerProcess:
 
     def __init__(self, home: Path, env: Mapping[str, str] | None = None,
                  args: tuple[str, ...] = (), port: int | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", wrapper: tuple[str, ...] = ()) -> None:
         self.home = home
         self.port = port or free_port()
         self.host = host
@@ -51,14 +51,15 @@ class ServerProcess:
         self.log_path = home / f"server-{self.port}.log"
         self.env = isolated_env(home, env)
         self.args = args
+        self.wrapper = wrapper  # a command that execs the server (``unshare ...``), if any
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "homeport", "serve", "--host", f"{self.host}:{self.port}",
-             *self.args],
+            [*self.wrapper, sys.executable, "-m", "homeport", "serve",
+             "--host", f"{self.host}:{self.port}", *self.args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         if wait:

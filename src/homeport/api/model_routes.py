@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any
 
 from starlette.requests import Request
@@ -51,7 +51,8 @@ def progress_json(progress: Progress) -> dict[str, Any]:
     return line
 
 
-async def _progress_lines(first: Progress, rest: AsyncIterator[Progress]) -> AsyncIterator[bytes]:
+async def _progress_lines(first: Progress, rest: AsyncGenerator[Progress, None]
+                          ) -> AsyncIterator[bytes]:
     try:
         yield ndjson_line(progress_json(first))
         async for progress in rest:
@@ -62,12 +63,10 @@ async def _progress_lines(first: Progress, rest: AsyncIterator[Progress]) -> Asy
         log.exception("a model transfer failed")
         yield ndjson_line({"error": f"internal error: {type(exc).__name__}"})
     finally:
-        aclose = getattr(rest, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await rest.aclose()
 
 
-async def _replay(lines: Iterable[Progress]) -> AsyncIterator[Progress]:
+async def _replay(lines: Iterable[Progress]) -> AsyncGenerator[Progress, None]:
     for line in lines:
         yield line
 

@@ -26,7 +26,7 @@ from homeport.cli import err_console
 from homeport.cli.options import client_for, endpoint_option, insecure_option
 from homeport.client.api import HomeportClient
 from homeport.humanize import format_bytes
-from homeport.store.modelfile import Modelfile, parameter_value, parse_modelfile
+from homeport.store.modelfile import Modelfile, parse_modelfile
 
 CHUNK = 1024 * 1024
 
@@ -169,10 +169,7 @@ def import_(gguf_file: Path, model: str, system: str | None, parameters: tuple[s
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--parameter")
-        if key == "stop":
-            modelfile.parameters.setdefault("stop", []).append(value)
-        else:
-            modelfile.parameters[key] = parameter_value(key, value)
+        modelfile.add_parameter(key, value)
     with client_for(endpoint) as client:
         create_from(client, model, modelfile, Path.cwd())
     err_console.print(f"imported {gguf_file.name} as '{model}'", highlight=False)

@@ -154,7 +154,7 @@ class HomeportClient:
         response = self._send("HEAD", f"/api/blobs/{digest}")
         if response.status_code in (200, 404):
             return response.status_code == 200
-        raise ServerError(response.status_code, f"HTTP {response.status_code}")
+        raise self._error(response)
 
     def upload_blob(self, digest: str, chunks: Iterable[bytes], size: int) -> None:
         """Send a blob's bytes; the server keeps them only if they hash to ``digest``."""

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from homeport.errors import BadRequestError, InvalidModelFileError, UnsupportedError
+from homeport.errors import (
+    BadRequestError,
+    InvalidModelFileError,
+    ModelNotFoundError,
+    UnsupportedError,
+)
 from homeport.store import manifests as mf
 from homeport.store.digests import normalize_digest, sha256_bytes
 from homeport.store.gguf import read_gguf
@@ -63,13 +68,16 @@ def _model_layer_from_files(store: ModelStore, files: dict[str, str]
     digest = normalize_digest(next(iter(files.values())))
     path = store.blob_file(digest)
     if path is None:
-        raise BadRequestError(
-            f"blob {digest} not found; upload it first with POST /api/blobs/{digest}")
+        raise _blob_not_found(digest)
     info = read_gguf(path)
     if info.metadata.get("general.type") == "adapter":
         raise UnsupportedError("this GGUF is an adapter (LoRA); adapters are not supported")
     config = gguf_config(info.architecture, info.parameter_size, info.quantization)
     return mf.Layer(mediaType=mf.MODEL_LAYER, digest=digest, size=path.stat().st_size), config
+
+
+def _blob_not_found(digest: str) -> BadRequestError:
+    return BadRequestError(f"blob {digest} not found; upload it first with POST /api/blobs/{digest}")
 
 
 def _check_text(what: str, text: str) -> bytes:
@@ -110,7 +118,7 @@ def _text_layers(spec: CreateSpec, base_parameters: dict[str, Any]
 
 def create_model(store: ModelStore, spec: CreateSpec) -> Iterator[Progress]:
     """Create ``spec.model``; every check that can fail is made before anything is written."""
-    name = store.stored_name(parse_name(spec.model))
+    name = parse_name(spec.model)
     if spec.quantize:
         raise UnsupportedError(
             "quantization is not supported by homeport; quantize with llama.cpp's "
@@ -142,8 +150,11 @@ def create_model(store: ModelStore, spec: CreateSpec) -> Iterator[Progress]:
                         size=len(config_bytes)),
         layers=kept + [layer for layer, _ in added],
     )
-    with store.hold(manifest.digests()):
+    with store.hold(manifest.digests()):  # from here on, no layer it names can be removed
         for layer in kept:
+            if store.blob_file(layer.digest) is None:  # a delete since it was read above
+                raise ModelNotFoundError(spec.from_) if spec.from_ else _blob_not_found(
+                    layer.digest)
             yield Progress(f"using existing layer {layer.digest}")
         for layer, data in added:
             verb = "using existing" if store.has_blob(layer.digest) else "creating new"

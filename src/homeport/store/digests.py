@@ -34,10 +34,6 @@ def normalize_digest(digest: str) -> str:
     return f"sha256:{match.group(1).lower()}"
 
 
-def is_digest(text: str) -> bool:
-    return isinstance(text, str) and _DIGEST.fullmatch(text) is not None
-
-
 def blob_filename(digest: str) -> str:
     return normalize_digest(digest).replace(":", "-")
 

@@ -161,7 +161,8 @@ class BlobDownload:
 
     async def _run_parts(self, fd: int, parts: list[Part], location: BlobLocation) -> None:
         limit = asyncio.Semaphore(self.settings.connections)
-        saver = asyncio.create_task(self._keep_saving(parts))
+        # Only a ranged download can resume, so only its parts are recorded.
+        saver = asyncio.create_task(self._keep_saving(parts)) if location.ranged else None
         tasks = [asyncio.create_task(self._run_part(fd, part, location, limit))
                  for part in parts if not part.done]
         try:
@@ -172,10 +173,10 @@ class BlobDownload:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         finally:
-            saver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await saver
-            if location.ranged:
+            if saver is not None:
+                saver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await saver
                 self._save_state(parts)
 
     async def _run_part(self, fd: int, part: Part, location: BlobLocation,

@@ -31,15 +31,20 @@ class Modelfile:
     messages: list[dict[str, str]] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
 
+    def add_parameter(self, name: str, raw: str) -> None:
+        """One PARAMETER: every ``stop`` is kept, in a list; any other name's last value wins."""
+        if name == "stop":
+            self.parameters.setdefault("stop", []).append(raw)
+        else:
+            self.parameters[name] = parameter_value(raw)
+
 
 class ModelfileError(BadRequestError):
     pass
 
 
-def parameter_value(name: str, raw: str) -> Any:
+def parameter_value(raw: str) -> Any:
     """A PARAMETER's value typed as the API wants it: numbers and booleans, else text."""
-    if name == "stop":
-        return raw
     for convert in (int, float):
         try:
             return convert(raw)
@@ -129,11 +134,7 @@ def parse_modelfile(text: str) -> Modelfile:
         if command == "parameter":
             name = cursor.word("a parameter name")
             cursor.skip_spaces()
-            value = parameter_value(name, cursor.value())
-            if name == "stop":
-                result.parameters.setdefault("stop", []).append(value)
-            else:
-                result.parameters[name] = value
+            result.add_parameter(name, cursor.value())
         elif command == "message":
             role = cursor.word("a message role").lower()
             if role not in MESSAGE_ROLES:

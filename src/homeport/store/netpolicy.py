@@ -24,7 +24,12 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
-    return (a.scheme, a.host.lower(), _port(a)) == (b.scheme, b.host.lower(), _port(b))
+    return a.scheme == b.scheme and _same_host(a, b)
+
+
+def _same_host(a: httpx.URL, b: httpx.URL) -> bool:
+    """The same host (in any case) and port; the schemes may differ."""
+    return a.host.lower() == b.host.lower() and _port(a) == _port(b)
 
 
 def _port(url: httpx.URL) -> int:
@@ -71,7 +76,7 @@ async def check_redirect(origin: httpx.URL, target: httpx.URL, *, insecure: bool
                          other_hosts: bool) -> None:
     """Raise RegistryRefusedError unless a redirect from ``origin`` to ``target`` is safe."""
     check_scheme(origin, target, insecure)
-    if target.host.lower() == origin.host.lower() and _port(target) == _port(origin):
+    if _same_host(target, origin):
         return
     if not other_hosts:
         raise RegistryRefusedError(
@@ -91,7 +96,7 @@ def check_realm(registry: httpx.URL, realm: str, insecure: bool) -> httpx.URL:
         raise RegistryRefusedError("the registry's auth challenge has an invalid realm") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise RegistryRefusedError("the registry's auth challenge has an invalid realm")
-    if url.host.lower() != registry.host.lower() or _port(url) != _port(registry):
+    if not _same_host(url, registry):
         raise RegistryRefusedError(
             f"refused to fetch a token from {_where(url)}: the auth realm must be on the "
             f"registry's own host ({_where(registry)})")

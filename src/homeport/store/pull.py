@@ -10,7 +10,7 @@ nothing uses now are removed. A pull cut off anywhere before the manifest leaves
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from homeport.errors import InvalidModelFileError, RegistryRefusedError
 from homeport.store import manifests as mf
@@ -91,7 +91,7 @@ def _validate_model_file(store: ModelStore, manifest: mf.Manifest) -> None:
 
 
 async def pull_model(store: ModelStore, text: str, *, insecure: bool,
-                     settings: DownloadSettings) -> AsyncIterator[Progress]:
+                     settings: DownloadSettings) -> AsyncGenerator[Progress, None]:
     """Pull ``text`` (a model name) into ``store``; raises HomeportErrors, never leaves half a
     model. The first line comes before any network traffic, so a caller can check the name."""
     name = store.stored_name(parse_name(text))

@@ -22,12 +22,12 @@ import httpx
 
 from homeport import __version__
 from homeport.errors import NotFoundError, RegistryError, RegistryRefusedError
-from homeport.store.manifests import MANIFEST_MEDIA_TYPE
+from homeport.store.digests import short_digest
+from homeport.store.manifests import MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES
 from homeport.store.names import ModelName
 from homeport.store.netpolicy import check_realm, check_redirect, same_origin
 
 OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_TOKEN_BYTES = 64 * 1024
 MAX_REDIRECTS = 10
 TIMEOUT = httpx.Timeout(connect=15.0, read=30.0, write=30.0, pool=60.0)
@@ -44,7 +44,7 @@ class BlobLocation:
     ranged: bool
 
 
-def _oci_error(response: httpx.Response, body: bytes) -> str:
+def _oci_error(body: bytes) -> str:
     """The first message of an OCI error body, short, or nothing."""
     try:
         errors = json.loads(body).get("errors")
@@ -158,7 +158,7 @@ class RegistryClient:
     async def _fail(self, response: httpx.Response, what: str) -> NoReturn:
         """Raise the error an unexpected status means: 5xx and 429 are worth a retry."""
         body = await read_capped(response, 4096, "error", strict=False)
-        detail = f"HTTP {response.status_code}{_oci_error(response, body)}"
+        detail = f"HTTP {response.status_code}{_oci_error(body)}"
         if response.status_code == 404:
             raise NotFoundError(
                 f"{what} of model '{self.name.display}' not found in the registry ({detail})")
@@ -194,7 +194,7 @@ class RegistryClient:
                 length = response.headers.get("content-length", "")
                 return BlobLocation(response.url, int(length) if length.isdigit() else None,
                                     ranged=False)
-            await self._fail(response, f"layer {digest[:19]}")
+            await self._fail(response, f"layer {short_digest(digest)}")
         finally:
             await response.aclose()
 

@@ -140,13 +140,14 @@ class ModelStore:
             yield
         finally:
             with self._lock:
-                self._held.subtract(held)
-                self._held += Counter()  # drop the zero counts
+                self._held -= Counter(held)  # and drops the digests no one holds now
 
     # --- manifests -----------------------------------------------------------------------------
 
-    def _iter_manifests(self) -> Iterator[tuple[ModelName, Path, StoreRoot]]:
-        for root in self.roots:
+    def _iter_manifests(self, roots: Sequence[StoreRoot] | None = None,
+                        ) -> Iterator[tuple[ModelName, Path, StoreRoot]]:
+        """Every manifest in ``roots`` (default: all of them, writable root first)."""
+        for root in self.roots if roots is None else roots:
             base = root.manifests
             if not base.is_dir():
                 continue
@@ -170,8 +171,8 @@ class ModelStore:
             exact = root.manifests.joinpath(*name.manifest_parts)
             if exact.is_file():
                 return name, exact, root
-        for found, path, root in self._iter_manifests():
-            if found.key() == name.key() and (root.writable or not writable_only):
+        for found, path, root in self._iter_manifests(roots):
+            if found.key() == name.key():
                 return found, path, root
         return None
 
@@ -244,14 +245,16 @@ class ModelStore:
     # --- changes -------------------------------------------------------------------------------
 
     def write_manifest(self, name: ModelName, manifest_bytes: bytes) -> set[str]:
-        """Write a manifest atomically into the writable root (the last step of any change).
+        """Write a manifest atomically into the writable root (the last step of any change), over
+        the one stored under any spelling of ``name`` (lookups ignore case), else as spelled.
 
         Returns the digests the manifest it replaced used and this one does not: candidates for
         ``remove_layers``.
         """
         new = mf.parse_manifest(manifest_bytes).digests()
-        path = self.primary.manifests.joinpath(*name.manifest_parts)
-        with self._lock:
+        with self._lock:  # one lookup and write at a time: "Foo" and "foo" never make two
+            located = self._locate(name, writable_only=True)
+            path = located[1] if located else self.primary.manifests.joinpath(*name.manifest_parts)
             old: set[str] = set()
             if path.is_file():
                 try:
@@ -266,7 +269,7 @@ class ModelStore:
 
     def copy(self, source: str, destination: str) -> None:
         src = parse_name(source)
-        dst = self.stored_name(parse_name(destination))
+        dst = parse_name(destination)
         with self._lock:
             located = self._locate(src)
             if located is None:
@@ -295,9 +298,7 @@ class ModelStore:
 
     def used_digests(self) -> set[str]:
         used: set[str] = set()
-        for _, path, root in self._iter_manifests():
-            if not root.writable:
-                continue
+        for _, path, _ in self._iter_manifests([self.primary]):
             try:
                 used |= mf.parse_manifest(path.read_bytes()).digests()
             except BadRequestError:
@@ -327,7 +328,7 @@ class ModelStore:
             return
         name = parse_name(self.bundled.name)
         with self._lock:
-            if self.primary.manifests.joinpath(*name.manifest_parts).is_file():
+            if self._locate(name, writable_only=True) is not None:  # in any spelling: kept as is
                 return
             info = read_gguf(self.bundled.path)
             config = json.dumps(gguf_config(info.architecture, info.parameter_size,

@@ -1,13 +1,14 @@
 """Receiving a blob a client uploads (``POST /api/blobs/:digest``) for a later create.
 
 The bytes are written to a temporary file beside the blobs (``sha256-<hex>.upload-…``) and hashed
-as they arrive; only bytes whose sha256 equals the digest in the URL are renamed into place. An
-upload can be no larger than the free disk space (less a reserve); a client that goes away leaves
-nothing behind.
+as they arrive; only bytes whose sha256 equals the digest in the URL are renamed into place. A
+blob the store already has is read and dropped, whatever the free space; any other upload can be
+no larger than the free disk space (less a reserve). A client that goes away leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -25,18 +26,15 @@ async def receive_blob(store: ModelStore, digest: str, chunks: AsyncIterator[byt
                        declared_size: int | None) -> bool:
     """Store the uploaded bytes as ``digest``; False when the blob was already there."""
     digest = normalize_digest(digest)
+    if store.has_blob(digest):
+        async for _ in chunks:  # let the client finish sending (bytes that need no disk space)
+            pass
+        return False
     blobs = store.blobs_dir
     what = f"blob {short_digest(digest)}"
     if declared_size is not None:
         check_disk_space(blobs, declared_size, what)
     limit = shutil.disk_usage(blobs).free - DISK_RESERVE_BYTES
-    if store.has_blob(digest):
-        received = 0
-        async for chunk in chunks:  # let the client finish sending, then say we have it
-            received += len(chunk)
-            if received > limit:
-                raise InsufficientStorageError(f"not enough disk space for {what}")
-        return False
     fd, temporary = tempfile.mkstemp(dir=blobs, prefix=upload_prefix(digest))
     try:
         hasher = hashlib.sha256()
@@ -49,7 +47,8 @@ async def receive_blob(store: ModelStore, digest: str, chunks: AsyncIterator[byt
                 hasher.update(chunk)
                 handle.write(chunk)
             handle.flush()
-            os.fsync(handle.fileno())
+            # Off the event loop: syncing a multi-GB blob to disk takes seconds.
+            await asyncio.to_thread(os.fsync, handle.fileno())
         actual = f"sha256:{hasher.hexdigest()}"
         if actual != digest:
             raise BadRequestError(
