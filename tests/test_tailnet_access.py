@@ -525,6 +525,28 @@ def test_a_loopback_proxy_must_be_named_in_the_policy(tailnet: TailnetServer) ->
     assert tailnet.curl(None, url, *show).status == 200
 
 
+def test_a_loopback_proxy_in_userspace_mode_is_told_apart_from_forwarded_peers(
+        tailnet: TailnetServer) -> None:
+    """In userspace mode tailnet peers arrive from 127.0.0.1 like a loopback proxy: whois says which
+    connection is a peer, and a peer is never taken for the proxy (nor for whom it names)."""
+    alice, bob = tailnet.lab.peers["alice"], tailnet.lab.peers["bob"]
+    tailnet.fake.state.tun = False
+    tailnet.apply_policy('[[allow]]\nlogins = ["alice@example.com"]\n'
+                         '[serve]\nproxy = "127.0.0.1"\n')  # SIGHUP also re-reads the status
+    url = tailnet.server.url + "/api/show"
+    show = ["-d", '{"model": "smollm2:135m"}']
+    as_alice = ["-H", f"X-Forwarded-For: {alice.ipv4}",
+                "-H", "Tailscale-User-Login: alice@example.com"]
+    tailnet.fake.state.userspace_node = Node(bob.ipv4, "bob@example.com", 20, "bob-desktop")
+    for headers in ([], as_alice):
+        as_bob = tailnet.curl(None, url, *headers, *show)
+        assert as_bob.status == 403, headers
+        assert "bob@example.com" in as_bob.json()["error"]
+    tailnet.fake.state.userspace_node = None  # whois knows no one here: the proxy, or a process
+    assert tailnet.curl(None, url, *as_alice, *show).status == 200
+    assert tailnet.curl(None, url, *show).status == 200
+
+
 # --- the audit summary ----------------------------------------------------------------------------
 
 

@@ -5,7 +5,9 @@ In order:
    Other bearer values (OpenAI clients must send some key) are ignored for callers known otherwise.
 2. A Funnel request (``Tailscale-Funnel-Request``) comes from the internet: token or nothing.
 3. A request from the configured ``tailscale serve`` proxy that forwards a client: whois of
-   ``X-Forwarded-For``, which the proxy's ``Tailscale-User-Login`` must agree with.
+   ``X-Forwarded-For``, which the proxy's ``Tailscale-User-Login`` must agree with. In userspace
+   mode a TCP loopback proxy shares 127.0.0.1 with the tailnet peers tailscaled hands over, so
+   whois of the connection comes first: a peer it knows is that peer, never the proxy.
 4. This machine (loopback or one of its own addresses) is the owner, unless tailscaled runs in
    userspace mode, where tailnet peers also arrive from 127.0.0.1: whois says which they are.
    A request forwarded by a proxy on this machine that the policy does not name is refused.
@@ -75,6 +77,11 @@ class RequestFacts:
         return any(name in self.headers for name in ("x-forwarded-for", "forwarded", "x-real-ip"))
 
 
+def _host_port(client: tuple[str, int]) -> str:
+    """A TCP peer as whois is asked about it: ``ip:port``, IPv4-mapped IPv6 unmapped."""
+    return format_host_port(parse_ip(client[0]) or client[0], client[1])
+
+
 def _decoded(value: str) -> str:
     """A header value that may be RFC 2047 encoded (as tailscale serve encodes names)."""
     try:
@@ -104,6 +111,12 @@ class Identifier:
             raise UnauthorizedError(f"requests through Tailscale Funnel (from the internet) need "
                                     f"a token: {_TOKEN_HOW}")
         if self._from_proxy(facts, policy):
+            if facts.client is not None and machine.userspace:
+                # tailscaled hands tailnet peers over from 127.0.0.1 too: one it knows is a peer,
+                # never the proxy, whatever it says it forwards.
+                whois = await self._whois(_host_port(facts.client), memo)
+                if whois is not None:
+                    return self._tailnet(whois, "tailnet", policy, machine, record, address)
             if facts.forwarded_for:
                 return await self._proxied(facts, policy, machine, memo, record)
             return self._local(record)
@@ -120,7 +133,7 @@ class Identifier:
                     '[serve] proxy = "127.0.0.1" in the policy file (HOMEPORT_POLICY)')
             if not (peer.is_loopback and machine.userspace):
                 return self._local(record)
-        whois = await self._whois(format_host_port(peer, facts.client[1]), memo)
+        whois = await self._whois(_host_port(facts.client), memo)
         if whois is None:
             if peer.is_loopback:
                 return self._local(record)  # tailscaled did not forward it: a local process
