@@ -418,6 +418,22 @@ def test_tokens_per_minute_and_max_num_ctx(tailnet: TailnetServer) -> None:
     assert 1 <= int(limited.headers["retry-after"]) <= 60
 
 
+def test_a_stream_cut_short_still_counts_towards_tokens_per_minute(
+        tailnet: TailnetServer) -> None:
+    _as(tailnet, "cut@example.com", 34)
+    tailnet.apply_policy('[[allow]]\nlogins = ["cut@example.com"]\ntokens_per_minute = 10\n')
+    bob = tailnet.lab.peers["bob"]
+    stream = start_long_stream(tailnet, bob)
+    stream.kill()  # the client leaves mid-answer: no final chunk, no final timings
+    stream.wait(10)
+    line = wait_for_audit(tailnet.server.home, route="/api/chat", identity="cut@example.com")
+    assert line["tokens_in"] > 10  # the prompt was evaluated
+    assert line["tokens_out"] >= 1  # and at least the token the client saw was generated
+    limited = tailnet.curl(bob, tailnet.tailnet_url + "/api/tags")
+    assert limited.status == 429
+    assert "tokens in the last minute" in limited.json()["error"]
+
+
 def test_concurrent_requests_give_429(tailnet: TailnetServer) -> None:
     _as(tailnet, "busy@example.com", 33)
     tailnet.apply_policy('[[allow]]\nlogins = ["busy@example.com"]\nconcurrent_requests = 1\n')

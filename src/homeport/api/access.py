@@ -2,8 +2,8 @@
 
 The guard (``homeport.net``) decided who is calling before the route ran; here the route's model
 name is checked against the caller's globs, ``num_ctx`` is held to the caller's maximum before the
-engine sees the options, and a generation's final timings are noted for the audit log and the
-tokens-per-minute limit. One hook for both APIs: every generation starts through
+engine sees the options, and the tokens a generation used (also one cut short) are noted for the
+audit log and the tokens-per-minute limit. One hook for both APIs: every generation starts through
 ``start_generation``.
 """
 
@@ -52,23 +52,33 @@ def capped_options(request: Request, record: ModelRecord,
 
 
 class MeteredGeneration:
-    """A generation whose final timings (and, when the owner asked, text) go to the request record."""
+    """A generation whose token counts (and, when the owner asked, text) go to the request record,
+    also when it ends early (the client left)."""
 
     def __init__(self, generation: Generation, record: RequestRecord) -> None:
         self._generation = generation
         self._record = record
+        self._counted = False
 
     async def events(self) -> AsyncIterator[Output | Done]:
-        async for event in self._generation.events():
-            if isinstance(event, Done):
-                self._record.tokens_in += event.timings.prompt_tokens
-                self._record.tokens_out += event.timings.eval_count
-            elif self._record.keep_text:
-                self._record.answer.append(event.content)
-            yield event
+        try:
+            async for event in self._generation.events():
+                if isinstance(event, Output) and self._record.keep_text:
+                    self._record.answer.append(event.content)
+                yield event
+        finally:
+            self._count()
 
     async def close(self) -> None:
         await self._generation.close()
+        self._count()
+
+    def _count(self) -> None:
+        if not self._counted:
+            self._counted = True
+            prompt, generated = self._generation.tokens_used
+            self._record.tokens_in += prompt
+            self._record.tokens_out += generated
 
 
 def _prompt_text(generation_input: GenerationInput) -> str:

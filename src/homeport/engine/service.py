@@ -180,6 +180,13 @@ class Generation:
         finally:
             await self.close()
 
+    @property
+    def tokens_used(self) -> tuple[int, int]:
+        """Prompt tokens (once the prompt was taken up) and tokens generated so far: what this
+        generation has cost, also when it is closed before it finishes."""
+        prompt = len(self._job.prompt) if self._job.admitted_at else 0
+        return prompt, len(self._job.generated)
+
     async def close(self) -> None:
         if self._closed:
             return
