@@ -514,7 +514,7 @@ def test_tailscale_serve_through_the_unix_socket_proxy(tailnet: TailnetServer) -
                          "Tailscale-User-Login: alice@example.com") == 200
     entry = wait_for_audit(tailnet.server.home, route="/api/show", via="proxy")
     assert entry["identity"] == "alice@example.com"
-    assert entry["address"] == ""  # it came over the Unix socket
+    assert entry["address"] == alice.ipv4  # the client tailscale serve forwarded
     assert through_serve(f"X-Forwarded-For: {bob.ipv4}",
                          "Tailscale-User-Login: bob@example.com") == 403
     # a login that whois of the forwarded address does not confirm
@@ -538,6 +538,9 @@ def test_a_loopback_proxy_must_be_named_in_the_policy(tailnet: TailnetServer) ->
     as_alice = tailnet.curl(None, url, *forwarded, *show)
     assert as_alice.status == 403  # now it is alice, and alice may only use llama*
     assert "alice@example.com may not use model" in as_alice.json()["error"]
+    entry = wait_for_audit(tailnet.server.home, route="/api/show", via="proxy", status=403,
+                           identity="alice@example.com")
+    assert entry["address"] == alice.ipv4  # where she is, not the proxy's 127.0.0.1
     assert tailnet.curl(None, url, *show).status == 200
 
 

@@ -98,11 +98,10 @@ class Identifier:
     async def identify(self, facts: RequestFacts, policy: Policy, machine: MachineView,
                        memo: ConnectionMemo | None, record: RequestRecord) -> Caller:
         """The caller, or UnauthorizedError (401) / ForbiddenError (403) saying what to do."""
-        address = facts.client[0] if facts.client else ""
         bearer = facts.bearer
         if looks_like_token(bearer):
             token = self.tokens.verify(bearer)
-            caller = Caller(kind="token", identity=f"token:{token.name}", address=address,
+            caller = Caller(kind="token", identity=f"token:{token.name}",
                             grant=policy.token_grant(token.name, token.models, token.admin))
             record.note_caller(caller)
             return caller
@@ -116,7 +115,7 @@ class Identifier:
                 # never the proxy, whatever it says it forwards.
                 whois = await self._whois(_host_port(facts.client), memo)
                 if whois is not None:
-                    return self._tailnet(whois, "tailnet", policy, machine, record, address)
+                    return self._tailnet(whois, "tailnet", policy, machine, record)
             if facts.forwarded_for:
                 return await self._proxied(facts, policy, machine, memo, record)
             return self._local(record)
@@ -142,7 +141,7 @@ class Identifier:
                 raise UnauthorizedError(f"invalid token: {_TOKEN_HOW}")
             raise UnauthorizedError(f"this server answers its tailnet, and others only with a "
                                     f"token: {_TOKEN_HOW}")
-        return self._tailnet(whois, "tailnet", policy, machine, record, address)
+        return self._tailnet(whois, "tailnet", policy, machine, record)
 
     @staticmethod
     def _local(record: RequestRecord) -> Caller:
@@ -163,6 +162,7 @@ class Identifier:
         forwarded = parse_ip(facts.forwarded_for)
         if forwarded is None:
             raise ForbiddenError("the proxy sent an unreadable X-Forwarded-For; denied")
+        record.address = str(forwarded)  # the client, not the proxy's end of the connection
         whois = await self._whois(str(forwarded), memo)
         if whois is None:
             record.identity = "unknown"
@@ -173,7 +173,7 @@ class Identifier:
             record.identity = whois.UserProfile.LoginName
             raise ForbiddenError("the proxy's Tailscale-User-Login does not match what tailscaled "
                                  "says about the forwarded address; denied")
-        return self._tailnet(whois, "proxy", policy, machine, record, str(forwarded))
+        return self._tailnet(whois, "proxy", policy, machine, record)
 
     async def _whois(self, address: str, memo: ConnectionMemo | None) -> WhoIs | None:
         """Who tailscaled says has ``address``; None when nobody (404), or when no tailscaled runs
@@ -194,13 +194,12 @@ class Identifier:
 
     @staticmethod
     def _tailnet(whois: WhoIs, kind: CallerKind, policy: Policy, machine: MachineView,
-                 record: RequestRecord, address: str) -> Caller:
+                 record: RequestRecord) -> Caller:
         identity = ",".join(whois.tags) if whois.tags else (
             whois.UserProfile.LoginName or f"user {whois.UserProfile.ID}")
         record.identity, record.node, record.via = identity, whois.node_name, kind
         grant = policy.grant_for(whois, machine.owner_user_id)
-        return Caller(kind=kind, identity=identity, node=whois.node_name, address=address,
-                      grant=grant)
+        return Caller(kind=kind, identity=identity, node=whois.node_name, grant=grant)
 
 
 def strip_identity_headers(scope: MutableMapping[str, Any]) -> None:
