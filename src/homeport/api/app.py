@@ -105,8 +105,10 @@ def create_app(parts: AppParts) -> Starlette:
         try:
             yield
         finally:
-            await parts.engine.close()
-            await _run_hooks(parts.on_shutdown)
+            try:
+                await parts.engine.close()
+            finally:
+                await _run_hooks(parts.on_shutdown)  # the guard's flushes the audit log
 
     # Order, outermost first: paths are normalised before anything looks at them, then counted,
     # then the guard (when configured) decides who may continue.
