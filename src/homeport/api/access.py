@@ -1,16 +1,15 @@
 """What the caller may do, applied where only the routes know the details.
 
 The guard (``homeport.net``) decided who is calling before the route ran; here the route's model
-name is checked against the caller's globs, ``num_ctx`` is held to the caller's maximum before the
-engine sees the options, and the tokens a generation used (also one cut short) are noted for the
-audit log and the tokens-per-minute limit. One hook for both APIs: every generation starts through
-``start_generation``.
+name is checked against the caller's globs, the caller's maximum ``num_ctx`` goes to the engine
+(which holds the resolved options to it), and the tokens a generation used (also one cut short)
+are noted for the audit log and the tokens-per-minute limit. One hook for both APIs: every
+generation starts through ``start_generation``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 
@@ -39,16 +38,9 @@ def visible(request: Request, records: list[ModelRecord]) -> list[ModelRecord]:
     return [record for record in records if may_use(request, record)]
 
 
-def capped_options(request: Request, record: ModelRecord,
-                   options: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    """``options`` with num_ctx lowered to the caller's maximum, if the effective one is larger."""
-    limit = caller_of(request.scope).grant.limits.max_num_ctx
-    if limit is None:
-        return options
-    engine: Engine = request.app.state.homeport.engine
-    if engine.options_for(record, options).num_ctx <= limit:
-        return options
-    return {**(options or {}), "num_ctx": limit}
+def max_num_ctx(request: Request) -> int | None:
+    """The largest context the caller may load a model with (the engine holds num_ctx to it)."""
+    return caller_of(request.scope).grant.limits.max_num_ctx
 
 
 class MeteredGeneration:
@@ -90,8 +82,7 @@ def _prompt_text(generation_input: GenerationInput) -> str:
 async def start_generation(request: Request, generation_input: GenerationInput
                            ) -> MeteredGeneration:
     """Start a generation for this caller (num_ctx capped), metered; cancelled if the client goes."""
-    generation_input.options = capped_options(request, generation_input.record,
-                                              generation_input.options)
+    generation_input.max_num_ctx = max_num_ctx(request)
     record = record_of(request.scope)
     if record.keep_text:
         record.prompt = _prompt_text(generation_input)
