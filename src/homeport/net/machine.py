@@ -41,7 +41,7 @@ def machine_names() -> set[str]:
     return {"localhost", hostname, hostname.split(".")[0]}
 
 
-def view_from(status: Status | None, error: str = "") -> MachineView:
+def view_from(status: Status | None) -> MachineView:
     names = machine_names()
     addresses = set(local_addresses())
     tailnet: tuple[IPAddress, ...] = ()
@@ -54,14 +54,14 @@ def view_from(status: Status | None, error: str = "") -> MachineView:
         # A tagged server has no owner: its UserID is the shared "tagged-devices" user.
         owner = None if status.Self.Tags else (status.Self.UserID or None)
         userspace = status.userspace
-    return MachineView(frozenset(addresses), frozenset(names), owner, userspace, tailnet, error)
+    return MachineView(frozenset(addresses), frozenset(names), owner, userspace, tailnet)
 
 
 @dataclass
 class MachineWatcher:
     """Keeps a ``MachineView`` fresh; ``current()`` is cheap between refreshes."""
 
-    localapi: LocalAPI | None
+    localapi: LocalAPI
     view: MachineView = field(default_factory=lambda: view_from(None))
     _checked: float = float("-inf")
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -76,9 +76,6 @@ class MachineWatcher:
 
     async def refresh(self) -> None:
         self._checked = time.monotonic()
-        if self.localapi is None:
-            self.view = view_from(None, "no tailscaled socket")
-            return
         try:
             status = await self.localapi.status()
         except LocalAPIError as exc:
