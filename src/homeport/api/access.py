@@ -1,10 +1,11 @@
 """What the caller may do, applied where only the routes know the details.
 
-The guard (``homeport.net``) decided who is calling before the route ran; here the route's model
-name is checked against the caller's globs, the caller's maximum ``num_ctx`` goes to the engine
-(which holds the resolved options to it), and the tokens a generation used (also one cut short)
-are noted for the audit log and the tokens-per-minute limit. One hook for both APIs: every
-generation starts through ``start_generation``.
+The guard (``homeport.net``) decided who is calling before the route ran; here listings keep the
+models the caller's globs allow, the caller's maximum ``num_ctx`` goes to the engine (which holds
+the resolved options to it), and the tokens a generation used (also one cut short) are noted for
+the audit log and the tokens-per-minute limit. One hook for both APIs: every generation starts
+through ``start_generation``. (The model a request names is checked by ``common.check_model``,
+where every route finds its model.)
 """
 
 from __future__ import annotations
@@ -13,20 +14,11 @@ from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 
+from homeport.api.common import state_of
 from homeport.api.streaming import cancel_on_disconnect
-from homeport.engine.service import Done, Engine, Generation, GenerationInput, Output
+from homeport.engine.service import Done, Generation, GenerationInput, Output
 from homeport.net.caller import RequestRecord, caller_of, record_of
 from homeport.store import ModelRecord
-from homeport.store.names import parse_name
-
-
-def check_model(request: Request, name: str) -> str:
-    """The model's display name, after 403 if the caller may not use it (before it is looked up,
-    so a refusal never tells whether the model exists)."""
-    display = parse_name(name).display
-    caller_of(request.scope).check_model(display)
-    record_of(request.scope).model = display
-    return display
 
 
 def may_use(request: Request, record: ModelRecord) -> bool:
@@ -86,7 +78,7 @@ async def start_generation(request: Request, generation_input: GenerationInput
     record = record_of(request.scope)
     if record.keep_text:
         record.prompt = _prompt_text(generation_input)
-    engine: Engine = request.app.state.homeport.engine
+    engine = state_of(request).engine
     generation = await cancel_on_disconnect(request.receive,
                                             engine.start_generation(generation_input))
     return MeteredGeneration(generation, record)
