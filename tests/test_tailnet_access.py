@@ -418,6 +418,22 @@ def test_tokens_per_minute_and_max_num_ctx(tailnet: TailnetServer) -> None:
     assert 1 <= int(limited.headers["retry-after"]) <= 60
 
 
+def test_a_stream_cut_short_still_counts_towards_tokens_per_minute(
+        tailnet: TailnetServer) -> None:
+    _as(tailnet, "cut@example.com", 34)
+    tailnet.apply_policy('[[allow]]\nlogins = ["cut@example.com"]\ntokens_per_minute = 10\n')
+    bob = tailnet.lab.peers["bob"]
+    stream = start_long_stream(tailnet, bob)
+    stream.kill()  # the client leaves mid-answer: no final chunk, no final timings
+    stream.wait(10)
+    line = wait_for_audit(tailnet.server.home, route="/api/chat", identity="cut@example.com")
+    assert line["tokens_in"] > 10  # the prompt was evaluated
+    assert line["tokens_out"] >= 1  # and at least the token the client saw was generated
+    limited = tailnet.curl(bob, tailnet.tailnet_url + "/api/tags")
+    assert limited.status == 429
+    assert "tokens in the last minute" in limited.json()["error"]
+
+
 def test_concurrent_requests_give_429(tailnet: TailnetServer) -> None:
     _as(tailnet, "busy@example.com", 33)
     tailnet.apply_policy('[[allow]]\nlogins = ["busy@example.com"]\nconcurrent_requests = 1\n')
@@ -498,7 +514,7 @@ def test_tailscale_serve_through_the_unix_socket_proxy(tailnet: TailnetServer) -
                          "Tailscale-User-Login: alice@example.com") == 200
     entry = wait_for_audit(tailnet.server.home, route="/api/show", via="proxy")
     assert entry["identity"] == "alice@example.com"
-    assert entry["address"] == ""  # it came over the Unix socket
+    assert entry["address"] == alice.ipv4  # the client tailscale serve forwarded
     assert through_serve(f"X-Forwarded-For: {bob.ipv4}",
                          "Tailscale-User-Login: bob@example.com") == 403
     # a login that whois of the forwarded address does not confirm
@@ -522,6 +538,31 @@ def test_a_loopback_proxy_must_be_named_in_the_policy(tailnet: TailnetServer) ->
     as_alice = tailnet.curl(None, url, *forwarded, *show)
     assert as_alice.status == 403  # now it is alice, and alice may only use llama*
     assert "alice@example.com may not use model" in as_alice.json()["error"]
+    entry = wait_for_audit(tailnet.server.home, route="/api/show", via="proxy", status=403,
+                           identity="alice@example.com")
+    assert entry["address"] == alice.ipv4  # where she is, not the proxy's 127.0.0.1
+    assert tailnet.curl(None, url, *show).status == 200
+
+
+def test_a_loopback_proxy_in_userspace_mode_is_told_apart_from_forwarded_peers(
+        tailnet: TailnetServer) -> None:
+    """In userspace mode tailnet peers arrive from 127.0.0.1 like a loopback proxy: whois says which
+    connection is a peer, and a peer is never taken for the proxy (nor for whom it names)."""
+    alice, bob = tailnet.lab.peers["alice"], tailnet.lab.peers["bob"]
+    tailnet.fake.state.tun = False
+    tailnet.apply_policy('[[allow]]\nlogins = ["alice@example.com"]\n'
+                         '[serve]\nproxy = "127.0.0.1"\n')  # SIGHUP also re-reads the status
+    url = tailnet.server.url + "/api/show"
+    show = ["-d", '{"model": "smollm2:135m"}']
+    as_alice = ["-H", f"X-Forwarded-For: {alice.ipv4}",
+                "-H", "Tailscale-User-Login: alice@example.com"]
+    tailnet.fake.state.userspace_node = Node(bob.ipv4, "bob@example.com", 20, "bob-desktop")
+    for headers in ([], as_alice):
+        as_bob = tailnet.curl(None, url, *headers, *show)
+        assert as_bob.status == 403, headers
+        assert "bob@example.com" in as_bob.json()["error"]
+    tailnet.fake.state.userspace_node = None  # whois knows no one here: the proxy, or a process
+    assert tailnet.curl(None, url, *as_alice, *show).status == 200
     assert tailnet.curl(None, url, *show).status == 200
 
 

@@ -199,6 +199,7 @@ LOG_LEVEL = _register(Setting(
 ))
 
 # --- files ------------------------------------------------------------------------------------
+# A path setting left unset is Path("") (the same Path as "."): its default location is used.
 
 DATA_DIR = _register(Setting(
     ("HOMEPORT_DATA_DIR",), Path(""), lambda raw: Path(raw).expanduser(),
@@ -290,19 +291,19 @@ ANTHROPIC_BASE_URL = _register(Setting(
 def data_dir() -> Path:
     """The one folder every stored file hangs off (models, history, tokens, audit)."""
     configured = DATA_DIR.get()
-    return configured if str(configured) not in ("", ".") else Path(
+    return configured if configured != Path("") else Path(
         platformdirs.user_data_dir("homeport", appauthor=False))
 
 
 def config_dir() -> Path:
     configured = CONFIG_DIR.get()
-    return configured if str(configured) not in ("", ".") else Path(
+    return configured if configured != Path("") else Path(
         platformdirs.user_config_dir("homeport", appauthor=False))
 
 
 def models_dir() -> Path:
     configured = MODELS_DIR.get()
-    return configured if str(configured) not in ("", ".") else data_dir() / "models"
+    return configured if configured != Path("") else data_dir() / "models"
 
 
 def extra_store_dirs() -> tuple[Path, ...]:
@@ -317,15 +318,15 @@ def extra_store_dirs() -> tuple[Path, ...]:
 
 def policy_file() -> tuple[Path, bool]:
     """The policy file, and whether it was named explicitly (then it must exist)."""
-    configured, source = POLICY.lookup()
-    if source != "default" and str(configured) not in ("", "."):
+    configured = POLICY.get()
+    if configured != Path(""):
         return configured, True
     return config_dir() / "policy.toml", False
 
 
 def tailscaled_socket() -> Path:
     configured = TAILSCALED_SOCKET.get()
-    if str(configured) not in ("", "."):
+    if configured != Path(""):
         return configured
     if sys.platform == "darwin":
         return Path("/var/run/tailscaled.socket")

@@ -15,8 +15,9 @@ from homeport.engine.manager import ManagerSettings
 from homeport.engine.service import Engine, EngineSettings
 from homeport.net.binding import bind
 from homeport.net.connection import MemoH11Protocol
-from homeport.net.gate import Gate, PolicySource
+from homeport.net.gate import Gate
 from homeport.net.guard import Guard
+from homeport.net.policy import Policy
 from homeport.net.tokens import TokenChecker, TokenStore
 from homeport.store.store import open_store
 
@@ -58,12 +59,13 @@ def build_parts() -> AppParts:
 
 def run_server(address: config.HostAddress, tailnet: bool = False, expose: bool = False) -> None:
     setup_logging()
-    policy = PolicySource.configured().load()
-    tokens = TokenChecker(TokenStore(config.tokens_file())).active_count()
-    binding = bind(address, tailnet=tailnet, expose=expose, policy=policy, tokens=tokens)
+    policy = Policy.load(*config.policy_file())
+    tokens = TokenChecker(TokenStore(config.tokens_file()))
+    binding = bind(address, tailnet=tailnet, expose=expose, policy=policy,
+                   tokens=tokens.active_count())
     try:
         parts = build_parts()
-        gate = Gate.from_settings(policy, bind_host=address.host)
+        gate = Gate.from_settings(policy, tokens, bind_host=address.host)
         parts.middleware.append(Middleware(Guard, gate=gate))
         parts.on_startup.append(gate.start)
         parts.on_shutdown.append(gate.close)

@@ -1,33 +1,24 @@
 """What the caller may do, applied where only the routes know the details.
 
-The guard (``homeport.net``) decided who is calling before the route ran; here the route's model
-name is checked against the caller's globs, ``num_ctx`` is held to the caller's maximum before the
-engine sees the options, and a generation's final timings are noted for the audit log and the
-tokens-per-minute limit. One hook for both APIs: every generation starts through
-``start_generation``.
+The guard (``homeport.net``) decided who is calling before the route ran; here listings keep the
+models the caller's globs allow, the caller's maximum ``num_ctx`` goes to the engine (which holds
+the resolved options to it), and the tokens a generation used (also one cut short) are noted for
+the audit log and the tokens-per-minute limit. One hook for both APIs: every generation starts
+through ``start_generation``. (The model a request names is checked by ``common.check_model``,
+where every route finds its model.)
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 
+from homeport.api.common import state_of
 from homeport.api.streaming import cancel_on_disconnect
-from homeport.engine.service import Done, Engine, Generation, GenerationInput, Output
+from homeport.engine.service import Done, Generation, GenerationInput, Output
 from homeport.net.caller import RequestRecord, caller_of, record_of
 from homeport.store import ModelRecord
-from homeport.store.names import parse_name
-
-
-def check_model(request: Request, name: str) -> str:
-    """The model's display name, after 403 if the caller may not use it (before it is looked up,
-    so a refusal never tells whether the model exists)."""
-    display = parse_name(name).display
-    caller_of(request.scope).check_model(display)
-    record_of(request.scope).model = display
-    return display
 
 
 def may_use(request: Request, record: ModelRecord) -> bool:
@@ -39,36 +30,39 @@ def visible(request: Request, records: list[ModelRecord]) -> list[ModelRecord]:
     return [record for record in records if may_use(request, record)]
 
 
-def capped_options(request: Request, record: ModelRecord,
-                   options: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    """``options`` with num_ctx lowered to the caller's maximum, if the effective one is larger."""
-    limit = caller_of(request.scope).grant.limits.max_num_ctx
-    if limit is None:
-        return options
-    engine: Engine = request.app.state.homeport.engine
-    if engine.options_for(record, options).num_ctx <= limit:
-        return options
-    return {**(options or {}), "num_ctx": limit}
+def max_num_ctx(request: Request) -> int | None:
+    """The largest context the caller may load a model with (the engine holds num_ctx to it)."""
+    return caller_of(request.scope).grant.limits.max_num_ctx
 
 
 class MeteredGeneration:
-    """A generation whose final timings (and, when the owner asked, text) go to the request record."""
+    """A generation whose token counts (and, when the owner asked, text) go to the request record,
+    also when it ends early (the client left)."""
 
     def __init__(self, generation: Generation, record: RequestRecord) -> None:
         self._generation = generation
         self._record = record
+        self._counted = False
 
     async def events(self) -> AsyncIterator[Output | Done]:
-        async for event in self._generation.events():
-            if isinstance(event, Done):
-                self._record.tokens_in += event.timings.prompt_tokens
-                self._record.tokens_out += event.timings.eval_count
-            elif self._record.keep_text:
-                self._record.answer.append(event.content)
-            yield event
+        try:
+            async for event in self._generation.events():
+                if isinstance(event, Output) and self._record.keep_text:
+                    self._record.answer.append(event.content)
+                yield event
+        finally:
+            self._count()
 
     async def close(self) -> None:
         await self._generation.close()
+        self._count()
+
+    def _count(self) -> None:
+        if not self._counted:
+            self._counted = True
+            prompt, generated = self._generation.tokens_used
+            self._record.tokens_in += prompt
+            self._record.tokens_out += generated
 
 
 def _prompt_text(generation_input: GenerationInput) -> str:
@@ -80,12 +74,11 @@ def _prompt_text(generation_input: GenerationInput) -> str:
 async def start_generation(request: Request, generation_input: GenerationInput
                            ) -> MeteredGeneration:
     """Start a generation for this caller (num_ctx capped), metered; cancelled if the client goes."""
-    generation_input.options = capped_options(request, generation_input.record,
-                                              generation_input.options)
+    generation_input.max_num_ctx = max_num_ctx(request)
     record = record_of(request.scope)
     if record.keep_text:
         record.prompt = _prompt_text(generation_input)
-    engine: Engine = request.app.state.homeport.engine
+    engine = state_of(request).engine
     generation = await cancel_on_disconnect(request.receive,
                                             engine.start_generation(generation_input))
     return MeteredGeneration(generation, record)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -84,15 +83,13 @@ class AppParts:
     max_body_bytes: int
     middleware: list[Middleware] = field(default_factory=list)
     routes: list[BaseRoute] = field(default_factory=list)
-    on_startup: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
-    on_shutdown: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
+    on_startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
-async def _run_hooks(hooks: list[Callable[[], Awaitable[None] | None]]) -> None:
+async def _run_hooks(hooks: list[Callable[[], Awaitable[None]]]) -> None:
     for hook in hooks:
-        result = hook()
-        if inspect.isawaitable(result):
-            await result
+        await hook()
 
 
 def create_app(parts: AppParts) -> Starlette:
@@ -105,8 +102,10 @@ def create_app(parts: AppParts) -> Starlette:
         try:
             yield
         finally:
-            await parts.engine.close()
-            await _run_hooks(parts.on_shutdown)
+            try:
+                await parts.engine.close()
+            finally:
+                await _run_hooks(parts.on_shutdown)  # the guard's flushes the audit log
 
     # Order, outermost first: paths are normalised before anything looks at them, then counted,
     # then the guard (when configured) decides who may continue.

@@ -10,12 +10,13 @@ from typing import Any
 
 from starlette.requests import Request
 
-from homeport.api.access import check_model
 from homeport.api.schemas import ToolCallIn
 from homeport.engine.parsing import ToolCall
 from homeport.engine.service import Engine
 from homeport.errors import BadRequestError
+from homeport.net.caller import caller_of, record_of
 from homeport.store import ModelRecord, ModelStore
+from homeport.store.names import parse_name
 
 OLLAMA_COMPAT_VERSION = "0.12.0"
 
@@ -30,6 +31,15 @@ class AppState:
 def state_of(request: Request) -> AppState:
     state: AppState = request.app.state.homeport
     return state
+
+
+def check_model(request: Request, name: str) -> str:
+    """The model's display name, after 403 if the caller may not use it (before it is looked up,
+    so a refusal never tells whether the model exists)."""
+    display = parse_name(name).display
+    caller_of(request.scope).check_model(display)
+    record_of(request.scope).model = display
+    return display
 
 
 def resolve_model(request: Request, name: str) -> ModelRecord:

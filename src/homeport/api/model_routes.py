@@ -20,9 +20,8 @@ from starlette.routing import Route
 
 from homeport import config
 from homeport.api import schemas
-from homeport.api.access import check_model
 from homeport.api.body import read_json
-from homeport.api.common import resolve_model, state_of
+from homeport.api.common import check_model, resolve_model, state_of
 from homeport.api.streaming import NDJSON, StreamResponse, cancel_on_disconnect, ndjson_line
 from homeport.engine.options import ModelOptions, apply_options
 from homeport.engine.templates import render_chat

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from homeport.api import schemas
 from homeport.api.access import (
     MeteredGeneration,
-    capped_options,
+    max_num_ctx,
     may_use,
     note_embedding_tokens,
     start_generation,
@@ -131,7 +131,7 @@ async def chat(request: Request) -> Response:
 
     if not body.messages:
         done = await cancel_on_disconnect(request.receive, state.engine.load(
-            record, capped_options(request, record, body.options), body.keep_alive))
+            record, body.options, body.keep_alive, max_num_ctx(request)))
         return JSONResponse(envelope(message=_chat_message(""), done_reason=done.reason,
                                      done=True))
     generation = await start_generation(request, GenerationInput(
@@ -172,7 +172,7 @@ async def generate(request: Request) -> Response:
 
     if not body.prompt and not body.suffix and not body.context:
         done = await cancel_on_disconnect(request.receive, state.engine.load(
-            record, capped_options(request, record, body.options), body.keep_alive))
+            record, body.options, body.keep_alive, max_num_ctx(request)))
         return JSONResponse(envelope(response="", done=True, done_reason=done.reason))
     generation = await start_generation(request, GenerationInput(
         record=record, options=body.options, keep_alive=body.keep_alive, prompt=body.prompt,
@@ -213,19 +213,19 @@ async def embed(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, schemas.EmbedRequest, state.max_body_bytes)
     record = resolve_model(request, body.model)
-    options = capped_options(request, record, body.options)
+    limit = max_num_ctx(request)
     inputs = [body.input] if isinstance(body.input, str) else body.input
     if inputs == [""]:
         inputs = []
     if not inputs:
-        done = await state.engine.load(record, options, body.keep_alive)
+        done = await state.engine.load(record, body.options, body.keep_alive, limit)
         return JSONResponse({"model": body.model, "embeddings": [],
                              "load_duration": nanoseconds(done.timings.load)})
     started = time.perf_counter()
     vectors, tokens, load_seconds = await cancel_on_disconnect(
         request.receive, state.engine.embed(
-            record, inputs, truncate=body.truncate is not False, options=options,
-            keep_alive=body.keep_alive))
+            record, inputs, truncate=body.truncate is not False, options=body.options,
+            keep_alive=body.keep_alive, max_num_ctx=limit))
     note_embedding_tokens(request, tokens)
     return JSONResponse({
         "model": body.model,
@@ -241,12 +241,13 @@ async def embeddings(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, schemas.EmbeddingsRequest, state.max_body_bytes)
     record = resolve_model(request, body.model)
-    options = capped_options(request, record, body.options)
+    limit = max_num_ctx(request)
     if not body.prompt:
-        await state.engine.load(record, options, body.keep_alive)
+        await state.engine.load(record, body.options, body.keep_alive, limit)
         return JSONResponse({"embedding": []})
     vectors, tokens, _ = await cancel_on_disconnect(request.receive, state.engine.embed(
-        record, [body.prompt], truncate=True, options=options, keep_alive=body.keep_alive))
+        record, [body.prompt], truncate=True, options=body.options, keep_alive=body.keep_alive,
+        max_num_ctx=limit))
     note_embedding_tokens(request, tokens)
     return JSONResponse({"embedding": vectors[0]})
 

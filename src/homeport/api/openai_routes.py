@@ -23,7 +23,7 @@ from starlette.routing import Route
 from homeport.api import schemas
 from homeport.api.access import (
     MeteredGeneration,
-    capped_options,
+    max_num_ctx,
     note_embedding_tokens,
     start_generation,
     visible,
@@ -316,8 +316,8 @@ async def create_embeddings(request: Request) -> Response:
     if not inputs or any(text == "" for text in inputs):
         raise BadRequestError("input must be a non-empty string or a list of non-empty strings")
     vectors, tokens, _ = await cancel_on_disconnect(request.receive, state.engine.embed(
-        record, inputs, truncate=True, options=capped_options(request, record, None),
-        keep_alive=None))
+        record, inputs, truncate=True, options=None, keep_alive=None,
+        max_num_ctx=max_num_ctx(request)))
     note_embedding_tokens(request, tokens)
     data = [{"object": "embedding", "index": index,
              "embedding": _encode_vector(l2_normalize(vector, body.dimensions),

@@ -105,9 +105,13 @@ def resolve_options(
     request_options: Mapping[str, Any] | None,
     default_num_ctx: int,
     model_context_length: int,
+    max_num_ctx: int | None = None,
 ) -> ModelOptions:
-    """Defaults ← Modelfile parameters ← request options, with num_ctx filled in and clamped."""
+    """Defaults ← Modelfile parameters ← request options, with num_ctx filled in and clamped (to
+    the model's context length and ``max_num_ctx``, the caller's limit)."""
     options = apply_options(apply_options(ModelOptions(), model_parameters), request_options)
     num_ctx = options.num_ctx if options.num_ctx > 0 else default_num_ctx
+    if max_num_ctx is not None:
+        num_ctx = min(num_ctx, max_num_ctx)
     num_ctx = max(MIN_CTX, min(num_ctx, model_context_length))
     return replace(options, num_ctx=num_ctx, num_batch=max(32, min(options.num_batch, 2048)))

@@ -70,6 +70,7 @@ class GenerationInput:
     format: str | dict[str, Any] | None = None
     truncate: bool = True
     images: list[str] = field(default_factory=list)
+    max_num_ctx: int | None = None  # the caller's limit on num_ctx
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,13 @@ class Generation:
         finally:
             await self.close()
 
+    @property
+    def tokens_used(self) -> tuple[int, int]:
+        """Prompt tokens (once the prompt was taken up) and tokens generated so far: what this
+        generation has cost, also when it is closed before it finishes."""
+        prompt = len(self._job.prompt) if self._job.admitted_at else 0
+        return prompt, len(self._job.generated)
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -210,21 +218,21 @@ class Engine:
             n_threads=options.num_thread or self.settings.num_threads,
         )
 
-    def options_for(self, record: ModelRecord, request_options: Mapping[str, Any] | None
-                    ) -> ModelOptions:
+    def options_for(self, record: ModelRecord, request_options: Mapping[str, Any] | None,
+                    max_num_ctx: int | None = None) -> ModelOptions:
         return resolve_options(record.parameters, request_options, self.settings.default_num_ctx,
-                               record.gguf.context_length)
+                               record.gguf.context_length, max_num_ctx)
 
     # --- load / unload -------------------------------------------------------------------------
 
     async def load(self, record: ModelRecord, request_options: Mapping[str, Any] | None,
-                   keep_alive: float | None) -> Done:
+                   keep_alive: float | None, max_num_ctx: int | None = None) -> Done:
         """Load (or, with keep_alive 0, unload) a model without generating: done_reason load/unload."""
         started = time.perf_counter()
         if keep_alive is not None and keep_alive == 0:
             await self.manager.unload_now(record)
             return Done("unload", Timings(total=time.perf_counter() - started))
-        options = self.options_for(record, request_options)
+        options = self.options_for(record, request_options, max_num_ctx)
         runner, load_seconds = await self.manager.acquire(
             record, self._context_settings(options), keep_alive)
         self.manager.release(runner, keep_alive)
@@ -246,7 +254,7 @@ class Engine:
             raise UnsupportedError(f'"{display}" does not support insert')
         if request.images or (request.messages and any(m.images for m in request.messages)):
             raise UnsupportedError(f'"{display}" does not support images')
-        options = self.options_for(record, request.options)
+        options = self.options_for(record, request.options, request.max_num_ctx)
         grammar = _grammar_for(request.format)
         self.manager.check_queue()
         runner, load_seconds = await self.manager.acquire(
@@ -333,9 +341,9 @@ class Engine:
 
     async def embed(self, record: ModelRecord, inputs: list[str], *, truncate: bool,
                     options: Mapping[str, Any] | None, keep_alive: float | None,
-                    ) -> tuple[list[list[float]], int, float]:
+                    max_num_ctx: int | None = None) -> tuple[list[list[float]], int, float]:
         """Raw (un-normalised) embeddings, the prompt token count, and seconds spent loading."""
-        model_options = self.options_for(record, options)
+        model_options = self.options_for(record, options, max_num_ctx)
         self.manager.check_queue()
         runner, load_seconds = await self.manager.acquire(
             record, self._context_settings(model_options), keep_alive)

@@ -47,11 +47,9 @@ def look_for_tailnet(socket_path: Path, interface: str) -> TailnetSight:
     except LocalAPIError as exc:
         reason = exc.message
     else:
-        if status.running and status.Self is not None:
-            found = [parse_ip(text) for text in status.Self.TailscaleIPs or []]
-            addresses = tuple(address for address in found if address is not None)
-            if addresses:
-                return TailnetSight(addresses, userspace=not status.TUN)
+        addresses = status.tailnet_addresses
+        if addresses:
+            return TailnetSight(addresses, userspace=status.userspace)
         reason = f"tailscaled is {status.BackendState or 'not running'}"
     return TailnetSight(tuple(interface_addresses(interface)), reason=reason)
 

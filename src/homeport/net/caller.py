@@ -59,7 +59,6 @@ class Caller:
     kind: CallerKind
     identity: str  # "local", a login name, "tag:ci", or "token:NAME"
     node: str = ""
-    address: str = ""
     grant: Grant = EVERYTHING
 
     @property
@@ -85,7 +84,7 @@ class RequestRecord:
     identity: str = ""
     node: str = ""
     via: str = ""
-    address: str = ""
+    address: str = ""  # the TCP peer, or the client a trusted proxy forwarded
     model: str = ""
     tokens_in: int = 0
     tokens_out: int = 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
 from homeport import config
@@ -22,30 +21,17 @@ from homeport.net.limits import Limiter
 from homeport.net.localapi import LocalAPI
 from homeport.net.machine import MachineWatcher
 from homeport.net.policy import Policy, describe
-from homeport.net.tokens import TokenChecker, TokenStore
+from homeport.net.tokens import TokenChecker
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PolicySource:
-    path: Path
-    required: bool  # named explicitly (HOMEPORT_POLICY): it must exist
-
-    @classmethod
-    def configured(cls) -> PolicySource:
-        path, required = config.policy_file()
-        return cls(path, required)
-
-    def load(self) -> Policy:
-        return Policy.load(self.path, self.required)
-
-
 class Gate:
-    def __init__(self, source: PolicySource, policy: Policy, localapi: LocalAPI,
-                 tokens: TokenChecker, audit: AuditLog | None, env_origins: tuple[str, ...],
-                 bind_host: str = "") -> None:
-        self.source = source
+    def __init__(self, policy_path: Path, policy_required: bool, policy: Policy,
+                 localapi: LocalAPI, tokens: TokenChecker, audit: AuditLog | None,
+                 env_origins: tuple[str, ...], bind_host: str = "") -> None:
+        self.policy_path = policy_path
+        self.policy_required = policy_required  # named explicitly (HOMEPORT_POLICY): must exist
         self.localapi = localapi
         self.tokens = tokens
         self.audit = audit
@@ -59,33 +45,32 @@ class Gate:
         self._refreshing: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, policy: Policy | None = None, bind_host: str = "") -> Gate:
-        """A gate from homeport's settings (policy file, tailscaled socket, tokens, audit)."""
-        source = PolicySource.configured()
+    def from_settings(cls, policy: Policy, tokens: TokenChecker, bind_host: str = "") -> Gate:
+        """A gate from homeport's settings (tailscaled socket, audit), around the policy loaded
+        from the configured file and the token file's checker."""
+        policy_path, policy_required = config.policy_file()
         audit = None
         if config.AUDIT.get():
             audit = AuditLog(config.audit_dir(), config.AUDIT_MAX_BYTES.get(),
                              config.AUDIT_BACKUPS.get(), config.AUDIT_CONTENT.get())
-        return cls(source, policy or source.load(), LocalAPI(config.tailscaled_socket()),
-                   TokenChecker(TokenStore(config.tokens_file())), audit,
-                   config.ORIGINS.get(), bind_host)
+        return cls(policy_path, policy_required, policy, LocalAPI(config.tailscaled_socket()),
+                   tokens, audit, config.ORIGINS.get(), bind_host)
 
     def _browser_rules(self, policy: Policy) -> BrowserRules:
         return browser_rules(policy.hosts, policy.origins, self._env_origins, self._bind_host)
 
-    def reload(self) -> bool:
+    def reload(self) -> None:
         """Load the policy file again; keep the current policy (and say why) if it is broken."""
         try:
-            policy = self.source.load()
+            policy = Policy.load(self.policy_path, self.policy_required)
         except ConfigError as exc:
             log.error("policy not reloaded, the previous one stays in force: %s", exc.message)
-            return False
+            return
         if policy.proxy != self.policy.proxy and (policy.proxy or "").startswith("unix:"):
             log.warning("the [serve] proxy socket changed; restart the server to listen on it")
         self.policy = policy
         self.browser = self._browser_rules(policy)
         log.info("policy reloaded from %s: allows %s", policy.source, describe(policy))
-        return True
 
     async def start(self) -> None:
         """Learn about this machine, and reload on SIGHUP (called in the lifespan)."""

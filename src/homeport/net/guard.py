@@ -22,6 +22,7 @@ from homeport.net.caller import CALLER_KEY, RECORD_KEY, Caller, RequestRecord
 from homeport.net.connection import memo_of
 from homeport.net.gate import Gate
 from homeport.net.identify import RequestFacts, strip_identity_headers
+from homeport.net.machine import MachineView
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +78,14 @@ class Guard:
         browser_ok = False
         try:
             try:
-                preflight = await self._check_browser(scope)
+                facts = RequestFacts.of(scope)  # before identity headers are stripped from scope
+                machine = await self.gate.machine.current()
+                preflight = self._check_browser(scope, facts, machine)
                 browser_ok = True
                 if preflight:
                     await self._with_cors()(scope, receive, send_status)
                     return
-                caller = await self._admit(scope, record)
+                caller = await self._admit(scope, facts, machine, record)
             except HomeportError as exc:
                 await self._refuse(scope, receive, send_status, exc, browser_ok)
                 return
@@ -95,23 +98,19 @@ class Guard:
                 self.gate.audit.write(record, scope["method"], scope["path"], status or 500,
                                       time.perf_counter() - started)
 
-    async def _check_browser(self, scope: Scope) -> bool:
+    def _check_browser(self, scope: Scope, facts: RequestFacts, machine: MachineView) -> bool:
         """Host and Origin checks; True for a CORS preflight, which needs nothing more."""
-        facts = RequestFacts.of(scope)
-        machine = await self.gate.machine.current()
         self.gate.browser.check_host(facts.headers.get("host"), machine)
         origin = facts.headers.get("origin")
         self.gate.browser.check_origin(origin)
         return (scope["method"] == "OPTIONS" and origin is not None
                 and "access-control-request-method" in facts.headers)
 
-    async def _admit(self, scope: Scope, record: RequestRecord) -> Caller:
-        facts = RequestFacts.of(scope)
+    async def _admit(self, scope: Scope, facts: RequestFacts, machine: MachineView,
+                     record: RequestRecord) -> Caller:
         strip_identity_headers(scope)
-        policy = self.gate.policy
-        machine = await self.gate.machine.current()
-        caller = await self.gate.identifier.identify(facts, policy, machine, memo_of(scope),
-                                                     record)
+        caller = await self.gate.identifier.identify(facts, self.gate.policy, machine,
+                                                     memo_of(scope), record)
         path = scope["path"]
         if not caller.is_local and is_admin_path(path) and not caller.grant.admin:
             hint = caller.grant.admin_hint

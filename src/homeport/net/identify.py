@@ -5,7 +5,9 @@ In order:
    Other bearer values (OpenAI clients must send some key) are ignored for callers known otherwise.
 2. A Funnel request (``Tailscale-Funnel-Request``) comes from the internet: token or nothing.
 3. A request from the configured ``tailscale serve`` proxy that forwards a client: whois of
-   ``X-Forwarded-For``, which the proxy's ``Tailscale-User-Login`` must agree with.
+   ``X-Forwarded-For``, which the proxy's ``Tailscale-User-Login`` must agree with. In userspace
+   mode a TCP loopback proxy shares 127.0.0.1 with the tailnet peers tailscaled hands over, so
+   whois of the connection comes first: a peer it knows is that peer, never the proxy.
 4. This machine (loopback or one of its own addresses) is the owner, unless tailscaled runs in
    userspace mode, where tailnet peers also arrive from 127.0.0.1: whois says which they are.
    A request forwarded by a proxy on this machine that the policy does not name is refused.
@@ -75,6 +77,11 @@ class RequestFacts:
         return any(name in self.headers for name in ("x-forwarded-for", "forwarded", "x-real-ip"))
 
 
+def _host_port(client: tuple[str, int]) -> str:
+    """A TCP peer as whois is asked about it: ``ip:port``, IPv4-mapped IPv6 unmapped."""
+    return format_host_port(parse_ip(client[0]) or client[0], client[1])
+
+
 def _decoded(value: str) -> str:
     """A header value that may be RFC 2047 encoded (as tailscale serve encodes names)."""
     try:
@@ -91,11 +98,10 @@ class Identifier:
     async def identify(self, facts: RequestFacts, policy: Policy, machine: MachineView,
                        memo: ConnectionMemo | None, record: RequestRecord) -> Caller:
         """The caller, or UnauthorizedError (401) / ForbiddenError (403) saying what to do."""
-        address = facts.client[0] if facts.client else ""
         bearer = facts.bearer
         if looks_like_token(bearer):
             token = self.tokens.verify(bearer)
-            caller = Caller(kind="token", identity=f"token:{token.name}", address=address,
+            caller = Caller(kind="token", identity=f"token:{token.name}",
                             grant=policy.token_grant(token.name, token.models, token.admin))
             record.note_caller(caller)
             return caller
@@ -104,6 +110,12 @@ class Identifier:
             raise UnauthorizedError(f"requests through Tailscale Funnel (from the internet) need "
                                     f"a token: {_TOKEN_HOW}")
         if self._from_proxy(facts, policy):
+            if facts.client is not None and machine.userspace:
+                # tailscaled hands tailnet peers over from 127.0.0.1 too: one it knows is a peer,
+                # never the proxy, whatever it says it forwards.
+                whois = await self._whois(_host_port(facts.client), memo)
+                if whois is not None:
+                    return self._tailnet(whois, "tailnet", policy, machine, record)
             if facts.forwarded_for:
                 return await self._proxied(facts, policy, machine, memo, record)
             return self._local(record)
@@ -120,7 +132,7 @@ class Identifier:
                     '[serve] proxy = "127.0.0.1" in the policy file (HOMEPORT_POLICY)')
             if not (peer.is_loopback and machine.userspace):
                 return self._local(record)
-        whois = await self._whois(format_host_port(peer, facts.client[1]), memo)
+        whois = await self._whois(_host_port(facts.client), memo)
         if whois is None:
             if peer.is_loopback:
                 return self._local(record)  # tailscaled did not forward it: a local process
@@ -129,7 +141,7 @@ class Identifier:
                 raise UnauthorizedError(f"invalid token: {_TOKEN_HOW}")
             raise UnauthorizedError(f"this server answers its tailnet, and others only with a "
                                     f"token: {_TOKEN_HOW}")
-        return self._tailnet(whois, "tailnet", policy, machine, record, address)
+        return self._tailnet(whois, "tailnet", policy, machine, record)
 
     @staticmethod
     def _local(record: RequestRecord) -> Caller:
@@ -150,6 +162,7 @@ class Identifier:
         forwarded = parse_ip(facts.forwarded_for)
         if forwarded is None:
             raise ForbiddenError("the proxy sent an unreadable X-Forwarded-For; denied")
+        record.address = str(forwarded)  # the client, not the proxy's end of the connection
         whois = await self._whois(str(forwarded), memo)
         if whois is None:
             record.identity = "unknown"
@@ -160,7 +173,7 @@ class Identifier:
             record.identity = whois.UserProfile.LoginName
             raise ForbiddenError("the proxy's Tailscale-User-Login does not match what tailscaled "
                                  "says about the forwarded address; denied")
-        return self._tailnet(whois, "proxy", policy, machine, record, str(forwarded))
+        return self._tailnet(whois, "proxy", policy, machine, record)
 
     async def _whois(self, address: str, memo: ConnectionMemo | None) -> WhoIs | None:
         """Who tailscaled says has ``address``; None when nobody (404), or when no tailscaled runs
@@ -181,13 +194,12 @@ class Identifier:
 
     @staticmethod
     def _tailnet(whois: WhoIs, kind: CallerKind, policy: Policy, machine: MachineView,
-                 record: RequestRecord, address: str) -> Caller:
+                 record: RequestRecord) -> Caller:
         identity = ",".join(whois.tags) if whois.tags else (
             whois.UserProfile.LoginName or f"user {whois.UserProfile.ID}")
         record.identity, record.node, record.via = identity, whois.node_name, kind
         grant = policy.grant_for(whois, machine.owner_user_id)
-        return Caller(kind=kind, identity=identity, node=whois.node_name, address=address,
-                      grant=grant)
+        return Caller(kind=kind, identity=identity, node=whois.node_name, grant=grant)
 
 
 def strip_identity_headers(scope: MutableMapping[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 Windows slide over the last 60 seconds. A refused request gets 429 with Retry-After: the seconds
 until the oldest counted request (or enough counted tokens) leave the window. Tokens are counted
-when a generation ends, from its final timings, so a long answer counts against the next request.
+when a request ends (finished or cut short), so a long answer counts against the next request.
 State is kept per identity and dropped once an identity is idle, so memory stays bounded.
 """
 

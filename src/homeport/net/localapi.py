@@ -16,6 +16,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from homeport.errors import HomeportError
+from homeport.net.addresses import IPAddress, parse_ip
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,19 @@ class Status(_Shape):
     @property
     def running(self) -> bool:
         return self.BackendState == "Running" and self.Self is not None
+
+    @property
+    def tailnet_addresses(self) -> tuple[IPAddress, ...]:
+        """This node's tailnet addresses while it runs; none otherwise."""
+        if not self.running or self.Self is None:
+            return ()
+        found = (parse_ip(text) for text in self.Self.TailscaleIPs or [])
+        return tuple(address for address in found if address is not None)
+
+    @property
+    def userspace(self) -> bool:
+        """Userspace networking: tailscaled hands tailnet peers over from 127.0.0.1."""
+        return not self.TUN
 
     @property
     def dns_names(self) -> list[str]:

@@ -13,7 +13,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from homeport.net.addresses import IPAddress, local_addresses, parse_ip
+from homeport.net.addresses import IPAddress, local_addresses
 from homeport.net.localapi import LocalAPI, LocalAPIError, Status
 
 log = logging.getLogger(__name__)
@@ -41,31 +41,27 @@ def machine_names() -> set[str]:
     return {"localhost", hostname, hostname.split(".")[0]}
 
 
-def view_from(status: Status | None, error: str = "") -> MachineView:
+def view_from(status: Status | None) -> MachineView:
     names = machine_names()
     addresses = set(local_addresses())
-    tailnet: list[IPAddress] = []
+    tailnet: tuple[IPAddress, ...] = ()
     owner: int | None = None
     userspace = False
     if status is not None and status.running and status.Self is not None:
         names.update(status.dns_names)
-        for text in status.Self.TailscaleIPs or []:
-            address = parse_ip(text)
-            if address is not None:
-                tailnet.append(address)
+        tailnet = status.tailnet_addresses
         addresses.update(tailnet)
         # A tagged server has no owner: its UserID is the shared "tagged-devices" user.
         owner = None if status.Self.Tags else (status.Self.UserID or None)
-        userspace = not status.TUN
-    return MachineView(frozenset(addresses), frozenset(names), owner, userspace, tuple(tailnet),
-                       error)
+        userspace = status.userspace
+    return MachineView(frozenset(addresses), frozenset(names), owner, userspace, tailnet)
 
 
 @dataclass
 class MachineWatcher:
     """Keeps a ``MachineView`` fresh; ``current()`` is cheap between refreshes."""
 
-    localapi: LocalAPI | None
+    localapi: LocalAPI
     view: MachineView = field(default_factory=lambda: view_from(None))
     _checked: float = float("-inf")
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -80,9 +76,6 @@ class MachineWatcher:
 
     async def refresh(self) -> None:
         self._checked = time.monotonic()
-        if self.localapi is None:
-            self.view = view_from(None, "no tailscaled socket")
-            return
         try:
             status = await self.localapi.status()
         except LocalAPIError as exc:

@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import tempfile
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -40,31 +39,14 @@ class TokenExistsError(HomeportError):
     status = 409
 
 
-class _Entry(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class Token(BaseModel):
+    """A stored token (its hash, never the token itself), as the token file keeps it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
     name: str
     sha256: str
-    models: list[str] = Field(default_factory=lambda: ["*"])
+    models: tuple[str, ...] = ("*",)
     admin: bool = False
-    created: datetime
-    expires: datetime | None = None
-    revoked: datetime | None = None
-
-
-class _File(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    version: int = 1
-    tokens: list[_Entry] = Field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Token:
-    """A stored token (its hash, never the token itself)."""
-
-    name: str
-    sha256: str
-    models: tuple[str, ...]
-    admin: bool
     created: datetime
     expires: datetime | None = None
     revoked: datetime | None = None
@@ -75,6 +57,12 @@ class Token:
         if self.expires is not None and (now or datetime.now(UTC)) >= self.expires:
             return "expired"
         return "active"
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    version: int = 1
+    tokens: list[Token] = Field(default_factory=list)
 
 
 def looks_like_token(text: str) -> bool:
@@ -111,8 +99,7 @@ class TokenStore:
         except ValidationError:
             raise ConfigError(f"the token file {self.path} is damaged; move it away and create "
                               "the tokens again") from None
-        return [Token(entry.name, entry.sha256, tuple(entry.models), entry.admin, entry.created,
-                      entry.expires, entry.revoked) for entry in parsed.tokens]
+        return parsed.tokens
 
     def create(self, name: str, models: tuple[str, ...] = ("*",), admin: bool = False,
                lifetime: float | None = None) -> tuple[str, Token]:
@@ -126,7 +113,8 @@ class TokenStore:
         secret = PREFIX + secrets.token_urlsafe(32)
         now = datetime.now(UTC).replace(microsecond=0)
         expires = now + timedelta(seconds=lifetime) if lifetime else None
-        token = Token(name, digest(secret), models, admin, now, expires)
+        token = Token(name=name, sha256=digest(secret), models=models, admin=admin, created=now,
+                      expires=expires)
         self._write([*existing, token])  # revoked and expired ones stay, for `token list`
         return secret, token
 
@@ -134,18 +122,15 @@ class TokenStore:
         existing = self.tokens()
         for index, token in enumerate(existing):
             if token.name == name and token.revoked is None:
-                revoked = Token(token.name, token.sha256, token.models, token.admin,
-                                token.created, token.expires,
-                                datetime.now(UTC).replace(microsecond=0))
+                revoked = token.model_copy(
+                    update={"revoked": datetime.now(UTC).replace(microsecond=0)})
                 existing[index] = revoked
                 self._write(existing)
                 return revoked
         raise NotFoundError(f"no token named '{name}' (see `homeport token list`)")
 
     def _write(self, tokens: list[Token]) -> None:
-        data = _File(tokens=[_Entry(name=t.name, sha256=t.sha256, models=list(t.models),
-                                    admin=t.admin, created=t.created, expires=t.expires,
-                                    revoked=t.revoked) for t in tokens])
+        data = _File(tokens=tokens)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens-")
         try:
