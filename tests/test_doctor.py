@@ -92,6 +92,30 @@ def test_a_slow_link_caps_the_estimates() -> None:
         assert size["tokens_per_second"] == pytest.approx(network["received_tps"])
 
 
+def test_the_anthropic_key_of_the_adapter_each_strategy_uses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default adapter's own key counts; an adapter chosen in the config never gives way."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    config_file().parent.mkdir(parents=True, exist_ok=True)
+    with FakeOllama() as fake:
+        config_file().write_text('[adapters.anthropic_haiku]\napi_key = "env:HAIKU_KEY"\n')
+        _, report = doctor("--no-measure", "--endpoint", fake.url,
+                           env={"HAIKU_KEY": "sk-ant-haiku"})
+        assert checks(report)["anthropic"] == (
+            "ok", f"anthropic_haiku API key set (from {config_file()} "
+                  "(adapters.anthropic_haiku.api_key = env:HAIKU_KEY))")
+
+        config_file().write_text('[strategies.chat]\nadapter = "anthropic"\n')
+        code, report = doctor("--no-measure", "--endpoint", fake.url)
+        assert code == 1
+        status, detail = checks(report)["anthropic"]
+        assert status == "fail"
+        assert detail.startswith(f"chat uses anthropic (from {config_file()} (strategies.chat)), "
+                                 "which has no API key")
+        assert "no Anthropic API key, so inline uses the ollama adapter" in detail
+        assert "chat uses the ollama adapter" not in detail
+
+
 @pytest.mark.parametrize(("text", "billions"), [("134.52M", 0.13452), ("7.2B", 7.2),
                                                  ("70B", 70.0), ("", 0.0), ("big", 0.0)])
 def test_parameter_sizes(text: str, billions: float) -> None:

@@ -169,19 +169,34 @@ def _default_model(report: Report, settings: ClientSettings, models: list[dict[s
 
 
 def _anthropic_check(report: Report, settings: ClientSettings) -> None:
-    uses = [s for s in STRATEGIES if settings.adapter_for(s).value in ANTHROPIC_ADAPTERS]
+    """What each strategy's adapter will be, as ``chat`` and ``edit`` decide it, and its key."""
+    keys: dict[str, str] = {}  # an Anthropic adapter in use -> where its key comes from
+    fallbacks: list[str] = []
+    missing: list[str] = []
     try:
-        key = settings.anthropic_key("anthropic")
+        for strategy in STRATEGIES:
+            chosen, notice = settings.effective_adapter(strategy)
+            if notice:
+                fallbacks.append(notice)
+            if chosen.value not in ANTHROPIC_ADAPTERS or chosen.value in keys:
+                continue
+            key = settings.anthropic_key(chosen.value)
+            if key.value:
+                keys[chosen.value] = key.source
+            else:  # chosen in the config file, so it never gives way to ollama
+                missing.append(f"{strategy} uses {chosen.value} (from {chosen.source}), which has "
+                               "no API key: set ANTHROPIC_API_KEY or api_key under "
+                               f"[adapters.{chosen.value}]")
     except ConfigError as exc:
         report.add("anthropic", "fail", exc.message)
         return
-    if key.value:
-        report.add("anthropic", "ok", f"API key set (from {key.source})")
-    elif uses:
-        report.add("anthropic", "warn", f"no ANTHROPIC_API_KEY: {' and '.join(uses)} use the "
-                                        "ollama adapter until one is set")
+    found = [f"{name} API key set (from {source})" for name, source in keys.items()]
+    if missing:
+        report.add("anthropic", "fail", "; ".join([*missing, *fallbacks, *found]))
+    elif fallbacks:
+        report.add("anthropic", "warn", "; ".join([*fallbacks, *found]))
     else:
-        report.add("anthropic", "ok", "not used")
+        report.add("anthropic", "ok", "; ".join(found) or "not used")
 
 
 def measure_network(client: HomeportClient, model: str) -> Network:
