@@ -11,7 +11,7 @@ from homeport.client.doctor import feel, parameter_billions
 from homeport.config import config_file
 from tests.conftest import MODEL
 from tests.support.cli import homeport
-from tests.support.fake_ollama import FakeOllama
+from tests.support.fake_ollama import FakeOllama, _now, pieces
 from tests.support.server import free_port
 
 
@@ -90,6 +90,18 @@ def test_a_slow_link_caps_the_estimates() -> None:
     assert network["received_tps"] < network["server_tps"]
     for size in network["sizes"]:
         assert size["tokens_per_second"] == pytest.approx(network["received_tps"])
+
+
+def test_bytes_per_token_are_the_bytes_of_each_line() -> None:
+    """Measured on the wire: the fake escapes non-ASCII text (\\u00e9: six bytes for one letter)."""
+    with FakeOllama() as fake:
+        fake.reply = "café naïve déjà vu — 東京 ok"
+        _, report = doctor("--endpoint", fake.url)
+    lines = [json.dumps({"model": "fake-coder:latest", "created_at": _now(),
+                         "message": {"role": "assistant", "content": piece}, "done": False})
+             for piece in pieces(fake.reply)]
+    expected = sum(len(line) + 1 for line in lines) / len(lines)
+    assert report["network"]["bytes_per_token"] == pytest.approx(expected, abs=0.5)
 
 
 def test_the_anthropic_key_of_the_adapter_each_strategy_uses(

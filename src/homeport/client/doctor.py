@@ -214,13 +214,14 @@ def measure_network(client: HomeportClient, model: str) -> Network:
     sizes: list[int] = []
     final: dict[str, Any] = {}
     started = time.perf_counter()
-    for chunk in client.chat(model, [{"role": "user", "content": PROBE_PROMPT}],
-                             options={"temperature": 0, "num_predict": PROBE_TOKENS}):
+    for chunk, line_bytes in client.stream_sized("/api/chat", {
+            "model": model, "messages": [{"role": "user", "content": PROBE_PROMPT}],
+            "stream": True, "options": {"temperature": 0, "num_predict": PROBE_TOKENS}}):
         if chunk.get("done"):
             final = chunk
         elif chunk.get("message", {}).get("content"):
             arrivals.append(time.perf_counter())
-            sizes.append(len(str(chunk)) + 1)
+            sizes.append(line_bytes)
     network.model = model
     if final.get("eval_duration") and final.get("eval_count"):
         network.server_tps = final["eval_count"] / final["eval_duration"] * 1e9
