@@ -42,8 +42,6 @@ DEFAULT_MODELS = {
     "ollama": "mistral",
 }
 DEFAULT_ADAPTER = "anthropic_haiku"
-DEFAULT_NUM_CTX = 16384
-DEFAULT_KEEP_ALIVE = "30m"
 DEFAULT_MAX_TOKENS = 4096
 ANTHROPIC_URL = "https://api.anthropic.com"
 
