@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from homeport import config
-from homeport.client.adapters.ollama import same_model
+from homeport.client.adapters.ollama import pick_model
 from homeport.client.api import HomeportClient, ServerError, ServerUnreachableError
 from homeport.client.settings import ANTHROPIC_ADAPTERS, STRATEGIES, ClientSettings
 from homeport.errors import ConfigError, HomeportError
@@ -155,14 +155,13 @@ def _server_checks(report: Report, client: HomeportClient) -> list[dict[str, Any
 
 def _default_model(report: Report, settings: ClientSettings, models: list[dict[str, Any]]
                    ) -> str:
-    if not models:
-        return ""
     wanted = settings.model("ollama")
-    for model in models:
-        if same_model(model["name"], wanted.value):
-            report.add("ollama model", "ok", f"{model['name']} (from {wanted.source})")
-            return str(model["name"])
-    chosen = str(models[0]["name"])
+    chosen, found = pick_model([str(model["name"]) for model in models], wanted.value)
+    if not chosen:
+        return ""
+    if found:
+        report.add("ollama model", "ok", f"{chosen} (from {wanted.source})")
+        return chosen
     report.add("ollama model", "warn", f"{wanted.value} (from {wanted.source}) is not on the "
                f"server; {chosen} is used instead (set model under [adapters.ollama])")
     return chosen
