@@ -71,9 +71,9 @@ def _token_reference(settings: ClientSettings) -> str | None:
 def _adapter(settings: ClientSettings, strategy: StrategyName) -> str:
     """A strategy's adapter as CodeCompanion takes it: a name, or a name and a model."""
     adapter = settings.adapter_for(strategy).value
-    model = settings.model_for(strategy, adapter)
-    if model.source.endswith(f"(strategies.{strategy}.model)"):
-        return f"{{ name = {lua_string(adapter)}, model = {lua_string(model.value)} }}"
+    model = settings.strategy_model(strategy, adapter)
+    if model is not None:
+        return f"{{ name = {lua_string(adapter)}, model = {lua_string(model)} }}"
     return lua_string(adapter)
 
 

@@ -156,11 +156,18 @@ class ClientSettings:
             return Sourced("ollama", f"default ({chosen.value} without an Anthropic key)"), notice
         return chosen, None
 
-    def model_for(self, strategy: StrategyName, adapter: str) -> Sourced:
-        """The strategy's model when it names one for this adapter, else the adapter's model."""
+    def strategy_model(self, strategy: StrategyName, adapter: str) -> str | None:
+        """The model the strategy names for this adapter, if it names one."""
         chosen = self._file.strategies.get(strategy)
         if chosen is not None and chosen.model and (chosen.adapter in (None, adapter)):
-            return Sourced(chosen.model, f"{self._where} (strategies.{strategy}.model)")
+            return chosen.model
+        return None
+
+    def model_for(self, strategy: StrategyName, adapter: str) -> Sourced:
+        """The strategy's model when it names one for this adapter, else the adapter's model."""
+        named = self.strategy_model(strategy, adapter)
+        if named is not None:
+            return Sourced(named, f"{self._where} (strategies.{strategy}.model)")
         return self.model(adapter)
 
     def model(self, adapter: str) -> Sourced:
