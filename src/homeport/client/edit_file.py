@@ -7,7 +7,6 @@ never overwrites work done meanwhile.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from dataclasses import dataclass
@@ -71,7 +70,7 @@ class EditFile:
             now = self.path.read_bytes()
         except OSError:
             return True
-        return hashlib.sha256(now).digest() != hashlib.sha256(self.data).digest()
+        return now != self.data
 
     def write(self, text: str) -> Path:
         """Back up the original, then replace the file atomically; returns the backup's path."""
