@@ -118,6 +118,7 @@ class ClientSettings:
             message = str(problem["msg"]).removeprefix("Value error, ")
             raise ConfigError(f"{config.config_file()}: {where}: {message}") from None
         self._where = str(config.config_file())
+        self._token_reference = raw.get("token")
         for name, section in self._file.adapters.items():
             wrong = ANTHROPIC_ONLY if name == "ollama" else OLLAMA_ONLY
             for key in wrong:
@@ -204,7 +205,7 @@ class ClientSettings:
 
     def explicit_token_reference(self) -> str | None:
         """The config file's token reference, for generated editor configs (never the token)."""
-        reference = config.read_config_file().get("token")
+        reference = self._token_reference
         return check_reference(reference, f"`token` in {self._where}") if reference else None
 
 
