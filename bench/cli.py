@@ -34,10 +34,10 @@ from bench.peers import (
     llama_server_spec,
     running,
 )
-from bench.prompts import CHAT_QUESTIONS, Message, PromptSequence
+from bench.prompts import CHAT_QUESTIONS, PromptSequence
 from bench.report import print_report, write_chart
 from bench.results import BenchReport, NativeResult, PeerResult, SingleStream, StreamSummary, write_json
-from bench.workloads import Contender, run_interleaved
+from bench.workloads import WARMUP_MESSAGES, WARMUP_TOKENS, Contender, run_interleaved
 
 PEERS = ("llama-server", "homeport", "homeport-ollama", "llama-cpp-python")
 NATIVE = ("raw", "llama-bench", "batched-bench")
@@ -97,6 +97,7 @@ def main(quick: bool, skip_build: bool, out: Path, cache_dir: Path, selected: li
     started by this script on a free loopback port and stopped afterwards.
     """
     from homeport import __version__
+    from homeport.engine.llama import default_threads
     from homeport.store.bundled import find_bundled_gguf
 
     if quick:
@@ -107,7 +108,7 @@ def main(quick: bool, skip_build: bool, out: Path, cache_dir: Path, selected: li
                                    "run ./dev setup")
     # Piped into a file, rich would wrap the tables at 80 columns.
     console = Console(width=None if sys.stdout.isatty() else 150)
-    settings = Settings(model_path, threads or machine.usable_cores(), ctx_per_slot,
+    settings = Settings(model_path, threads or default_threads(), ctx_per_slot,
                         max_tokens=max_tokens)
     started = time.monotonic()
     run_dir = out / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -221,8 +222,7 @@ def _native_figures(settings: Settings, tools: LlamaTools | None, selected: list
 
 
 def _raw_engine(settings: Settings, repeats: int) -> SingleStream:
-    warm_up: list[Message] = [{"role": "user", "content": "Say hello."}]
     with native.RawEngine(settings) as engine:
-        engine.stream(warm_up, 8)
+        engine.stream(WARMUP_MESSAGES, WARMUP_TOKENS)
         return SingleStream([StreamSummary.of(engine.stream(messages, settings.max_tokens))
                              for messages in PromptSequence().take(repeats)])

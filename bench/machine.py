@@ -9,12 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+from homeport.engine.llama import default_threads
 
 
 def cpu_model() -> str:
@@ -68,7 +63,7 @@ def _version(distribution: str) -> str:
 def describe(repo: Path, homeport_version: str) -> dict[str, Any]:
     return {
         "cpu_model": cpu_model(),
-        "cores": usable_cores(),
+        "cores": default_threads(),
         "memory_gib": memory_gib(),
         "os": platform.platform(),
         "python": platform.python_version(),

@@ -24,7 +24,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from bench.llamacpp_build import LlamaTools
 from bench.peers import Settings
 from bench.prompts import Message
-from bench.streams import StreamResult
+from bench.streams import StreamResult, record_text
 
 TOOL_TIMEOUT = 600.0
 BATCHED_PROMPT_TOKENS = 64
@@ -59,12 +59,7 @@ class RawEngine:
         self.llm.reset()  # type: ignore[no-untyped-call]  # no prompt reuse between runs, as with the servers' distinct prompts
         result = StreamResult(started=time.perf_counter(), prompt_tokens=len(tokens))
         for token in self.llm.generate(tokens, temp=0.0, top_k=1):
-            now = time.perf_counter()
-            if result.first_token is None:
-                result.first_token = now
-            result.last_token = now
-            result.pieces += 1
-            result.text += self.llm.detokenize([token]).decode(errors="replace")
+            record_text(result, self.llm.detokenize([token]).decode(errors="replace"))
             if result.pieces >= max_tokens:
                 break
         result.finish_reason = "length"

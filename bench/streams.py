@@ -124,7 +124,8 @@ async def stream_chat(client: httpx.AsyncClient, endpoint: Endpoint, messages: l
     return result
 
 
-def _record_text(result: StreamResult, text: str) -> None:
+def record_text(result: StreamResult, text: str) -> None:
+    """One piece of the answer arrived now."""
     now = time.perf_counter()
     if result.first_token is None:
         result.first_token = now
@@ -148,7 +149,7 @@ def _openai_line(line: str, result: StreamResult) -> bool:
         delta = choice.get("delta") or {}
         text = (delta.get("content") or "") + (delta.get("reasoning_content") or "")
         if text:
-            _record_text(result, text)
+            record_text(result, text)
         if choice.get("finish_reason"):
             result.finish_reason = choice["finish_reason"]
     usage = chunk.get("usage")
@@ -175,7 +176,7 @@ def _ollama_line(line: str, result: StreamResult) -> bool:
     message = record.get("message") or {}
     text = (message.get("content") or "") + (message.get("thinking") or "")
     if text:
-        _record_text(result, text)
+        record_text(result, text)
     if record.get("done"):
         result.finish_reason = record.get("done_reason") or "stop"
         result.usage_tokens = record.get("eval_count")

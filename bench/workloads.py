@@ -33,6 +33,7 @@ from bench.results import (
 from bench.streams import Endpoint, StreamResult, stream_chat
 
 WARMUP_TOKENS = 8
+WARMUP_MESSAGES: list[Message] = [{"role": "user", "content": "Say hello."}]
 Progress = Callable[[str], None]
 
 
@@ -51,8 +52,7 @@ class Contender:
 
 async def warm_up(client: httpx.AsyncClient, endpoint: Endpoint) -> StreamResult:
     """One short request so that loading the model (homeport loads on demand) is not measured."""
-    messages: list[Message] = [{"role": "user", "content": "Say hello."}]
-    return await stream_chat(client, endpoint, messages, WARMUP_TOKENS)
+    return await stream_chat(client, endpoint, WARMUP_MESSAGES, WARMUP_TOKENS)
 
 
 async def concurrent_streams(client: httpx.AsyncClient, endpoint: Endpoint,

@@ -11,7 +11,7 @@ from homeport.client.doctor import feel, parameter_billions
 from homeport.config import config_file
 from tests.conftest import MODEL
 from tests.support.cli import homeport
-from tests.support.fake_ollama import FakeOllama
+from tests.support.fake_ollama import FakeOllama, _now, pieces
 from tests.support.server import free_port
 
 
@@ -90,6 +90,42 @@ def test_a_slow_link_caps_the_estimates() -> None:
     assert network["received_tps"] < network["server_tps"]
     for size in network["sizes"]:
         assert size["tokens_per_second"] == pytest.approx(network["received_tps"])
+
+
+def test_bytes_per_token_are_the_bytes_of_each_line() -> None:
+    """Measured on the wire: the fake escapes non-ASCII text (\\u00e9: six bytes for one letter)."""
+    with FakeOllama() as fake:
+        fake.reply = "café naïve déjà vu — 東京 ok"
+        _, report = doctor("--endpoint", fake.url)
+    lines = [json.dumps({"model": "fake-coder:latest", "created_at": _now(),
+                         "message": {"role": "assistant", "content": piece}, "done": False})
+             for piece in pieces(fake.reply)]
+    expected = sum(len(line) + 1 for line in lines) / len(lines)
+    assert report["network"]["bytes_per_token"] == pytest.approx(expected, abs=0.5)
+
+
+def test_the_anthropic_key_of_the_adapter_each_strategy_uses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default adapter's own key counts; an adapter chosen in the config never gives way."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    config_file().parent.mkdir(parents=True, exist_ok=True)
+    with FakeOllama() as fake:
+        config_file().write_text('[adapters.anthropic_haiku]\napi_key = "env:HAIKU_KEY"\n')
+        _, report = doctor("--no-measure", "--endpoint", fake.url,
+                           env={"HAIKU_KEY": "sk-ant-haiku"})
+        assert checks(report)["anthropic"] == (
+            "ok", f"anthropic_haiku API key set (from {config_file()} "
+                  "(adapters.anthropic_haiku.api_key = env:HAIKU_KEY))")
+
+        config_file().write_text('[strategies.chat]\nadapter = "anthropic"\n')
+        code, report = doctor("--no-measure", "--endpoint", fake.url)
+        assert code == 1
+        status, detail = checks(report)["anthropic"]
+        assert status == "fail"
+        assert detail.startswith(f"chat uses anthropic (from {config_file()} (strategies.chat)), "
+                                 "which has no API key")
+        assert "no Anthropic API key, so inline uses the ollama adapter" in detail
+        assert "chat uses the ollama adapter" not in detail
 
 
 @pytest.mark.parametrize(("text", "billions"), [("134.52M", 0.13452), ("7.2B", 7.2),

@@ -61,4 +61,7 @@ def test_history_commands() -> None:
     assert missing.returncode == 1
     assert missing.stderr.strip() == ("Error: there is no conversation 1; `homeport history "
                                       "list` shows them")
+    again = homeport("history", "rm", "1")
+    assert again.returncode == 1
+    assert again.stderr == missing.stderr
     assert "no conversations yet" in homeport("history", "list").stdout

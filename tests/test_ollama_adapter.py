@@ -135,3 +135,14 @@ def test_options_from_the_config_file_reach_the_server(fake: FakeOllama,
     assert body["stream"] is True
     assert body["messages"] == [{"role": "system", "content": "S"},
                                 {"role": "user", "content": "hi"}]
+
+
+def test_unset_num_ctx_and_keep_alive_are_left_to_the_server(
+        fake: FakeOllama, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unlike the Neovim configuration (EDITOR_NUM_CTX, EDITOR_KEEP_ALIVE; see test_nvim)."""
+    monkeypatch.setenv("OLLAMA_ENDPOINT", fake.url)
+    write_config('[adapters.ollama]\nmodel = "fake-coder"\n')
+    open_adapter("ollama", ClientSettings()).complete([Message("user", "hi")])
+    body = fake.chat_bodies()[-1]
+    assert "options" not in body
+    assert "keep_alive" not in body

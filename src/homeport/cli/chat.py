@@ -11,7 +11,7 @@ from rich.console import Console
 from homeport.cli.chat_commands import Repl
 from homeport.cli.options import endpoint_option
 from homeport.cli.render import AnswerView
-from homeport.cli.strategy import notify, open_for
+from homeport.cli.strategy import open_for
 from homeport.client.adapters import ADAPTERS, Adapter
 from homeport.client.chat import ChatSession
 from homeport.client.history import Conversation, History
@@ -69,12 +69,12 @@ def chat(adapter: str | None, model: str | None, prompt: str | None, system: str
     with contextlib.ExitStack() as stack:
         history = None if no_history else stack.enter_context(History())
         conversation = _conversation(history, resume, conversation_id)
-        chosen = _adapter(settings, adapter, model, endpoint, conversation)
-        stack.callback(chosen.close)
-        session = ChatSession(chosen, history, conversation, system)
+        session = ChatSession(_adapter(settings, adapter, model, endpoint, conversation),
+                              history, conversation, system)
+        # The adapter in use at the end: /adapter may have replaced (and closed) the first one.
+        stack.callback(lambda: session.adapter.close())
         if prompt is None:
-            Repl(session, settings, endpoint, notify).run()
-            session.adapter.close()  # /adapter may have replaced the one opened here
+            Repl(session, settings, endpoint).run()
         else:
             _one_shot(session, prompt, sys.stdin.read() if piped else "")
 

@@ -16,10 +16,10 @@ from rich.markup import escape
 
 from homeport import config
 from homeport.cli.render import AnswerView
-from homeport.client.adapters import ADAPTERS, open_adapter
+from homeport.cli.strategy import notify, open_for
+from homeport.client.adapters import ADAPTERS
 from homeport.client.chat import ChatSession
 from homeport.client.settings import ClientSettings
-from homeport.config import resolve_endpoint
 from homeport.errors import HomeportError
 
 HELP = """\
@@ -39,12 +39,11 @@ Ctrl-C stops an answer; what arrived is kept.
 
 
 class Repl:
-    def __init__(self, session: ChatSession, settings: ClientSettings, endpoint: str | None,
-                 notify: Callable[[str], None]) -> None:
+    def __init__(self, session: ChatSession, settings: ClientSettings, endpoint: str | None
+                 ) -> None:
         self.session = session
         self.settings = settings
         self.endpoint = endpoint
-        self.notify = notify
         self.console = Console(highlight=False)
         self.commands: dict[str, Callable[[str], None]] = {
             "/adapter": self.adapter, "/model": self.model, "/file": self.file,
@@ -60,7 +59,7 @@ class Repl:
             try:
                 line = prompt.prompt(">>> ")
             except KeyboardInterrupt:
-                self.notify("Use Ctrl-D or /bye to quit.")
+                notify("Use Ctrl-D or /bye to quit.")
                 continue
             except EOFError:
                 return
@@ -98,11 +97,11 @@ class Repl:
             turn.stop()
         kept = turn.commit()
         if turn.stopped:
-            self.notify("(stopped)" if kept else "(stopped before anything arrived; not kept)")
+            notify("(stopped)" if kept else "(stopped before anything arrived; not kept)")
         else:
             usage = turn.usage
-            self.notify(f"{usage.input_tokens} tokens in, {usage.output_tokens} out, "
-                        f"{time.monotonic() - started:.1f} s")
+            notify(f"{usage.input_tokens} tokens in, {usage.output_tokens} out, "
+                   f"{time.monotonic() - started:.1f} s")
 
     def command(self, text: str) -> None:
         name, _, argument = text.partition(" ")
@@ -120,11 +119,7 @@ class Repl:
                 mark = "*" if known == current.name else " "
                 self.console.print(f"{mark} {known}", markup=False)
             return
-        replacement = open_adapter(
-            name, self.settings, strategy="chat",
-            endpoint=resolve_endpoint(self.endpoint) if name == "ollama" else None)
-        for notice in replacement.notices:
-            self.notify(notice)
+        replacement = open_for("chat", self.settings, name, None, self.endpoint)
         current.close()
         self.session.adapter = replacement
         self.console.print(f"now chatting with [bold]{name}[/] ({escape(replacement.model)})")

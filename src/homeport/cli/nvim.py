@@ -11,6 +11,7 @@ from homeport.cli.strategy import notify
 from homeport.client.codecompanion import MARKER, install_path, render
 from homeport.client.settings import ClientSettings
 from homeport.errors import HomeportError
+from homeport.fileio import atomic_write
 
 
 @click.command("nvim")
@@ -35,10 +36,7 @@ def nvim(install: bool, path: Path | None, force: bool, endpoint: str | None) ->
     if target.exists() and not force and not target.read_text(errors="replace").startswith(MARKER):
         raise HomeportError(f"{target} exists and was not written by homeport; use --force to "
                             "replace it, or --path to write elsewhere")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(lua)
-    temporary.replace(target)
+    atomic_write(target, lua.encode())
     click.echo(f"wrote {target}")
     notify("Neovim loads it at startup. If you also call require('codecompanion').setup() "
            "(e.g. lazy.nvim's opts), the later call wins: merge the two or drop yours.")

@@ -111,6 +111,11 @@ class HomeportClient:
 
     def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """POST and yield each NDJSON object; an ``{"error"}`` line becomes a ServerError."""
+        return (item for item, _ in self.stream_sized(path, body))
+
+    def stream_sized(self, path: str, body: dict[str, Any]
+                     ) -> Iterator[tuple[dict[str, Any], int]]:
+        """``stream``, each object with the size in bytes of its line (newline included)."""
         try:
             with self._http.stream("POST", path, json=body) as response:
                 if response.status_code >= 400:
@@ -122,7 +127,7 @@ class HomeportClient:
                     item = json.loads(line)
                     if isinstance(item, dict) and "error" in item:
                         raise ServerError(500, str(item["error"]))
-                    yield item
+                    yield item, len(line.encode()) + 1
         except httpx.TransportError as exc:
             raise ServerUnreachableError(self.endpoint, str(exc) or type(exc).__name__) from None
 

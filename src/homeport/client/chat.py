@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from homeport.client.adapters import Adapter, ChatEvent, Finished, Message, TextDelta, Usage
 from homeport.client.adapters.base import ThinkingDelta
@@ -34,6 +34,11 @@ def fenced(text: str, info: str = "") -> str:
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
     return f"{fence}{info}\n{text.rstrip(chr(10))}\n{fence}"
+
+
+def language(name: str) -> str:
+    """A code block's info string for a file: its extension ("py" for main.py), or ""."""
+    return PurePath(name).suffix.lstrip(".")
 
 
 def read_attachment(path: Path) -> Attachment:
@@ -122,8 +127,8 @@ class ChatSession:
         """Start a turn; attached files go with this question, then are cleared."""
         parts = [text.strip()] if text.strip() else []
         for attachment in self.attachments:
-            suffix = Path(attachment.name).suffix.lstrip(".")
-            parts.append(f"File `{attachment.name}`:\n{fenced(attachment.text, suffix)}")
+            parts.append(f"File `{attachment.name}`:\n"
+                         f"{fenced(attachment.text, language(attachment.name))}")
         self.attachments = []
         return PendingTurn(self, "\n\n".join(parts))
 

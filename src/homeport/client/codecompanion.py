@@ -1,4 +1,4 @@
-"""A CodeCompanion configuration (Lua) that reproduces homeport's adapters and defaults.
+"""A CodeCompanion configuration (Lua) with homeport's adapters, models and strategy defaults.
 
 Adapters ``anthropic``, ``anthropic_opus``, ``anthropic_haiku`` (CodeCompanion's Anthropic adapter
 with homeport's models and key references) and ``ollama`` (its Ollama adapter pointed at the
@@ -6,6 +6,11 @@ server: ``OLLAMA_ENDPOINT`` read at every request, parsed as Ollama parses a hos
 configured default; the bearer token header when a token is configured); the chat and inline
 defaults; ``<leader>cll`` opening a chat with ollama. Secrets appear only as references: the name
 of a variable, or ``cmd:COMMAND``, which CodeCompanion runs itself.
+
+One difference from homeport's own ollama adapter, on purpose: that one sends num_ctx and
+keep_alive only when ``[adapters.ollama]`` sets them (the server's defaults apply otherwise),
+while the editor asks for ``EDITOR_NUM_CTX`` and ``EDITOR_KEEP_ALIVE`` unless they are set:
+buffers and files need a long context, and editing leaves long pauses between requests.
 """
 
 from __future__ import annotations
@@ -20,8 +25,6 @@ from homeport import __version__, config
 from homeport.client.settings import (
     ANTHROPIC_ADAPTERS,
     ANTHROPIC_URL,
-    DEFAULT_KEEP_ALIVE,
-    DEFAULT_NUM_CTX,
     STRATEGIES,
     ClientSettings,
     StrategyName,
@@ -30,6 +33,9 @@ from homeport.client.settings import (
 MARKER = "-- homeport: CodeCompanion configuration"
 FILE_NAME = "homeport-codecompanion.lua"
 KEYMAP = "<leader>cll"
+# The ollama adapter's num_ctx and keep_alive in the editor, unless [adapters.ollama] sets them.
+EDITOR_NUM_CTX = 16384
+EDITOR_KEEP_ALIVE = "30m"
 
 
 def lua_string(value: str) -> str:
@@ -65,9 +71,9 @@ def _token_reference(settings: ClientSettings) -> str | None:
 def _adapter(settings: ClientSettings, strategy: StrategyName) -> str:
     """A strategy's adapter as CodeCompanion takes it: a name, or a name and a model."""
     adapter = settings.adapter_for(strategy).value
-    model = settings.model_for(strategy, adapter)
-    if model.source.endswith(f"(strategies.{strategy}.model)"):
-        return f"{{ name = {lua_string(adapter)}, model = {lua_string(model.value)} }}"
+    model = settings.strategy_model(strategy, adapter)
+    if model is not None:
+        return f"{{ name = {lua_string(adapter)}, model = {lua_string(model)} }}"
     return lua_string(adapter)
 
 
@@ -87,8 +93,8 @@ def render(settings: ClientSettings, explicit_endpoint: str | None = None) -> st
     interactions = "\n".join(f"  {strategy} = {{ adapter = {_adapter(settings, strategy)} }},"
                              for strategy in STRATEGIES)
     chat_default = _adapter(settings, "chat")
-    num_ctx = settings.option("ollama", "num_ctx", DEFAULT_NUM_CTX).value
-    keep_alive = settings.option("ollama", "keep_alive", DEFAULT_KEEP_ALIVE).value
+    num_ctx = settings.option("ollama", "num_ctx", EDITOR_NUM_CTX).value
+    keep_alive = settings.option("ollama", "keep_alive", EDITOR_KEEP_ALIVE).value
     return TEMPLATE.format(
         marker=MARKER, version=__version__, default_url=lua_string(default_url),
         anthropic="\n".join(anthropic), ollama_env=ollama_env, auth=auth,
@@ -211,6 +217,8 @@ codecompanion.setup({{
         return require("codecompanion.adapters").extend("ollama", {{
           env = {{ {ollama_env} }},
           headers = {{ ["Content-Type"] = "application/json",{auth} }},
+          -- num_ctx and keep_alive: [adapters.ollama] in homeport's config.toml, else defaults
+          -- for editing (`homeport chat` leaves those that are not set to the server).
           schema = {{
             model = {{ default = ollama_model({model}) }},
             num_ctx = {{ default = {num_ctx} }},

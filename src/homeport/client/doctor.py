@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from homeport import config
-from homeport.client.adapters.ollama import same_model
+from homeport.client.adapters.ollama import pick_model
 from homeport.client.api import HomeportClient, ServerError, ServerUnreachableError
 from homeport.client.settings import ANTHROPIC_ADAPTERS, STRATEGIES, ClientSettings
 from homeport.errors import ConfigError, HomeportError
@@ -155,33 +155,47 @@ def _server_checks(report: Report, client: HomeportClient) -> list[dict[str, Any
 
 def _default_model(report: Report, settings: ClientSettings, models: list[dict[str, Any]]
                    ) -> str:
-    if not models:
-        return ""
     wanted = settings.model("ollama")
-    for model in models:
-        if same_model(model["name"], wanted.value):
-            report.add("ollama model", "ok", f"{model['name']} (from {wanted.source})")
-            return str(model["name"])
-    chosen = str(models[0]["name"])
+    chosen, found = pick_model([str(model["name"]) for model in models], wanted.value)
+    if not chosen:
+        return ""
+    if found:
+        report.add("ollama model", "ok", f"{chosen} (from {wanted.source})")
+        return chosen
     report.add("ollama model", "warn", f"{wanted.value} (from {wanted.source}) is not on the "
                f"server; {chosen} is used instead (set model under [adapters.ollama])")
     return chosen
 
 
 def _anthropic_check(report: Report, settings: ClientSettings) -> None:
-    uses = [s for s in STRATEGIES if settings.adapter_for(s).value in ANTHROPIC_ADAPTERS]
+    """What each strategy's adapter will be, as ``chat`` and ``edit`` decide it, and its key."""
+    keys: dict[str, str] = {}  # an Anthropic adapter in use -> where its key comes from
+    fallbacks: list[str] = []
+    missing: list[str] = []
     try:
-        key = settings.anthropic_key("anthropic")
+        for strategy in STRATEGIES:
+            chosen, notice = settings.effective_adapter(strategy)
+            if notice:
+                fallbacks.append(notice)
+            if chosen.value not in ANTHROPIC_ADAPTERS or chosen.value in keys:
+                continue
+            key = settings.anthropic_key(chosen.value)
+            if key.value:
+                keys[chosen.value] = key.source
+            else:  # chosen in the config file, so it never gives way to ollama
+                missing.append(f"{strategy} uses {chosen.value} (from {chosen.source}), which has "
+                               "no API key: set ANTHROPIC_API_KEY or api_key under "
+                               f"[adapters.{chosen.value}]")
     except ConfigError as exc:
         report.add("anthropic", "fail", exc.message)
         return
-    if key.value:
-        report.add("anthropic", "ok", f"API key set (from {key.source})")
-    elif uses:
-        report.add("anthropic", "warn", f"no ANTHROPIC_API_KEY: {' and '.join(uses)} use the "
-                                        "ollama adapter until one is set")
+    found = [f"{name} API key set (from {source})" for name, source in keys.items()]
+    if missing:
+        report.add("anthropic", "fail", "; ".join([*missing, *fallbacks, *found]))
+    elif fallbacks:
+        report.add("anthropic", "warn", "; ".join([*fallbacks, *found]))
     else:
-        report.add("anthropic", "ok", "not used")
+        report.add("anthropic", "ok", "; ".join(found) or "not used")
 
 
 def measure_network(client: HomeportClient, model: str) -> Network:
@@ -199,13 +213,14 @@ def measure_network(client: HomeportClient, model: str) -> Network:
     sizes: list[int] = []
     final: dict[str, Any] = {}
     started = time.perf_counter()
-    for chunk in client.chat(model, [{"role": "user", "content": PROBE_PROMPT}],
-                             options={"temperature": 0, "num_predict": PROBE_TOKENS}):
+    for chunk, line_bytes in client.stream_sized("/api/chat", {
+            "model": model, "messages": [{"role": "user", "content": PROBE_PROMPT}],
+            "stream": True, "options": {"temperature": 0, "num_predict": PROBE_TOKENS}}):
         if chunk.get("done"):
             final = chunk
         elif chunk.get("message", {}).get("content"):
             arrivals.append(time.perf_counter())
-            sizes.append(len(str(chunk)) + 1)
+            sizes.append(line_bytes)
     network.model = model
     if final.get("eval_duration") and final.get("eval_count"):
         network.server_tps = final["eval_count"] / final["eval_duration"] * 1e9

@@ -1,21 +1,19 @@
 """A file being edited: its target range, what it held when read, and a safe write.
 
-The write is atomic (a temporary file in the same folder, flushed, then renamed over the file,
-keeping its permissions) after a backup of the original; it is refused if the file changed on
-disk since it was read, so an edit never overwrites work done meanwhile.
+The write is atomic (``homeport.fileio.atomic_write``, keeping the file's permissions) after a
+backup of the original; it is refused if the file changed on disk since it was read, so an edit
+never overwrites work done meanwhile.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from homeport.errors import HomeportError
+from homeport.fileio import atomic_write
 
 _RANGE = re.compile(r"^(?P<path>.+):(?P<start>\d+)(?:-(?P<end>\d+))?$")
 BACKUP_SUFFIX = ".bak"
@@ -72,7 +70,7 @@ class EditFile:
             now = self.path.read_bytes()
         except OSError:
             return True
-        return hashlib.sha256(now).digest() != hashlib.sha256(self.data).digest()
+        return now != self.data
 
     def write(self, text: str) -> Path:
         """Back up the original, then replace the file atomically; returns the backup's path."""
@@ -81,16 +79,5 @@ class EditFile:
                                 "nothing was written: run the edit again")
         backup = self.path.with_name(self.path.name + BACKUP_SUFFIX)
         shutil.copy2(self.path, backup)
-        mode = self.path.stat().st_mode
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(text.encode("utf-8"))
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(temporary, mode & 0o7777)
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, text.encode("utf-8"), mode=self.path.stat().st_mode)
         return backup

@@ -94,10 +94,9 @@ def _locate(lines: list[str], search: list[str], number: int, total: int
             ) -> tuple[int, int, str]:
     """(first line, number of lines, how) of the one place ``search`` stands for."""
     size = len(search)
-    starts = range(len(lines) - size + 1)
-    exact = [i for i in starts if lines[i:i + size] == search]
-    loose = [i for i in starts if _squash(lines[i:i + size]) == _squash(search)]
-    for found, how in ((exact, "exact"), (loose, "whitespace")):
+    squashed, wanted = _squash(lines), _squash(search)
+    for how, text, target in (("exact", lines, search), ("whitespace", squashed, wanted)):
+        found = [i for i in range(len(lines) - size + 1) if text[i:i + size] == target]
         if len(found) == 1:
             return found[0], size, how
         if len(found) > 1:
@@ -105,7 +104,8 @@ def _locate(lines: list[str], search: list[str], number: int, total: int
             raise EditError(f"{_which(number, total)} matches {len(found)} places (lines "
                             f"{places}); nothing was changed: ask again with a smaller region")
     # A model may drop or add a line of what it copies: try runs one line shorter and longer.
-    scores = sorted(((_likeness(lines[i:i + length], search), i, length)
+    matcher = difflib.SequenceMatcher(None, "", "\n".join(wanted), autojunk=False)
+    scores = sorted(((_likeness(matcher, squashed[i:i + length]), i, length)
                      for length in {max(1, size - 1), size, size + 1}
                      for i in range(len(lines) - length + 1)), reverse=True)
     if scores:
@@ -137,9 +137,10 @@ def _squash(lines: list[str]) -> list[str]:
     return [" ".join(line.split()) for line in lines]
 
 
-def _likeness(a: list[str], b: list[str]) -> float:
-    left, right = "\n".join(_squash(a)), "\n".join(_squash(b))
-    matcher = difflib.SequenceMatcher(None, left, right, autojunk=False)
+def _likeness(matcher: difflib.SequenceMatcher[str], squashed: list[str]) -> float:
+    """How alike (0..1) ``squashed`` lines are to the squashed search lines in ``matcher``, which
+    keeps what it learnt of them between calls."""
+    matcher.set_seq1("\n".join(squashed))
     if matcher.real_quick_ratio() < FUZZY_THRESHOLD / 2:
         return matcher.real_quick_ratio() / 2  # cheap and far below anything that counts
     return matcher.ratio()

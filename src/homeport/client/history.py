@@ -158,9 +158,11 @@ class History:
         return kept
 
     def delete(self, conversation_id: int) -> None:
-        self.load(conversation_id)  # a clear error when it does not exist
         with self._transaction() as db:
-            db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+            deleted = db.execute("DELETE FROM conversations WHERE id = ?",
+                                 (conversation_id,)).rowcount
+        if not deleted:
+            raise _no_conversation(conversation_id)
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -173,8 +175,7 @@ class History:
         row = self._db.execute("SELECT * FROM conversations WHERE id = ?",
                                (conversation_id,)).fetchone()
         if row is None:
-            raise HistoryError(f"there is no conversation {conversation_id}; "
-                               "`homeport history list` shows them")
+            raise _no_conversation(conversation_id)
         conversation = _conversation(row)
         conversation.turns = [
             Turn(turn["user"], turn["answer"], turn["adapter"], turn["model"],
@@ -202,6 +203,11 @@ class History:
             "ORDER BY t.id DESC LIMIT ?2", (pattern, limit))
         return [SearchHit(row["conversation_id"], row["title"], row["created_at"],
                           _snippet(row["user"] + "\n" + row["answer"], text)) for row in rows]
+
+
+def _no_conversation(conversation_id: int) -> HistoryError:
+    return HistoryError(f"there is no conversation {conversation_id}; "
+                        "`homeport history list` shows them")
 
 
 def _conversation(row: sqlite3.Row, turn_count: int = 0) -> Conversation:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePath
 
 from homeport.client.adapters import Adapter, Message
-from homeport.client.chat import fenced
+from homeport.client.chat import fenced, language
 from homeport.client.edits import EditError, apply_blocks, parse_blocks
 
 WHOLE_REGION_LINES = 40  # up to this many lines, ask for the region whole
@@ -47,10 +46,6 @@ _FENCE = re.compile(r"^(`{3,}|~{3,})[^\n]*\n(.*?)^\1[ \t]*$", re.DOTALL | re.MUL
 class Outcome:
     text: str
     notes: list[str] = field(default_factory=list)
-
-
-def language(name: str) -> str:
-    return PurePath(name).suffix.lstrip(".")
 
 
 def request(lines: list[str], start: int, end: int, instruction: str, name: str

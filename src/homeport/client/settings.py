@@ -42,8 +42,6 @@ DEFAULT_MODELS = {
     "ollama": "mistral",
 }
 DEFAULT_ADAPTER = "anthropic_haiku"
-DEFAULT_NUM_CTX = 16384
-DEFAULT_KEEP_ALIVE = "30m"
 DEFAULT_MAX_TOKENS = 4096
 ANTHROPIC_URL = "https://api.anthropic.com"
 
@@ -120,6 +118,7 @@ class ClientSettings:
             message = str(problem["msg"]).removeprefix("Value error, ")
             raise ConfigError(f"{config.config_file()}: {where}: {message}") from None
         self._where = str(config.config_file())
+        self._token_reference = raw.get("token")
         for name, section in self._file.adapters.items():
             wrong = ANTHROPIC_ONLY if name == "ollama" else OLLAMA_ONLY
             for key in wrong:
@@ -158,11 +157,18 @@ class ClientSettings:
             return Sourced("ollama", f"default ({chosen.value} without an Anthropic key)"), notice
         return chosen, None
 
-    def model_for(self, strategy: StrategyName, adapter: str) -> Sourced:
-        """The strategy's model when it names one for this adapter, else the adapter's model."""
+    def strategy_model(self, strategy: StrategyName, adapter: str) -> str | None:
+        """The model the strategy names for this adapter, if it names one."""
         chosen = self._file.strategies.get(strategy)
         if chosen is not None and chosen.model and (chosen.adapter in (None, adapter)):
-            return Sourced(chosen.model, f"{self._where} (strategies.{strategy}.model)")
+            return chosen.model
+        return None
+
+    def model_for(self, strategy: StrategyName, adapter: str) -> Sourced:
+        """The strategy's model when it names one for this adapter, else the adapter's model."""
+        named = self.strategy_model(strategy, adapter)
+        if named is not None:
+            return Sourced(named, f"{self._where} (strategies.{strategy}.model)")
         return self.model(adapter)
 
     def model(self, adapter: str) -> Sourced:
@@ -199,7 +205,7 @@ class ClientSettings:
 
     def explicit_token_reference(self) -> str | None:
         """The config file's token reference, for generated editor configs (never the token)."""
-        reference = config.read_config_file().get("token")
+        reference = self._token_reference
         return check_reference(reference, f"`token` in {self._where}") if reference else None
 
 

@@ -39,6 +39,15 @@ def same_model(a: str, b: str) -> bool:
     return normal(a) == normal(b)
 
 
+def pick_model(available: list[str], wanted: str) -> tuple[str, bool]:
+    """(the model to use, whether it is ``wanted``): the server's name for ``wanted``, else the
+    newest model it has (``/api/tags`` lists the newest first), else "" when it has none."""
+    for name in available:
+        if same_model(name, wanted):
+            return name, True
+    return (available[0] if available else ""), False
+
+
 class OllamaAdapter(Adapter):
     name = "ollama"
 
@@ -62,15 +71,14 @@ class OllamaAdapter(Adapter):
 
     def _choose(self, model: str, explicit: bool) -> str:
         available = self.models()
-        for name in available:
-            if same_model(name, model):
-                return name
+        chosen, found = pick_model(available, model)
+        if found:
+            return chosen
         if explicit:
             raise self._missing(model, available)
-        if not available:
+        if not chosen:
             raise AdapterError(f"the server at {self.where} has no models; pull one with "
                                f"`homeport pull {model}`")
-        chosen = available[0]  # /api/tags lists the newest first
         self.notices.append(
             f"model '{model}' is not on the server at {self.endpoint.url}; using '{chosen}' "
             f"(set model under [adapters.ollama] in {config_file()})")
