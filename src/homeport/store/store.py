@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from homeport.errors import BadRequestError, InvalidModelFileError, ModelNotFoundError, StorageError
+from homeport.fileio import atomic_write
 from homeport.store import manifests as mf
 from homeport.store.bundled import BundledModel
 from homeport.store.digests import blob_path, normalize_digest, sha256_bytes
@@ -50,21 +49,6 @@ class StoreRoot:
     @property
     def blobs(self) -> Path:
         return self.path / "blobs"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, rename it over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ModelStore:
