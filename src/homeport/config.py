@@ -218,6 +218,10 @@ EXTRA_STORES: Setting[tuple[Path, ...]] = _register(Setting(
     "Other Ollama stores to serve read-only, separated by ':' "
     "(default ~/.ollama/models and /usr/share/ollama/.ollama/models)",
 ))
+NOPRUNE = _register(Setting(
+    ("HOMEPORT_NOPRUNE", "OLLAMA_NOPRUNE"), False, _boolean,
+    "Keep unused layers and stale partial downloads when the server starts (default: remove them)",
+))
 PULL_CONNECTIONS = _register(Setting(
     ("HOMEPORT_PULL_CONNECTIONS",), 8, _positive_int,
     "Parallel ranged requests per blob while pulling a model (default 8)",

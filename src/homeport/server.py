@@ -19,6 +19,7 @@ from homeport.net.gate import Gate
 from homeport.net.guard import Guard
 from homeport.net.policy import Policy
 from homeport.net.tokens import TokenChecker, TokenStore
+from homeport.store.prune import prune
 from homeport.store.store import open_store
 
 log = logging.getLogger("homeport")
@@ -53,6 +54,8 @@ def engine_settings() -> EngineSettings:
 
 def build_parts() -> AppParts:
     store = open_store()
+    if not config.NOPRUNE.get():
+        prune(store)
     return AppParts(store=store, engine=Engine(engine_settings()),
                     max_body_bytes=config.MAX_BODY_BYTES.get())
 

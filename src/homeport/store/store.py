@@ -51,6 +51,10 @@ class StoreRoot:
         return self.path / "blobs"
 
 
+class UnreadableManifestError(Exception):
+    pass
+
+
 class ModelStore:
     """Lists, resolves, copies and deletes models across the writable and read-only roots."""
 
@@ -280,14 +284,31 @@ class ModelStore:
             _prune_empty_dirs(path.parent, self.primary.manifests)
             self.remove_layers(digests)
 
-    def used_digests(self) -> set[str]:
+    def used_digests(self, strict: bool = False) -> set[str]:
+        """Every digest the writable root's manifests use. An unreadable manifest is skipped, or,
+        when ``strict``, raises UnreadableManifestError (then no layer may be called unused)."""
         used: set[str] = set()
-        for _, path, _ in self._iter_manifests([self.primary]):
+        for name, path, _ in self._iter_manifests([self.primary]):
             try:
                 used |= mf.parse_manifest(path.read_bytes()).digests()
-            except BadRequestError:
-                continue
+            except (BadRequestError, OSError) as exc:
+                if strict:
+                    raise UnreadableManifestError(
+                        f"the manifest of {name.display} ({path}) cannot be read: {exc}") from None
+                if isinstance(exc, OSError):
+                    raise
         return used
+
+    def held_digests(self) -> set[str]:
+        """The digests a pull or create in progress holds (see ``hold``)."""
+        with self._lock:
+            return set(self._held)
+
+    @contextlib.contextmanager
+    def changes(self) -> Iterator[None]:
+        """Hold off every other change to the store (lookups, writes, removals) meanwhile."""
+        with self._lock:
+            yield
 
     def remove_layers(self, candidates: Iterable[str]) -> list[str]:
         """Delete the blobs among ``candidates`` that no manifest uses and no pull or create holds."""
