@@ -25,6 +25,7 @@ from homeport.store.modelfile import ModelfileError, parse_modelfile
 from homeport.store.names import parse_name
 from homeport.store.netpolicy import check_realm, check_redirect, is_public_address
 from homeport.store.record import ModelRecord, is_jinja_template
+from homeport.store.registry import RegistryClient
 from homeport.store.store import ModelStore
 from tests.support.gguf_files import gguf_bytes, write_tiny_llama
 
@@ -174,6 +175,30 @@ def test_redirect_policy(target: str, blob: bool, allowed: bool) -> None:
     else:
         with pytest.raises(RegistryRefusedError):
             asyncio.run(check)
+
+
+def test_connections_check_the_address_they_connect_to() -> None:
+    """The connection-time half of the redirect rule, through the registry client's own httpx
+    client: a storage host whose name resolves to loopback (what DNS rebinding would answer
+    after the redirect was checked) gets no connection; the registry itself, on loopback, does."""
+    accepted: list[object] = []
+
+    async def scenario() -> None:
+        listener = await asyncio.start_server(lambda r, w: (accepted.append(r), w.close()),
+                                              "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        async with RegistryClient(parse_name(f"127.0.0.1:{port}/library/tiny"),
+                                  insecure=True) as client:
+            with pytest.raises(RegistryRefusedError, match="now resolves to"):
+                await client._http.get(f"http://localhost:{port}/blob")
+            assert accepted == []
+            with pytest.raises(httpx.RemoteProtocolError):  # connected; the listener hung up
+                await client._http.get(f"http://127.0.0.1:{port}/v2/")
+        listener.close()
+        await listener.wait_closed()
+
+    asyncio.run(scenario())
+    assert len(accepted) == 1
 
 
 def test_realm_policy() -> None:

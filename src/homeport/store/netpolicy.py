@@ -8,6 +8,11 @@ Two rules, each the fix for a published Ollama CVE:
   (CVE-2026-5530). An https registry may not redirect to plain http unless the pull is insecure.
 * A Bearer token is fetched only from a realm on the registry's own host and port, so a challenge
   cannot send homeport's request (and any credentials) elsewhere (CVE-2025-51471).
+
+The redirect rule is checked twice: on the redirect (for a clear refusal), and again where the
+connection is made (``VettedBackend``), which resolves the name itself and connects to the address
+it checked, so a name that answers "public" once and "loopback" the next time (DNS rebinding)
+gets no connection. (Through an HTTP proxy from the environment, the proxy resolves names.)
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Iterable
 
+import httpcore
 import httpx
 
 from homeport.errors import RegistryRefusedError
@@ -103,3 +110,54 @@ def check_realm(registry: httpx.URL, realm: str, insecure: bool) -> httpx.URL:
     if url.scheme == "http" and not insecure:
         raise RegistryRefusedError("refused to fetch a token over plain http; pull with insecure")
     return url
+
+
+class VettedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's connections for one registry: to its own host and port, as resolved; to any
+    other host, only to one of its addresses, all of which must be public."""
+
+    def __init__(self, registry: httpx.URL) -> None:
+        self._registry = (registry.host.lower(), _port(registry))
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+                          ) -> httpcore.AsyncNetworkStream:
+        if (host.lower(), port) == self._registry:
+            return await self._inner.connect_tcp(host, port, timeout, local_address,
+                                                 socket_options)
+        addresses = await host_addresses(host)
+        for address in addresses:
+            if not is_public_address(address):
+                raise RegistryRefusedError(
+                    f"refused to connect to {host}:{port}: it now resolves to {address}, a "
+                    "loopback, link-local or private address")
+        failure: Exception = httpcore.ConnectError(f"{host} has no address")
+        for address in addresses:  # the checked addresses themselves, never the name again
+            try:
+                return await self._inner.connect_tcp(str(address), port, timeout, local_address,
+                                                     socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        raise failure
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+                                  ) -> httpcore.AsyncNetworkStream:
+        raise RegistryRefusedError("a pull never connects to a Unix socket")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def vetted_transport(registry: httpx.URL, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    """httpx's transport whose every connection goes through ``VettedBackend``."""
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    # httpx has no parameter for the network backend, while httpcore's pool has a public one:
+    # the transport gets a pool built the same way, with that backend.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry, network_backend=VettedBackend(registry))
+    return transport

@@ -25,7 +25,7 @@ from homeport.errors import NotFoundError, RegistryError, RegistryRefusedError
 from homeport.store.digests import short_digest
 from homeport.store.manifests import MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES
 from homeport.store.names import ModelName
-from homeport.store.netpolicy import check_realm, check_redirect, same_origin
+from homeport.store.netpolicy import check_realm, check_redirect, same_origin, vetted_transport
 
 OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 MAX_TOKEN_BYTES = 64 * 1024
@@ -66,7 +66,7 @@ class RegistryClient:
         self._token: str | None = None
         self._http = httpx.AsyncClient(
             timeout=TIMEOUT, follow_redirects=False,
-            limits=httpx.Limits(max_connections=connections + 2),
+            transport=vetted_transport(self.base, httpx.Limits(max_connections=connections + 2)),
             headers={"User-Agent": f"homeport/{__version__} (ollama compatible)",
                      "Accept-Encoding": "identity"},
         )
