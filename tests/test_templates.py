@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +32,13 @@ THINKING_TEMPLATE = (
 ESCAPING_TEMPLATE = (
     "{{ self.__init__.__globals__.__builtins__.__import__('os').system('touch CANARY') }}"
     "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+)
+ENDLESS_TEMPLATE = (  # 10^10 steps: hours of CPU, and no output to notice it by
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+)
+BLOATING_TEMPLATE = (  # doubles a string 40 times: a terabyte
+    "{% set ns = namespace(text='homeport') %}{% for i in range(40) %}"
+    "{% set ns.text = ns.text ~ ns.text %}{% endfor %}{{ ns.text }}"
 )
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city",
@@ -61,6 +70,10 @@ def variants(tmp_path_factory: pytest.TempPathFactory, canary: Path) -> Iterator
                   gguf_with_template(files / "k.gguf", THINKING_TEMPLATE))
     install_model(models, "escaper:latest", gguf_with_template(
         files / "e.gguf", ESCAPING_TEMPLATE.replace("CANARY", str(canary))))
+    install_model(models, "endless:latest",
+                  gguf_with_template(files / "n.gguf", ENDLESS_TEMPLATE))
+    install_model(models, "bloating:latest",
+                  gguf_with_template(files / "b.gguf", BLOATING_TEMPLATE))
     with ServerProcess(home, env={"HOMEPORT_CONTEXT_LENGTH": "1024",
                                   "HOMEPORT_NUM_PARALLEL": "2"}) as process:
         yield process
@@ -136,6 +149,42 @@ def test_a_template_reaching_python_internals_is_refused(variants: ServerProcess
     assert reply.status_code == 400
     assert "chat template" in reply.json()["error"]
     assert not canary.exists()
+    healthy = httpx.post(f"{variants.url}/api/chat", timeout=60, json={
+        "model": "tooly", "stream": False, "options": OPTIONS,
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert healthy.status_code == 200
+
+
+def test_a_template_that_never_ends_is_stopped_while_the_server_goes_on(
+        variants: ServerProcess) -> None:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        endless = pool.submit(httpx.post, f"{variants.url}/api/chat", timeout=60, json={
+            "model": "endless", "messages": [{"role": "user", "content": "hi"}]})
+        time.sleep(0.5)
+        # While that template renders, the server answers, and a prompt that needs no
+        # template runs to the end.
+        assert httpx.get(f"{variants.url}/api/tags", timeout=2).status_code == 200
+        raw = httpx.post(f"{variants.url}/api/generate", timeout=30, json={
+            "model": "tooly", "prompt": "Once upon a time", "raw": True, "stream": False,
+            "options": OPTIONS})
+        assert raw.status_code == 200
+        assert not endless.done()
+        reply = endless.result()
+    assert reply.status_code == 400
+    assert "took longer than 5s" in reply.json()["error"]
+    assert time.monotonic() - started < 30
+    healthy = httpx.post(f"{variants.url}/api/chat", timeout=60, json={
+        "model": "tooly", "stream": False, "options": OPTIONS,
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert healthy.status_code == 200
+
+
+def test_a_template_that_fills_memory_is_stopped(variants: ServerProcess) -> None:
+    reply = httpx.post(f"{variants.url}/api/chat", timeout=60, json={
+        "model": "bloating", "messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 400
+    assert "MiB" in reply.json()["error"]
     healthy = httpx.post(f"{variants.url}/api/chat", timeout=60, json={
         "model": "tooly", "stream": False, "options": OPTIONS,
         "messages": [{"role": "user", "content": "hi"}]})

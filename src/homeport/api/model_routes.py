@@ -24,7 +24,6 @@ from homeport.api.body import read_json
 from homeport.api.common import check_model, resolve_model, state_of
 from homeport.api.streaming import NDJSON, StreamResponse, cancel_on_disconnect, ndjson_line
 from homeport.engine.options import ModelOptions, apply_options
-from homeport.engine.templates import render_chat
 from homeport.errors import BadRequestError, HomeportError, UnsupportedError
 from homeport.store.create import CreateSpec, create_model
 from homeport.store.digests import normalize_digest
@@ -115,9 +114,6 @@ def _create_spec(body: schemas.CreateRequest) -> CreateSpec:
     model = body.model or body.name
     if not model:
         raise BadRequestError("model is required")
-    if body.template and is_jinja_template(body.template):
-        # A Jinja TEMPLATE replaces the GGUF's; refuse one that cannot compile or render.
-        render_chat(body.template, [{"role": "user", "content": "hello"}])
     if body.parameters:
         apply_options(ModelOptions(), body.parameters)  # wrong types are a 400 now, not at chat
     license_ = [body.license] if isinstance(body.license, str) else body.license
@@ -140,6 +136,10 @@ async def create(request: Request) -> Response:
     check_model(request, spec.model)
     if spec.from_ and is_valid_name(spec.from_):
         check_model(request, spec.from_)  # no new name for a model outside the caller's globs
+    if spec.template and is_jinja_template(spec.template):
+        # A Jinja TEMPLATE replaces the GGUF's; refuse one that cannot compile or render.
+        await asyncio.to_thread(state.engine.templates.render, spec.template,
+                                [{"role": "user", "content": "hello"}])
     lines = await asyncio.to_thread(lambda: list(create_model(state.store, spec)))
     if body.stream is False:
         return JSONResponse({"status": "success"})

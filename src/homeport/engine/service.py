@@ -22,7 +22,8 @@ from homeport.engine.options import ModelOptions, resolve_options
 from homeport.engine.parsing import Delta, OutputParser, ToolCall
 from homeport.engine.scheduler import EmbeddingJob, Failed, Finished, Job, TextChunk
 from homeport.engine.scheduler import Event as SchedulerEvent
-from homeport.engine.templates import render_chat, template_features
+from homeport.engine.template_process import TemplateRenderer
+from homeport.engine.templates import template_features
 from homeport.errors import BadRequestError, HomeportError, InvalidOptionError, UnsupportedError
 from homeport.store import ModelRecord
 
@@ -203,12 +204,17 @@ class Engine:
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self.manager = ModelManager(settings.manager)
+        self.templates = TemplateRenderer()
 
     async def start(self) -> None:
+        await asyncio.to_thread(self.templates.start)
         await self.manager.start()
 
     async def close(self) -> None:
-        await self.manager.close()
+        try:
+            await self.manager.close()
+        finally:
+            self.templates.close()
 
     def _context_settings(self, options: ModelOptions) -> ContextSettings:
         return ContextSettings(
@@ -260,8 +266,10 @@ class Engine:
         runner, load_seconds = await self.manager.acquire(
             record, self._context_settings(options), request.keep_alive)
         try:
-            prompt_text, in_thinking = self._prompt_text(runner, request, features.thinking)
-            tokens = self._tokens(runner, request, prompt_text, options)
+            # Off the event loop: a long prompt takes a while to tokenize, and the template
+            # renders in its own process, which may take up to its time limit.
+            tokens, in_thinking = await asyncio.to_thread(
+                self._prompt_tokens, runner, request, features.thinking, options)
             queue: asyncio.Queue[SchedulerEvent] = asyncio.Queue()
             job = Job(
                 prompt=tokens,
@@ -284,6 +292,12 @@ class Engine:
         return Generation(self, runner, job, parser, queue, request, started, load_seconds,
                           show_thinking=request.think is not False)
 
+    def _prompt_tokens(self, runner: Runner, request: GenerationInput, thinking_capable: bool,
+                       options: ModelOptions) -> tuple[list[int], bool]:
+        """The prompt's tokens, and whether it leaves the model inside a <think> block."""
+        text, in_thinking = self._prompt_text(runner, request, thinking_capable)
+        return self._tokens(runner, request, text, options), in_thinking
+
     def _prompt_text(self, runner: Runner, request: GenerationInput,
                      thinking_capable: bool) -> tuple[str, bool]:
         """The rendered prompt, and whether it leaves the model inside a <think> block."""
@@ -301,7 +315,7 @@ class Engine:
         if system and not any(message.role == "system" for message in messages):
             messages.insert(0, ChatMessage("system", system))
         model = runner.model
-        text = render_chat(
+        text = self.templates.render(
             record.chat_template,
             [message.for_template() for message in messages],
             tools=request.tools,
