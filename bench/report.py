@@ -86,8 +86,10 @@ def concurrency_table(report: BenchReport) -> Table:
 
 
 def chat_table(report: BenchReport) -> Table:
-    table = Table(title="3. Growing chat: time to first token per turn (ms)")
-    turns = max((len(peer.chat.turns) for peer in report.peers if peer.chat), default=0)
+    rounds = max((len(peer.chat.conversations) for peer in report.peers if peer.chat), default=0)
+    table = Table(title="3. Growing chat: time to first token per turn (ms, median of "
+                        f"{rounds} conversations)")
+    turns = max((peer.chat.turns for peer in report.peers if peer.chat), default=0)
     table.add_column("")
     for turn in range(1, turns + 1):
         table.add_column(str(turn), justify="right")
@@ -96,9 +98,9 @@ def chat_table(report: BenchReport) -> Table:
     for peer in report.peers:
         if peer.chat is None:
             continue
-        cells = [_ms(turn.ttft_s) for turn in peer.chat.turns]
+        cells = [_ms(peer.chat.ttft_s(turn)) for turn in range(peer.chat.turns)]
         cells += [""] * (turns - len(cells))
-        last = peer.chat.turns[-1] if peer.chat.turns else None
+        last = peer.chat.last
         table.add_row(peer.name, *cells, _times(peer.chat.growth),
                       f"{_count(last.prompt_tokens)} / {_count(last.prompt_evaluated)}"
                       if last else "-")
@@ -196,12 +198,13 @@ def write_chart(report: BenchReport, path: Path) -> None:
 
     for peer in report.peers:
         if peer.chat and peer.chat.turns:
-            chat.plot(range(1, len(peer.chat.turns) + 1),
-                      [(turn.ttft_s or 0) * 1000 for turn in peer.chat.turns], marker="o",
+            chat.plot(range(1, peer.chat.turns + 1),
+                      [(peer.chat.ttft_s(turn) or 0) * 1000 for turn in range(peer.chat.turns)],
+                      marker="o",
                       label=peer.name, color=colors[peer.name])
     chat.set_title("Growing chat: time to first token per turn (ms)")
     chat.set_xlabel("turn")
-    turns = max((len(peer.chat.turns) for peer in report.peers if peer.chat), default=0)
+    turns = max((peer.chat.turns for peer in report.peers if peer.chat), default=0)
     chat.set_xticks(range(1, turns + 1))
 
     for axis in (aggregate, p95, chat):

@@ -135,16 +135,34 @@ class ConcurrencyLevel:
 
 @dataclass(frozen=True)
 class ChatRun:
-    """Workload 3: one conversation whose history grows turn by turn."""
+    """Workload 3: conversations whose history grows turn by turn, each on its own subject (so
+    no first turn is a prompt seen before); per turn, the median over the conversations."""
 
-    turns: list[StreamSummary]
+    conversations: list[list[StreamSummary]]
+
+    @property
+    def turns(self) -> int:
+        return max((len(turns) for turns in self.conversations), default=0)
+
+    @property
+    def runs(self) -> list[StreamSummary]:
+        return [turn for turns in self.conversations for turn in turns]
+
+    def ttft_s(self, turn: int) -> float | None:
+        """The median time to first token of turn ``turn`` (from 0) over the conversations."""
+        return _median([turns[turn].ttft_s for turns in self.conversations if len(turns) > turn])
+
+    @property
+    def last(self) -> StreamSummary | None:
+        """The last turn of the first conversation: its prompt size and what was evaluated."""
+        return self.conversations[0][-1] if self.conversations and self.conversations[0] else None
 
     @property
     def growth(self) -> float | None:
-        """Last turn's time to first token over the first turn's."""
-        if len(self.turns) < 2:
+        """Last turn's (median) time to first token over the first turn's."""
+        if self.turns < 2:
             return None
-        first, last = self.turns[0].ttft_s, self.turns[-1].ttft_s
+        first, last = self.ttft_s(0), self.ttft_s(self.turns - 1)
         return last / first if first and last is not None else None
 
 
@@ -174,7 +192,7 @@ class PeerResult:
         """The distinct errors of every stream, in order of first appearance."""
         runs = [run for level in self.levels for run in level.runs]
         runs += self.single.runs if self.single else []
-        runs += self.chat.turns if self.chat else []
+        runs += self.chat.runs if self.chat else []
         return list(dict.fromkeys(run.error for run in runs if run.error))
 
 
@@ -249,7 +267,7 @@ def targets(report: BenchReport, name: str) -> list[Target]:
                          ("streams failed (errors, timeouts)", peer.streams_failed)):
         value = float(count) if peer.levels else None
         checks.append(Target(label, value, "= 0", None if value is None else value == 0))
-    turns = len(peer.chat.turns) if peer.chat else report.settings.get("turns", 10)
+    turns = peer.chat.turns if peer.chat else report.settings.get("turns", 10)
     at_most(f"turn-{turns} / turn-1 time to first token", peer.chat.growth if peer.chat else None,
             1.5)
     return checks

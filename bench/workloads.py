@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from bench.prompts import CHAT_QUESTIONS, Message, PromptSequence
+from bench.prompts import Message, PromptSequence, chat_questions
 from bench.results import (
     ChatRun,
     ConcurrencyLevel,
@@ -71,22 +71,23 @@ def rotated(contenders: list[Contender], turn: int) -> list[Contender]:
 
 
 async def growing_chat(client: httpx.AsyncClient, endpoint: Endpoint, max_tokens: int,
-                       turns: int) -> ChatRun:
+                       questions: list[str]) -> list[StreamSummary]:
     """Each turn resends the whole conversation so far, with the answers the server gave."""
     history: list[Message] = []
     summaries = []
-    for question in CHAT_QUESTIONS[:turns]:
+    for question in questions:
         history.append({"role": "user", "content": question})
         result = await stream_chat(client, endpoint, history, max_tokens)
         summaries.append(StreamSummary.of(result))
         if result.error:
             break
         history.append({"role": "assistant", "content": result.text})
-    return ChatRun(summaries)
+    return summaries
 
 
 async def run_interleaved(contenders: list[Contender], *, max_tokens: int, repeats: int,
-                          levels: list[int], turns: int, progress: Progress) -> None:
+                          levels: list[int], turns: int, chat_rounds: int,
+                          progress: Progress) -> None:
     """All three workloads, step by step across the peers, filling in each ``result``."""
     limits = httpx.Limits(max_connections=max(levels, default=1) + 4)
     async with httpx.AsyncClient(limits=limits) as client:
@@ -119,7 +120,13 @@ async def run_interleaved(contenders: list[Contender], *, max_tokens: int, repea
                 contender.result.levels.append(
                     ConcurrencyLevel(streams, rounds[contender.result.name]))
 
+        chats: dict[str, list[list[StreamSummary]]] = {c.result.name: [] for c in live}
+        for conversation in range(chat_rounds):
+            questions = chat_questions(conversation)[:turns]
+            for contender in rotated(live, conversation):
+                progress(f"{contender.result.name}: {turns}-turn chat "
+                         f"{conversation + 1}/{chat_rounds}")
+                chats[contender.result.name].append(await growing_chat(
+                    client, contender.endpoint, max_tokens, questions))
         for contender in live:
-            progress(f"{contender.result.name}: {turns}-turn chat")
-            contender.result.chat = await growing_chat(client, contender.endpoint, max_tokens,
-                                                       turns)
+            contender.result.chat = ChatRun(chats[contender.result.name])

@@ -81,7 +81,8 @@ def _peer(name: str, tps: float, wall: float, ttft: float, cut: int = 0) -> Peer
     levels = [ConcurrencyLevel(n, [Round(wall * n / 4, [_run(ttft * (i + 1), completed=i >= cut)
                                                         for i in range(n)])]) for n in (1, 4, 8)]
     single = SingleStream([StreamSummary(ttft, tps, 128, True, "length") for _ in range(3)])
-    chat = ChatRun([_run(ttft * (1 + turn / 10)) for turn in range(10)])
+    chat = ChatRun([[_run(ttft * (1 + turn / 10) * spread) for turn in range(10)]
+                    for spread in (1.0, 3.0, 1.1)])  # the median conversation is the 1.1x one
     return PeerResult(name, f"{name} for the test", [name], single, levels, chat)
 
 
@@ -115,6 +116,9 @@ def test_targets_compare_against_llama_server_from_the_same_run() -> None:
     assert checks["streams cut"].passed
     assert checks["turn-10 / turn-1 time to first token"].value == pytest.approx(1.9)
     assert checks["turn-10 / turn-1 time to first token"].passed is False
+    chat = report.peers[1].chat
+    assert chat is not None
+    assert chat.ttft_s(0) == pytest.approx(0.05 * 1.1)  # the median of three conversations
     slow = {check.name: check for check in targets(report, "llama-cpp-python")}
     assert slow["streams cut"].value == 1 + 3 + 3
     assert slow["streams cut"].passed is False
