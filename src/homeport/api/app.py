@@ -15,12 +15,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from homeport import metrics
 from homeport.api import model_routes, ollama_routes, openai_routes
 from homeport.api.common import AppState
 from homeport.api.errors import homeport_error, http_error, unexpected_error
+from homeport.asgi import StatusRecordingSend
 from homeport.engine.service import Engine
 from homeport.errors import HomeportError
 from homeport.store import ModelStore
@@ -54,20 +55,13 @@ class CountRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        recording = StatusRecordingSend(send, status=500)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, recording)
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            metrics.REQUESTS.labels(path, str(status)).inc()
+            metrics.REQUESTS.labels(path, str(recording.status)).inc()
 
 
 async def metrics_endpoint(request: Request) -> Response:

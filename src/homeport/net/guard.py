@@ -14,9 +14,10 @@ import time
 from typing import Any
 
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from homeport.api.errors import error_response
+from homeport.asgi import StatusRecordingSend
 from homeport.errors import ForbiddenError, HomeportError, RateLimitedError, UnauthorizedError
 from homeport.net.caller import CALLER_KEY, RECORD_KEY, Caller, RequestRecord
 from homeport.net.connection import memo_of
@@ -66,14 +67,7 @@ class Guard:
         record = RequestRecord(address=str(client[0]) if client else "",
                                keep_text=self.gate.audit is not None and self.gate.audit.keep_text)
         scope[RECORD_KEY] = record
-        status = 0
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        send_status = StatusRecordingSend(send)
         caller: Caller | None = None
         browser_ok = False
         try:
@@ -95,7 +89,7 @@ class Guard:
             if caller is not None:
                 self.gate.limiter.finish(caller, record.tokens_in + record.tokens_out)
             if self.gate.audit is not None:
-                self.gate.audit.write(record, scope["method"], scope["path"], status or 500,
+                self.gate.audit.write(record, scope["method"], scope["path"], send_status.status or 500,
                                       time.perf_counter() - started)
 
     def _check_browser(self, scope: Scope, facts: RequestFacts, machine: MachineView) -> bool:
