@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from homeport import config
+from homeport import config, endpoints
 from homeport.durations import parse_go_duration
 from homeport.errors import ServerBusyError
 
@@ -29,16 +29,16 @@ from homeport.errors import ServerBusyError
     ("http://example.com/path/", ("http", "example.com", 80)),
 ])
 def test_parse_host_like_ollama(value: str, expected: tuple[str, str, int]) -> None:
-    address = config.parse_host(value)
+    address = endpoints.parse_host(value)
     assert (address.scheme, address.host, address.port) == expected
 
 
 def test_bind_address_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert config.bind_address().url == "http://127.0.0.1:11434"
+    assert endpoints.bind_address().url == "http://127.0.0.1:11434"
     monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0:9999")
-    assert (config.bind_address().host, config.bind_address().port) == ("0.0.0.0", 9999)
+    assert (endpoints.bind_address().host, endpoints.bind_address().port) == ("0.0.0.0", 9999)
     monkeypatch.setenv("HOMEPORT_HOST", "127.0.0.1:7777")
-    assert config.bind_address().port == 7777
+    assert endpoints.bind_address().port == 7777
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from homeport import config
+from homeport import config, endpoints
 from homeport.errors import ConfigError
 from tests.support.cli import homeport
 
@@ -42,16 +42,16 @@ def write_config(text: str) -> None:
     ("100.101.102.103:11434", "http://100.101.102.103:11434"),
 ])
 def test_values_parse_as_ollama_parses_them(value: str, url: str) -> None:
-    assert config.resolve_endpoint(value).url == url
+    assert endpoints.resolve_endpoint(value).url == url
 
 
 def test_a_bad_port_warns_naming_the_source_and_uses_the_default(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("OLLAMA_ENDPOINT", "example.com:99999")
     with caplog.at_level(logging.WARNING):
-        assert config.resolve_endpoint().url == "http://example.com:11434"
+        assert endpoints.resolve_endpoint().url == "http://example.com:11434"
     assert "OLLAMA_ENDPOINT: invalid port '99999', using the default 11434" in caplog.text
-    assert config.resolve_endpoint("https://example.com:-1").url == "https://example.com:443"
+    assert endpoints.resolve_endpoint("https://example.com:-1").url == "https://example.com:443"
 
 
 def test_an_unsupported_scheme_is_an_error_naming_the_source(
@@ -59,56 +59,56 @@ def test_an_unsupported_scheme_is_an_error_naming_the_source(
     monkeypatch.setenv("OLLAMA_HOST", "ftp://example.com")
     with pytest.raises(ConfigError, match=r"^OLLAMA_HOST: unsupported scheme 'ftp' in "
                                           r"'ftp://example.com'; use http:// or https://$"):
-        config.resolve_endpoint()
+        endpoints.resolve_endpoint()
 
 
 def test_every_source_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert (config.resolve_endpoint().url, config.resolve_endpoint().source) == (
+    assert (endpoints.resolve_endpoint().url, endpoints.resolve_endpoint().source) == (
         "http://localhost:11434", "default")
     write_config('endpoint = "100.64.0.5"\n')
-    endpoint = config.resolve_endpoint()
+    endpoint = endpoints.resolve_endpoint()
     assert endpoint.url == "http://100.64.0.5:11434"
     assert endpoint.source == f"{config.config_file()} (endpoint)"
     monkeypatch.setenv("OLLAMA_HOST", "host.example:1111")
-    assert config.resolve_endpoint().source == "OLLAMA_HOST"
-    assert config.resolve_endpoint().url == "http://host.example:1111"
+    assert endpoints.resolve_endpoint().source == "OLLAMA_HOST"
+    assert endpoints.resolve_endpoint().url == "http://host.example:1111"
     monkeypatch.setenv("OLLAMA_ENDPOINT", "endpoint.example:2222")
-    assert config.resolve_endpoint().url == "http://endpoint.example:2222"
-    assert config.resolve_endpoint().source == "OLLAMA_ENDPOINT"
-    endpoint = config.resolve_endpoint("flag.example:3333")
+    assert endpoints.resolve_endpoint().url == "http://endpoint.example:2222"
+    assert endpoints.resolve_endpoint().source == "OLLAMA_ENDPOINT"
+    endpoint = endpoints.resolve_endpoint("flag.example:3333")
     assert (endpoint.url, endpoint.source) == ("http://flag.example:3333", "--endpoint")
     monkeypatch.setenv("OLLAMA_ENDPOINT", "  ")  # blank counts as unset, as in Ollama
-    assert config.resolve_endpoint().source == "OLLAMA_HOST"
+    assert endpoints.resolve_endpoint().source == "OLLAMA_HOST"
 
 
 def test_broken_config_files(monkeypatch: pytest.MonkeyPatch) -> None:
     write_config("endpoint = 11434\n")
     with pytest.raises(ConfigError, match=r"\(endpoint\) must be a string"):
-        config.resolve_endpoint()
+        endpoints.resolve_endpoint()
     write_config("endpoint = [\n")
     with pytest.raises(ConfigError, match=str(config.config_file())):
-        config.resolve_endpoint()
+        endpoints.resolve_endpoint()
 
 
 def test_token_sources_and_references(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert config.resolve_endpoint().headers == {}
+    assert endpoints.resolve_endpoint().headers == {}
     write_config('token = "env:MY_SERVER_TOKEN"\n')
     with pytest.raises(ConfigError, match=r"refers to \$MY_SERVER_TOKEN, which is not set"):
-        config.resolve_endpoint()
+        endpoints.resolve_endpoint()
     monkeypatch.setenv("MY_SERVER_TOKEN", "hp_from_env_ref")
-    endpoint = config.resolve_endpoint()
+    endpoint = endpoints.resolve_endpoint()
     assert endpoint.headers == {"Authorization": "Bearer hp_from_env_ref"}
     assert endpoint.token_source == f"{config.config_file()} (token = env:MY_SERVER_TOKEN)"
     assert "hp_from_env_ref" not in repr(endpoint)
     monkeypatch.setenv("HOMEPORT_TOKEN", "hp_direct")
-    assert config.resolve_endpoint().headers == {"Authorization": "Bearer hp_direct"}
-    assert config.resolve_endpoint().token_source == "HOMEPORT_TOKEN"
+    assert endpoints.resolve_endpoint().headers == {"Authorization": "Bearer hp_direct"}
+    assert endpoints.resolve_endpoint().token_source == "HOMEPORT_TOKEN"
 
 
 def test_a_secret_in_clear_is_refused_without_echoing_it() -> None:
     write_config('token = "hp_0123456789abcdef"\n')
     with pytest.raises(ConfigError) as info:
-        config.resolve_endpoint()
+        endpoints.resolve_endpoint()
     assert "must be a reference such as" in str(info.value)
     assert "hp_0123456789abcdef" not in str(info.value)
 
@@ -118,7 +118,7 @@ def test_a_failing_command_reference_does_not_show_its_output(
     monkeypatch.setenv("VAULT_SECRET", "hp_leaked")
     write_config('token = "cmd:echo $VAULT_SECRET; echo $VAULT_SECRET >&2; exit 3"\n')
     with pytest.raises(ConfigError, match="failed with exit status 3") as info:
-        config.resolve_endpoint()
+        endpoints.resolve_endpoint()
     assert "hp_leaked" not in str(info.value)
 
 

@@ -9,7 +9,8 @@ import pytest
 from homeport.client.adapters import AdapterError, Finished, Message, TextDelta, open_adapter
 from homeport.client.api import ServerUnreachableError
 from homeport.client.settings import ClientSettings
-from homeport.config import config_file, resolve_endpoint
+from homeport.config import config_file
+from homeport.endpoints import resolve_endpoint
 from tests.conftest import DETERMINISTIC, MODEL
 from tests.support.fake_ollama import FakeOllama
 from tests.support.server import free_port

@@ -9,7 +9,7 @@ import sys
 import uvicorn
 from starlette.middleware import Middleware
 
-from homeport import __version__, config
+from homeport import __version__, config, endpoints
 from homeport.api.app import AppParts, create_app
 from homeport.engine.manager import ManagerSettings
 from homeport.engine.service import Engine, EngineSettings
@@ -60,7 +60,7 @@ def build_parts() -> AppParts:
                     max_body_bytes=config.MAX_BODY_BYTES.get())
 
 
-def run_server(address: config.HostAddress, tailnet: bool = False, expose: bool = False) -> None:
+def run_server(address: endpoints.HostAddress, tailnet: bool = False, expose: bool = False) -> None:
     setup_logging()
     policy = Policy.load(*config.policy_file())
     tokens = TokenChecker(TokenStore(config.tokens_file()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from homeport.client.api import HomeportClient
-from homeport.config import resolve_endpoint
+from homeport.endpoints import resolve_endpoint
 
 endpoint_option = click.option(
     "--endpoint", default=None, metavar="URL",

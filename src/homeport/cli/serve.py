@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from homeport import config
+from homeport import config, endpoints
 
 
 def _settings_help() -> str:
@@ -35,6 +35,6 @@ def serve(host: str | None, tailnet: bool, expose: bool) -> None:
     """
     from homeport.server import run_server
 
-    address = config.parse_host(host) if host else config.bind_address()
+    address = endpoints.parse_host(host) if host else endpoints.bind_address()
     logging.getLogger(__name__).debug("binding %s", address)
     run_server(address, tailnet=tailnet, expose=expose)

@@ -7,7 +7,7 @@ from rich.markup import escape
 
 from homeport.client.adapters import Adapter, open_adapter
 from homeport.client.settings import ClientSettings, StrategyName
-from homeport.config import resolve_endpoint
+from homeport.endpoints import resolve_endpoint
 
 err_console = Console(stderr=True, highlight=False)
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import httpx
 
-from homeport.config import Endpoint, config_file, resolve_endpoint
+from homeport.config import config_file
+from homeport.endpoints import Endpoint, resolve_endpoint
 from homeport.errors import HomeportError
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=60.0, pool=5.0)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import platformdirs
 
-from homeport import __version__, config
+from homeport import __version__, config, endpoints
 from homeport.client.settings import (
     ANTHROPIC_ADAPTERS,
     ANTHROPIC_URL,
@@ -79,7 +79,7 @@ def _adapter(settings: ClientSettings, strategy: StrategyName) -> str:
 
 def render(settings: ClientSettings, explicit_endpoint: str | None = None) -> str:
     """The Lua file: load it once at startup (``homeport nvim --install`` puts it in plugin/)."""
-    default_url, _ = config.endpoint_url(explicit_endpoint, environment=False)
+    default_url, _ = endpoints.endpoint_url(explicit_endpoint, environment=False)
     token = _token_reference(settings)
     anthropic = []
     for name in ANTHROPIC_ADAPTERS:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from homeport import config
+from homeport import config, endpoints
 from homeport.client.adapters.ollama import pick_model
 from homeport.client.api import HomeportClient, ServerError, ServerUnreachableError
 from homeport.client.settings import ANTHROPIC_ADAPTERS, STRATEGIES, ClientSettings
@@ -98,7 +98,7 @@ def diagnose(explicit_endpoint: str | None = None, measure: bool = True) -> Repo
     report = Report()
     try:
         settings = ClientSettings()
-        endpoint = config.resolve_endpoint(explicit_endpoint)
+        endpoint = endpoints.resolve_endpoint(explicit_endpoint)
     except ConfigError as exc:
         report.add("config", "fail", exc.message)
         return report

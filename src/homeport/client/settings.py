@@ -1,6 +1,6 @@
 """The client's part of config.toml: adapters, the default adapter of each strategy, models.
 
-    endpoint = "http://100.101.102.103:11434"     # see config.resolve_endpoint
+    endpoint = "http://100.101.102.103:11434"     # see endpoints.resolve_endpoint
     token = "env:HOMEPORT_TOKEN"                  # or "cmd:pass show homeport/token"
 
     [strategies.chat]
@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from homeport import config
+from homeport import config, endpoints
 from homeport.errors import ConfigError
 from homeport.secrets import check_reference, resolve_secret
 
@@ -223,10 +223,10 @@ def describe(settings: ClientSettings, explicit_endpoint: str | None = None
         rows.append((name, "set" if value else "not set", source))
 
     try:
-        rows.append(("endpoint", *config.endpoint_url(explicit_endpoint)))
+        rows.append(("endpoint", *endpoints.endpoint_url(explicit_endpoint)))
     except ConfigError as exc:
         rows.append(("endpoint", "error", exc.message))
-    secret("token", config.resolve_token)
+    secret("token", endpoints.resolve_token)
     for strategy in STRATEGIES:
         try:
             chosen, _ = settings.effective_adapter(strategy)

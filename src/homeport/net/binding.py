@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from homeport import config
-from homeport.config import HostAddress, is_loopback_host
+from homeport.endpoints import HostAddress, is_loopback_host
 from homeport.errors import ConfigError
 from homeport.net.addresses import IPAddress, format_host_port, interface_addresses, parse_ip, unique
 from homeport.net.localapi import LocalAPIError, read_status

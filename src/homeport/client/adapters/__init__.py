@@ -24,7 +24,7 @@ from homeport.client.settings import (
     ClientSettings,
     StrategyName,
 )
-from homeport.config import Endpoint, resolve_endpoint
+from homeport.endpoints import Endpoint, resolve_endpoint
 
 __all__ = [
     "ADAPTERS",

@@ -1,6 +1,6 @@
 """The ``ollama`` adapter: any Ollama-API server (homeport or Ollama), on the official client.
 
-The endpoint and its bearer token come from ``config.resolve_endpoint``. A model chosen by default
+The endpoint and its bearer token come from ``endpoints.resolve_endpoint``. A model chosen by default
 (the config file or the built-in ``mistral``) that the server lacks is replaced, with a notice, by
 the newest model the server has; a model the user named explicitly must exist.
 """
@@ -24,7 +24,8 @@ from homeport.client.adapters.base import (
     Usage,
 )
 from homeport.client.api import ServerUnreachableError, refused
-from homeport.config import Endpoint, config_file
+from homeport.config import config_file
+from homeport.endpoints import Endpoint
 
 # Loading a large model can take minutes before the first token: no read timeout, Ctrl-C stops.
 TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=60.0, pool=5.0)
