@@ -6,7 +6,9 @@ import concurrent.futures
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anthropic
 import httpx
 import ollama
 import openai
@@ -120,6 +122,51 @@ def test_openai_tool_calls_have_string_arguments(variants: ServerProcess) -> Non
     assert choice.message.tool_calls
     assert choice.message.tool_calls[0].function.name == "get_weather"
     assert '"city"' in choice.message.tool_calls[0].function.arguments
+
+
+def test_anthropic_tool_use_and_tool_result(variants: ServerProcess) -> None:
+    """The Messages API: a tool call comes back as a tool_use block (streamed as
+    input_json_delta), and a tool_result block carries the answer back in."""
+    client = anthropic.Anthropic(base_url=variants.url, api_key="ollama", max_retries=0)
+    tool = {"name": "get_weather", "description": "Current weather for a city",
+            "input_schema": WEATHER_TOOL["function"]["parameters"]}
+    question = {"role": "user", "content": "What is the weather in Paris?"}
+    request: dict[str, Any] = {
+        "model": "tooly", "max_tokens": 60, "tools": [tool], "messages": [question],
+        "output_config": {"format": {"type": "json_schema", "schema": TOOL_CALL_SCHEMA}},
+        "extra_body": {"temperature": 0}}
+    message = client.messages.create(**request)
+    assert message.stop_reason == "tool_use"
+    uses = [block for block in message.content if block.type == "tool_use"]
+    assert [use.name for use in uses] == ["get_weather"]
+    assert isinstance(uses[0].input["city"], str)
+    assert uses[0].id.startswith("toolu_")
+    with client.messages.stream(**request) as stream:
+        final = stream.get_final_message()
+    assert [(b.name, b.input) for b in final.content if b.type == "tool_use"] == [
+        (uses[0].name, uses[0].input)]
+    followup = client.messages.create(
+        model="tooly", max_tokens=20, tools=[tool], extra_body={"temperature": 0}, messages=[
+            question, {"role": "assistant", "content": [use.model_dump() for use in uses]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id,
+                                          "content": "18 degrees and sunny"}]}])
+    assert followup.stop_reason in ("end_turn", "max_tokens", "tool_use")
+
+
+def test_anthropic_thinking_blocks(variants: ServerProcess) -> None:
+    client = anthropic.Anthropic(base_url=variants.url, api_key="ollama", max_retries=0)
+    request: dict[str, Any] = {
+        "model": "thinker", "max_tokens": 60, "extra_body": {"temperature": 0},
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": "Why is the sea salty?"}]}
+    message = client.messages.create(**request)
+    assert message.content[0].type == "thinking"
+    thought = message.content[0].thinking
+    assert thought
+    with client.messages.stream(**request) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].type == "thinking"
+    assert final.content[0].thinking == thought
 
 
 def test_thinking_goes_to_thinking_never_content(variants: ServerProcess) -> None:

@@ -97,6 +97,20 @@ def test_a_valid_token_lets_the_lan_stranger_in(lan: tuple[TailnetServer, dict[s
     assert line["answer"] == result["content"]
 
 
+def test_anthropic_clients_may_send_the_token_as_x_api_key(
+        lan: tuple[TailnetServer, dict[str, str]]) -> None:
+    """Claude Code puts ANTHROPIC_API_KEY in x-api-key; a homeport token there is a token."""
+    served, tokens = lan
+    url = lan_url(lan) + "/v1/messages"
+    body = '{"model": "smollm2:135m", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}'
+    allowed = served.curl(stranger(lan), url, "-H", f"x-api-key: {tokens['ci']}", "-d", body)
+    assert allowed.status == 200, allowed.body
+    assert allowed.json()["type"] == "message"
+    refused = served.curl(stranger(lan), url, "-H", "x-api-key: ollama", "-d", body)
+    assert refused.status == 401
+    assert refused.json()["error"]["type"] == "authentication_error"
+
+
 def test_no_token_or_a_bad_one_gets_401(lan: tuple[TailnetServer, dict[str, str]]) -> None:
     served, tokens = lan
     url = lan_url(lan) + "/api/tags"

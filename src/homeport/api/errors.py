@@ -1,4 +1,5 @@
-"""Errors become HTTP here and nowhere else: one JSON shape for /api (Ollama), one for /v1 (OpenAI).
+"""Errors become HTTP here and nowhere else: one JSON shape for /api (Ollama), one for /v1 (OpenAI),
+one for /v1/messages (Anthropic).
 
 Before a stream starts the status carries the error; after, the stream encoders add one error
 record (see ``ollama_routes`` and ``openai_routes``).
@@ -35,9 +36,35 @@ def openai_error_body(status: int, message: str) -> dict[str, object]:
                       "param": None, "code": None}}
 
 
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def is_anthropic_path(path: str) -> bool:
+    return path.lstrip("/").startswith("v1/messages")
+
+
+def anthropic_error_body(status: int, message: str) -> dict[str, object]:
+    return {"type": "error",
+            "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
+
+
 def error_response(path: str, status: int, message: str,
                    retry_after: int | None = None) -> JSONResponse:
-    body = openai_error_body(status, message) if is_openai_path(path) else {"error": message}
+    body: dict[str, object]
+    if is_anthropic_path(path):
+        body = anthropic_error_body(status, message)
+    elif is_openai_path(path):
+        body = openai_error_body(status, message)
+    else:
+        body = {"error": message}
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return JSONResponse(body, status_code=status, headers=headers)
 

@@ -223,3 +223,53 @@ class OpenAIEmbeddingRequest(_Request):
     input: str | list[str] = ""
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, gt=0)
+
+
+# --- Anthropic ------------------------------------------------------------------------------------
+
+
+class AnthropicMessage(_Request):
+    role: Literal["user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+
+class AnthropicTool(_Request):
+    name: str
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+
+
+class AnthropicThinking(_Request):
+    type: str  # enabled, adaptive, ...: anything but "disabled" turns thinking on
+    budget_tokens: int | None = None
+
+
+class AnthropicOutputFormat(_Request):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class AnthropicOutputConfig(_Request):
+    format: AnthropicOutputFormat | None = None
+    effort: str | None = None
+
+
+class AnthropicToolChoice(_Request):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+
+
+class AnthropicMessagesRequest(_Request):
+    model: str = ""
+    messages: list[AnthropicMessage] = Field(default_factory=list)
+    max_tokens: int | None = Field(default=None, gt=0)
+    system: str | list[dict[str, Any]] | None = None
+    stream: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop_sequences: list[str] | None = None
+    tools: list[AnthropicTool] | None = None
+    tool_choice: AnthropicToolChoice | None = None
+    thinking: AnthropicThinking | None = None
+    output_config: AnthropicOutputConfig | None = None

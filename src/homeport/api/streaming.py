@@ -34,6 +34,11 @@ def sse_event(obj: Mapping[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+def sse_named_event(name: str, obj: Mapping[str, Any]) -> bytes:
+    """An SSE event with an ``event:`` line, as Anthropic's API sends them."""
+    return f"event: {name}\ndata: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+
 async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     """Run ``work``; cancel it if the client disconnects first and raise ClientClosedError."""
     task = asyncio.ensure_future(work)

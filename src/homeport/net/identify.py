@@ -62,8 +62,12 @@ class RequestFacts:
 
     @property
     def bearer(self) -> str:
+        """The key the client presents: ``Authorization: Bearer``, else ``x-api-key`` (where
+        Anthropic's clients put ANTHROPIC_API_KEY)."""
         scheme, _, value = self.headers.get("authorization", "").partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else ""
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return self.headers.get("x-api-key", "").strip()
 
     @property
     def forwarded_for(self) -> str:

@@ -1,0 +1,271 @@
+"""Anthropic's Messages API (``POST /v1/messages``), as newer Ollama serves it, on the same engine.
+
+So Claude Code and the official ``anthropic`` SDK can use a home model:
+``ANTHROPIC_BASE_URL=http://host:11434``. Content blocks map onto chat messages: text to content,
+``tool_use`` to tool calls, ``tool_result`` to tool messages, ``thinking`` to thinking. Streams are
+SSE with named events: ``message_start``, then per content block ``content_block_start``,
+``content_block_delta`` (``text_delta``, ``thinking_delta``, ``input_json_delta``) and
+``content_block_stop``, then ``message_delta`` (the stop reason, the output tokens) and
+``message_stop``; an error after the stream started is one ``error`` event.
+
+Not supported: images (the engine has no vision), forcing a tool (``tool_choice`` any or tool
+lets the model choose), and telling a stop sequence from the end of the turn (both are
+``end_turn``). ``output_config.format`` (structured outputs) becomes ``format``; sampling
+settings the SDK no longer sends (temperature, top_p, top_k) are still read when present.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from homeport.api import schemas
+from homeport.api.access import MeteredGeneration, start_generation
+from homeport.api.body import read_json
+from homeport.api.common import resolve_model, state_of
+from homeport.api.errors import anthropic_error_body
+from homeport.api.streaming import SSE, StreamResponse, cancel_on_disconnect, sse_named_event
+from homeport.engine.parsing import ToolCall
+from homeport.engine.service import ChatMessage, Done, GenerationInput, Output, Timings
+from homeport.errors import BadRequestError, HomeportError
+
+
+def _text_of(content: str | list[dict[str, Any]] | None, where: str) -> str:
+    """The text of a string or of a list of text blocks (a system prompt, a tool result)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for block in content:
+        if block.get("type") != "text" or not isinstance(block.get("text"), str):
+            raise BadRequestError(f"{where}: only text blocks are supported here, "
+                                  f"not {block.get('type')!r}")
+        texts.append(block["text"])
+    return "\n".join(texts)
+
+
+def _messages(body: schemas.AnthropicMessagesRequest) -> list[ChatMessage]:
+    """The request's system prompt and messages as chat messages, block by block."""
+    converted: list[ChatMessage] = []
+    if body.system:
+        converted.append(ChatMessage("system", _text_of(body.system, "system")))
+    tool_names: dict[str, str] = {}  # tool_use id -> tool name, for the results that answer it
+    for index, message in enumerate(body.messages):
+        if isinstance(message.content, str):
+            converted.append(ChatMessage(message.role, message.content))
+            continue
+        texts: list[str] = []
+        thinking: list[str] = []
+        calls: list[dict[str, Any]] = []
+        images: list[str] = []
+        for block in message.content:
+            kind = block.get("type")
+            if kind == "text" and isinstance(block.get("text"), str):
+                texts.append(block["text"])
+            elif kind == "image":
+                source = block.get("source")
+                images.append(str(source.get("data", "")) if isinstance(source, dict) else "")
+            elif kind == "thinking" and isinstance(block.get("thinking"), str):
+                thinking.append(block["thinking"])
+            elif kind == "redacted_thinking":
+                continue
+            elif kind == "tool_use" and message.role == "assistant":
+                name, call_id = str(block.get("name", "")), str(block.get("id", ""))
+                arguments = block.get("input")
+                tool_names[call_id] = name
+                calls.append({"type": "function", "id": call_id, "function": {
+                    "name": name, "arguments": arguments if isinstance(arguments, dict) else {}}})
+            elif kind == "tool_result" and message.role == "user":
+                call_id = str(block.get("tool_use_id", ""))
+                converted.append(ChatMessage(
+                    "tool", _text_of(block.get("content"), f"messages.{index}.tool_result"),
+                    tool_call_id=call_id, tool_name=tool_names.get(call_id)))
+            else:
+                raise BadRequestError(
+                    f"messages.{index}: unsupported content block {kind!r} in a {message.role} "
+                    "message")
+        if texts or calls or thinking or images:
+            converted.append(ChatMessage(message.role, "\n".join(texts),
+                                         thinking="".join(thinking) or None, images=images,
+                                         tool_calls=calls or None))
+    return converted
+
+
+def _options(body: schemas.AnthropicMessagesRequest) -> dict[str, Any]:
+    options: dict[str, Any] = {"temperature": 1.0 if body.temperature is None else body.temperature}
+    if body.max_tokens is not None:
+        options["num_predict"] = body.max_tokens
+    if body.top_p is not None:
+        options["top_p"] = body.top_p
+    if body.top_k is not None:
+        options["top_k"] = body.top_k
+    if body.stop_sequences:
+        options["stop"] = body.stop_sequences
+    return options
+
+
+def _tools(body: schemas.AnthropicMessagesRequest) -> list[dict[str, Any]] | None:
+    if not body.tools or (body.tool_choice is not None and body.tool_choice.type == "none"):
+        return None
+    return [{"type": "function", "function": {
+        "name": tool.name, "description": tool.description or "",
+        "parameters": tool.input_schema or {"type": "object", "properties": {}}}}
+        for tool in body.tools]
+
+
+def _think(thinking: schemas.AnthropicThinking | None) -> bool | None:
+    return None if thinking is None else thinking.type != "disabled"
+
+
+def _format(config: schemas.AnthropicOutputConfig | None) -> dict[str, Any] | None:
+    """Structured outputs: the answer follows the JSON schema (a grammar, as ``format`` does)."""
+    return config.format.schema_ if config is not None and config.format is not None else None
+
+
+def _stop_reason(done: Done, has_tool_calls: bool) -> str:
+    if has_tool_calls:
+        return "tool_use"
+    return "max_tokens" if done.reason == "length" else "end_turn"
+
+
+def _usage(timings: Timings) -> dict[str, int]:
+    """Anthropic counts prompt tokens read from the cache apart from the rest of the input."""
+    return {"input_tokens": timings.prompt_eval_count, "output_tokens": timings.eval_count,
+            "cache_read_input_tokens": timings.prompt_cached,
+            "cache_creation_input_tokens": 0}
+
+
+def _tool_use(call: ToolCall) -> dict[str, Any]:
+    return {"type": "tool_use", "id": f"toolu_{secrets.token_hex(12)}", "name": call.name,
+            "input": call.arguments}
+
+
+class _BlockStream:
+    """Turns the engine's events into the SSE events of one message's content blocks."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.open_kind = ""  # "text" or "thinking" while such a block takes deltas
+        self.saw_tool_calls = False
+
+    def _close(self) -> list[bytes]:
+        if not self.open_kind:
+            return []
+        self.open_kind = ""
+        return [sse_named_event("content_block_stop",
+                                {"type": "content_block_stop", "index": self.index})]
+
+    def _delta(self, kind: str, text: str) -> list[bytes]:
+        events = []
+        if self.open_kind != kind:
+            events += self._close()
+            self.index += 1
+            self.open_kind = kind
+            events.append(sse_named_event("content_block_start", {
+                "type": "content_block_start", "index": self.index,
+                "content_block": {"type": kind, kind: ""}}))
+        delta = {"type": f"{kind}_delta", kind: text}
+        events.append(sse_named_event("content_block_delta", {
+            "type": "content_block_delta", "index": self.index, "delta": delta}))
+        return events
+
+    def events(self, event: Output | Done) -> list[bytes]:
+        if isinstance(event, Done):
+            return [
+                *self._close(),
+                sse_named_event("message_delta", {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": _stop_reason(event, self.saw_tool_calls),
+                              "stop_sequence": None},
+                    "usage": _usage(event.timings)}),
+                sse_named_event("message_stop", {"type": "message_stop"})]
+        events = []
+        if event.thinking:
+            events += self._delta("thinking", event.thinking)
+        if event.content:
+            events += self._delta("text", event.content)
+        for call in event.tool_calls:
+            self.saw_tool_calls = True
+            block = _tool_use(call)
+            events += self._close()
+            self.index += 1
+            events += [
+                sse_named_event("content_block_start", {
+                    "type": "content_block_start", "index": self.index,
+                    "content_block": {**block, "input": {}}}),
+                sse_named_event("content_block_delta", {
+                    "type": "content_block_delta", "index": self.index,
+                    "delta": {"type": "input_json_delta",
+                              "partial_json": json.dumps(call.arguments)}}),
+                sse_named_event("content_block_stop",
+                                {"type": "content_block_stop", "index": self.index})]
+        return events
+
+
+async def _stream(generation: MeteredGeneration, message: dict[str, Any]
+                  ) -> AsyncIterator[bytes]:
+    blocks = _BlockStream()
+    try:
+        yield sse_named_event("message_start", {"type": "message_start", "message": message})
+        async for event in generation.events():
+            for encoded in blocks.events(event):
+                yield encoded
+    except HomeportError as exc:
+        yield sse_named_event("error", anthropic_error_body(exc.status, exc.message))
+    finally:
+        await generation.close()
+
+
+async def messages(request: Request) -> Response:
+    state = state_of(request)
+    body = await read_json(request, schemas.AnthropicMessagesRequest, state.max_body_bytes)
+    record = resolve_model(request, body.model)
+    if not body.messages:
+        raise BadRequestError("messages: at least one message is required")
+    generation = await start_generation(request, GenerationInput(
+        record=record, options=_options(body), messages=_messages(body), tools=_tools(body),
+        think=_think(body.thinking), format=_format(body.output_config)))
+    message: dict[str, Any] = {
+        "id": f"msg_{secrets.token_hex(12)}", "type": "message", "role": "assistant",
+        "model": body.model, "content": [], "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 0, "output_tokens": 0}}  # the counts come with message_delta
+    if body.stream:
+        return StreamResponse(_stream(generation, message), SSE)
+
+    thinking: list[str] = []
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    done: Done | None = None
+
+    async def collect() -> None:
+        nonlocal done
+        try:
+            async for event in generation.events():
+                if isinstance(event, Output):
+                    thinking.append(event.thinking)
+                    texts.append(event.content)
+                    calls.extend(event.tool_calls)
+                else:
+                    done = event
+        finally:
+            await generation.close()
+
+    await cancel_on_disconnect(request.receive, collect())
+    assert done is not None
+    content: list[dict[str, Any]] = []
+    if "".join(thinking):
+        content.append({"type": "thinking", "thinking": "".join(thinking), "signature": ""})
+    if "".join(texts) or not calls:
+        content.append({"type": "text", "text": "".join(texts)})
+    content += [_tool_use(call) for call in calls]
+    return JSONResponse({**message, "content": content,
+                         "stop_reason": _stop_reason(done, bool(calls)),
+                         "usage": _usage(done.timings)})
+
+
+routes = [Route("/v1/messages", messages, methods=["POST"])]
