@@ -11,11 +11,14 @@ where every route finds its model.)
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from starlette.requests import Request
+from starlette.types import Receive
 
 from homeport.api.common import state_of
 from homeport.api.streaming import cancel_on_disconnect
+from homeport.engine.parsing import ToolCall
 from homeport.engine.service import Done, Generation, GenerationInput, Output
 from homeport.net.caller import RequestRecord, caller_of, record_of
 from homeport.store import ModelRecord
@@ -33,6 +36,16 @@ def visible(request: Request, records: list[ModelRecord]) -> list[ModelRecord]:
 def max_num_ctx(request: Request) -> int | None:
     """The largest context the caller may load a model with (the engine holds num_ctx to it)."""
     return caller_of(request.scope).grant.limits.max_num_ctx
+
+
+@dataclass(frozen=True)
+class WholeAnswer:
+    """A generation gathered whole, for an answer that is not streamed."""
+
+    content: str
+    thinking: str
+    tool_calls: tuple[ToolCall, ...]
+    done: Done
 
 
 class MeteredGeneration:
@@ -56,6 +69,25 @@ class MeteredGeneration:
     async def close(self) -> None:
         await self._generation.close()
         self._count()
+
+    async def whole(self, receive: Receive) -> WholeAnswer:
+        """Every event gathered; cancelled (the slot freed) if the client leaves meanwhile."""
+        content: list[str] = []
+        thinking: list[str] = []
+        calls: list[ToolCall] = []
+        done: list[Done] = []
+
+        async def gather() -> None:
+            async for event in self.events():  # which close the generation however they end
+                if isinstance(event, Output):
+                    content.append(event.content)
+                    thinking.append(event.thinking)
+                    calls.extend(event.tool_calls)
+                else:
+                    done.append(event)
+
+        await cancel_on_disconnect(receive, gather())
+        return WholeAnswer("".join(content), "".join(thinking), tuple(calls), done[-1])
 
     def _count(self) -> None:
         if not self._counted:

@@ -30,7 +30,7 @@ from homeport.api.access import MeteredGeneration, start_generation
 from homeport.api.body import read_json
 from homeport.api.common import resolve_model, state_of
 from homeport.api.errors import anthropic_error_body
-from homeport.api.streaming import SSE, StreamResponse, cancel_on_disconnect, sse_named_event
+from homeport.api.streaming import SSE, StreamResponse, sse_named_event
 from homeport.engine.parsing import ToolCall
 from homeport.engine.service import ChatMessage, Done, GenerationInput, Output, Timings
 from homeport.errors import BadRequestError, HomeportError
@@ -237,35 +237,16 @@ async def messages(request: Request) -> Response:
     if body.stream:
         return StreamResponse(_stream(generation, message), SSE)
 
-    thinking: list[str] = []
-    texts: list[str] = []
-    calls: list[ToolCall] = []
-    done: Done | None = None
-
-    async def collect() -> None:
-        nonlocal done
-        try:
-            async for event in generation.events():
-                if isinstance(event, Output):
-                    thinking.append(event.thinking)
-                    texts.append(event.content)
-                    calls.extend(event.tool_calls)
-                else:
-                    done = event
-        finally:
-            await generation.close()
-
-    await cancel_on_disconnect(request.receive, collect())
-    assert done is not None
+    answer = await generation.whole(request.receive)
     content: list[dict[str, Any]] = []
-    if "".join(thinking):
-        content.append({"type": "thinking", "thinking": "".join(thinking), "signature": ""})
-    if "".join(texts) or not calls:
-        content.append({"type": "text", "text": "".join(texts)})
-    content += [_tool_use(call) for call in calls]
+    if answer.thinking:
+        content.append({"type": "thinking", "thinking": answer.thinking, "signature": ""})
+    if answer.content or not answer.tool_calls:
+        content.append({"type": "text", "text": answer.content})
+    content += [_tool_use(call) for call in answer.tool_calls]
     return JSONResponse({**message, "content": content,
-                         "stop_reason": _stop_reason(done, bool(calls)),
-                         "usage": _usage(done.timings)})
+                         "stop_reason": _stop_reason(answer.done, bool(answer.tool_calls)),
+                         "usage": _usage(answer.done.timings)})
 
 
 routes = [Route("/v1/messages", messages, methods=["POST"])]

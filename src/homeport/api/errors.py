@@ -36,15 +36,7 @@ def openai_error_body(status: int, message: str) -> dict[str, object]:
                       "param": None, "code": None}}
 
 
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-}
+_ANTHROPIC_TYPES = {**_OPENAI_TYPES, 413: "request_too_large", 503: "overloaded_error"}
 
 
 def is_anthropic_path(path: str) -> bool:

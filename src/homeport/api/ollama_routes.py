@@ -80,22 +80,6 @@ def _tools(tools: list[schemas.Tool] | None) -> list[dict[str, Any]] | None:
     return [tool.model_dump(exclude_none=True) for tool in tools] if tools else None
 
 
-async def _collect(generation: MeteredGeneration) -> tuple[str, str, list[dict[str, Any]], Done]:
-    content: list[str] = []
-    thinking: list[str] = []
-    calls: list[dict[str, Any]] = []
-    done: Done | None = None
-    async for event in generation.events():
-        if isinstance(event, Output):
-            content.append(event.content)
-            thinking.append(event.thinking)
-            calls.extend(ollama_tool_calls(event.tool_calls))
-        else:
-            done = event
-    assert done is not None
-    return "".join(content), "".join(thinking), calls, done
-
-
 async def _ndjson(generation: MeteredGeneration,
                   encode: Callable[[Output | Done], dict[str, Any]]) -> AsyncIterator[bytes]:
     try:
@@ -141,10 +125,11 @@ async def chat(request: Request) -> Response:
         truncate=body.truncate is not False,
     ))
     if body.stream is False:
-        content, thinking, calls, done = await cancel_on_disconnect(
-            request.receive, _collect(generation))
-        return JSONResponse(envelope(message=_chat_message(content, thinking, calls),
-                                     done_reason=done.reason, done=True, **timings_fields(done)))
+        answer = await generation.whole(request.receive)
+        message = _chat_message(answer.content, answer.thinking,
+                                ollama_tool_calls(answer.tool_calls))
+        return JSONResponse(envelope(message=message, done_reason=answer.done.reason, done=True,
+                                     **timings_fields(answer.done)))
 
     def encode(event: Output | Done) -> dict[str, Any]:
         if isinstance(event, Output):
@@ -191,9 +176,8 @@ async def generate(request: Request) -> Response:
         return envelope(**fields, **timings_fields(done))
 
     if body.stream is False:
-        content, thinking, _, done = await cancel_on_disconnect(
-            request.receive, _collect(generation))
-        return JSONResponse(final(done, content, thinking))
+        answer = await generation.whole(request.receive)
+        return JSONResponse(final(answer.done, answer.content, answer.thinking))
 
     def encode(event: Output | Done) -> dict[str, Any]:
         if isinstance(event, Done):

@@ -177,33 +177,17 @@ async def chat_completions(request: Request) -> Response:
             "system_fingerprint": "fp_homeport"}
 
     if not body.stream:
-        content: list[str] = []
-        reasoning: list[str] = []
-        calls: list[ToolCall] = []
-        done: Done | None = None
-
-        async def collect() -> None:
-            nonlocal done
-            async for event in generation.events():
-                if isinstance(event, Output):
-                    content.append(event.content)
-                    reasoning.append(event.thinking)
-                    calls.extend(event.tool_calls)
-                else:
-                    done = event
-
-        await cancel_on_disconnect(request.receive, collect())
-        assert done is not None
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(content)}
-        if "".join(reasoning):
-            message["reasoning"] = "".join(reasoning)
-        if calls:
-            message["tool_calls"] = _openai_tool_calls(tuple(calls))
+        answer = await generation.whole(request.receive)
+        message: dict[str, Any] = {"role": "assistant", "content": answer.content}
+        if answer.thinking:
+            message["reasoning"] = answer.thinking
+        if answer.tool_calls:
+            message["tool_calls"] = _openai_tool_calls(answer.tool_calls)
         return JSONResponse({
             **base, "object": "chat.completion",
             "choices": [{"index": 0, "message": message,
-                         "finish_reason": _finish_reason(done, bool(calls))}],
-            "usage": _usage(done),
+                         "finish_reason": _finish_reason(answer.done, bool(answer.tool_calls))}],
+            "usage": _usage(answer.done),
         })
 
     saw_tool_calls = False
@@ -245,23 +229,11 @@ async def completions(request: Request) -> Response:
             "system_fingerprint": "fp_homeport", "object": "text_completion"}
 
     if not body.stream:
-        texts: list[str] = []
-        done: Done | None = None
-
-        async def collect() -> None:
-            nonlocal done
-            async for event in generation.events():
-                if isinstance(event, Output):
-                    texts.append(event.content)
-                else:
-                    done = event
-
-        await cancel_on_disconnect(request.receive, collect())
-        assert done is not None
-        text = (prompt if body.echo else "") + "".join(texts)
+        answer = await generation.whole(request.receive)
+        text = (prompt if body.echo else "") + answer.content
         return JSONResponse({**base, "choices": [{
             "text": text, "index": 0, "logprobs": None,
-            "finish_reason": _finish_reason(done, False)}], "usage": _usage(done)})
+            "finish_reason": _finish_reason(answer.done, False)}], "usage": _usage(answer.done)})
 
     def encode(event: Output | Done) -> list[dict[str, Any]]:
         if isinstance(event, Done):
