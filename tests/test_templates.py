@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,6 +168,45 @@ def test_anthropic_thinking_blocks(variants: ServerProcess) -> None:
         final = stream.get_final_message()
     assert final.content[0].type == "thinking"
     assert final.content[0].thinking == thought
+
+
+def test_responses_function_calls_and_their_outputs(variants: ServerProcess) -> None:
+    """The Responses API: a tool call is a function_call item (streamed through
+    function_call_arguments events), and a function_call_output item carries the answer back."""
+    client = openai.OpenAI(base_url=f"{variants.url}/v1", api_key="x", max_retries=0)
+    tool = {"type": "function", **WEATHER_TOOL["function"]}
+    request: dict[str, Any] = {
+        "model": "tooly", "input": "What is the weather in Paris?", "tools": [tool],
+        "temperature": 0, "max_output_tokens": 60,
+        "text": {"format": {"type": "json_schema", "name": "call", "schema": TOOL_CALL_SCHEMA}}}
+    response = client.responses.create(**request)
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert [call.name for call in calls] == ["get_weather"]
+    assert isinstance(json.loads(calls[0].arguments)["city"], str)
+    with client.responses.stream(**request) as stream:
+        arguments = [e.arguments for e in stream
+                     if e.type == "response.function_call_arguments.done"]
+        final = stream.get_final_response()
+    assert arguments == [calls[0].arguments]
+    assert [item.type for item in final.output] == ["function_call"]
+    followup = client.responses.create(
+        model="tooly", tools=[tool], temperature=0, max_output_tokens=20, input=[
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {"type": "function_call", "call_id": calls[0].call_id, "name": "get_weather",
+             "arguments": calls[0].arguments},
+            {"type": "function_call_output", "call_id": calls[0].call_id,
+             "output": "18 degrees and sunny"}])
+    assert followup.status in ("completed", "incomplete")
+
+
+def test_responses_reasoning_items(variants: ServerProcess) -> None:
+    client = openai.OpenAI(base_url=f"{variants.url}/v1", api_key="x", max_retries=0)
+    response = client.responses.create(model="thinker", input="Why is the sea salty?",
+                                       reasoning={"effort": "high"}, temperature=0,
+                                       max_output_tokens=60)
+    assert response.output[0].type == "reasoning"
+    assert response.output[0].content
+    assert response.output[0].content[0].text
 
 
 def test_thinking_goes_to_thinking_never_content(variants: ServerProcess) -> None:

@@ -18,7 +18,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from homeport import metrics
-from homeport.api import anthropic_routes, model_routes, ollama_routes, openai_routes
+from homeport.api import (
+    anthropic_routes,
+    model_routes,
+    ollama_routes,
+    openai_routes,
+    responses_routes,
+)
 from homeport.api.common import AppState
 from homeport.api.errors import homeport_error, http_error, unexpected_error
 from homeport.asgi import StatusRecordingSend
@@ -110,6 +116,7 @@ def create_app(parts: AppParts) -> Starlette:
             *model_routes.routes,
             *openai_routes.routes,
             *anthropic_routes.routes,
+            *responses_routes.routes,
             *parts.routes,
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],

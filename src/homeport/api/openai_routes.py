@@ -107,7 +107,8 @@ def _format(response_format: schemas.OpenAIResponseFormat | None) -> str | dict[
     raise BadRequestError(f"unsupported response_format type {response_format.type!r}")
 
 
-def _think(effort: str | None) -> bool | str | None:
+def think_from_effort(effort: str | None) -> bool | str | None:
+    """``think`` for an OpenAI ``reasoning_effort`` (or Responses ``reasoning.effort``)."""
     if effort is None:
         return None
     if effort == "none":
@@ -169,7 +170,7 @@ async def chat_completions(request: Request) -> Response:
         messages=_messages(body.messages),
         tools=[tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None,
         format=_format(body.response_format),
-        think=_think(body.reasoning_effort),
+        think=think_from_effort(body.reasoning_effort),
     ))
     completion_id = f"chatcmpl-{secrets.token_hex(6)}"
     created = int(time.time())

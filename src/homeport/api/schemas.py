@@ -273,3 +273,41 @@ class AnthropicMessagesRequest(_Request):
     tool_choice: AnthropicToolChoice | None = None
     thinking: AnthropicThinking | None = None
     output_config: AnthropicOutputConfig | None = None
+
+
+# --- OpenAI Responses -----------------------------------------------------------------------------
+
+
+class ResponsesTool(_Request):
+    type: str
+    name: str | None = None
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ResponsesTextFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+
+
+class ResponsesText(_Request):
+    format: ResponsesTextFormat | None = None
+
+
+class ResponsesReasoning(_Request):
+    effort: str | None = None
+
+
+class ResponsesRequest(_Request):
+    model: str = ""
+    input: str | list[dict[str, Any]] = ""
+    instructions: str | None = None
+    stream: bool = False
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = None
+    top_p: float | None = None
+    tools: list[ResponsesTool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    text: ResponsesText | None = None
+    reasoning: ResponsesReasoning | None = None
+    previous_response_id: str | None = None
