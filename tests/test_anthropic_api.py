@@ -53,6 +53,15 @@ def test_max_tokens_stops_the_answer(client: anthropic.Anthropic) -> None:
     assert message.usage.output_tokens == 3
 
 
+def test_thinking_asked_of_a_model_that_cannot_think_is_ignored(
+        client: anthropic.Anthropic) -> None:
+    """Claude Code asks for thinking whatever the model; SmolLM2 just answers."""
+    message = client.messages.create(model=MODEL, max_tokens=8, messages=QUESTION,
+                                     thinking={"type": "enabled", "budget_tokens": 1024},
+                                     extra_body=GREEDY)
+    assert [block.type for block in message.content] == ["text"]
+
+
 def test_blocks_make_the_same_prompt_as_the_native_api(client: anthropic.Anthropic,
                                                        server: ServerProcess) -> None:
     """System blocks, text blocks and earlier turns render as the same chat /api/chat renders:

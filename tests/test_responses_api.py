@@ -67,6 +67,12 @@ def test_input_items_make_the_same_prompt_as_the_chat_api(client: openai.OpenAI)
     assert response.output_text == chat.choices[0].message.content
 
 
+def test_reasoning_effort_is_ignored_by_a_model_that_cannot_think(client: openai.OpenAI) -> None:
+    response = client.responses.create(model=MODEL, input="Say hi.", temperature=0,
+                                       max_output_tokens=8, reasoning={"effort": "high"})
+    assert [item.type for item in response.output] == ["message"]
+
+
 def test_structured_output(client: openai.OpenAI) -> None:
     schema = {"type": "object", "properties": {"colour": {"type": "string"}},
               "required": ["colour"], "additionalProperties": False}

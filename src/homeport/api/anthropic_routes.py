@@ -33,7 +33,9 @@ from homeport.api.errors import anthropic_error_body
 from homeport.api.streaming import SSE, StreamResponse, sse_named_event
 from homeport.engine.parsing import ToolCall
 from homeport.engine.service import ChatMessage, Done, GenerationInput, Output, Timings
+from homeport.engine.templates import template_features
 from homeport.errors import BadRequestError, HomeportError
+from homeport.store import ModelRecord
 
 
 def _text_of(content: str | list[dict[str, Any]] | None, where: str) -> str:
@@ -118,8 +120,12 @@ def _tools(body: schemas.AnthropicMessagesRequest) -> list[dict[str, Any]] | Non
         for tool in body.tools]
 
 
-def _think(thinking: schemas.AnthropicThinking | None) -> bool | None:
-    return None if thinking is None else thinking.type != "disabled"
+def _think(thinking: schemas.AnthropicThinking | None, record: ModelRecord) -> bool | None:
+    """Thinking as asked, for a model that can think. Claude Code asks every model to; a model
+    that cannot simply answers (the native APIs refuse ``think`` there instead)."""
+    if thinking is None or not template_features(record.chat_template).thinking:
+        return None
+    return thinking.type != "disabled"
 
 
 def _format(config: schemas.AnthropicOutputConfig | None) -> dict[str, Any] | None:
@@ -229,7 +235,7 @@ async def messages(request: Request) -> Response:
         raise BadRequestError("messages: at least one message is required")
     generation = await start_generation(request, GenerationInput(
         record=record, options=_options(body), messages=_messages(body), tools=_tools(body),
-        think=_think(body.thinking), format=_format(body.output_config)))
+        think=_think(body.thinking, record), format=_format(body.output_config)))
     message: dict[str, Any] = {
         "id": f"msg_{secrets.token_hex(12)}", "type": "message", "role": "assistant",
         "model": body.model, "content": [], "stop_reason": None, "stop_sequence": None,

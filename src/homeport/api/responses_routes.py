@@ -33,7 +33,9 @@ from homeport.api.openai_routes import think_from_effort
 from homeport.api.streaming import SSE, StreamResponse, sse_event
 from homeport.engine.parsing import ToolCall
 from homeport.engine.service import ChatMessage, Done, GenerationInput, Output
+from homeport.engine.templates import template_features
 from homeport.errors import BadRequestError, HomeportError
+from homeport.store import ModelRecord
 
 
 def _item_id(prefix: str) -> str:
@@ -113,6 +115,15 @@ def _format(text: schemas.ResponsesText | None) -> str | dict[str, Any] | None:
     if text.format.schema_ is None:
         raise BadRequestError("text.format.schema is required for json_schema")
     return text.format.schema_
+
+
+def _think(reasoning: schemas.ResponsesReasoning | None, record: ModelRecord
+           ) -> bool | str | None:
+    """``reasoning.effort`` for a model that can think; ignored by one that cannot, since
+    clients of this API send it by default."""
+    if reasoning is None or not template_features(record.chat_template).thinking:
+        return None
+    return think_from_effort(reasoning.effort)
 
 
 def _options(body: schemas.ResponsesRequest) -> dict[str, Any]:
@@ -296,7 +307,7 @@ async def responses(request: Request) -> Response:
     generation = await start_generation(request, GenerationInput(
         record=record, options=_options(body), messages=_messages(body), tools=tools,
         format=_format(body.text),
-        think=think_from_effort(body.reasoning.effort if body.reasoning else None)))
+        think=_think(body.reasoning, record)))
     response = _Response(body, tools)
     if body.stream:
         return StreamResponse(_stream(generation, response), SSE)

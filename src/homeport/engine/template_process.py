@@ -78,7 +78,9 @@ class TemplateRenderer:
         return answer
 
     def _running_child(self) -> subprocess.Popen[bytes]:
-        if self._child is None or self._child.poll() is not None:
+        if self._child is not None and self._child.poll() is not None:
+            self._stop_child()  # died between renders: its pipes go with it
+        if self._child is None:
             self._child = subprocess.Popen(
                 [sys.executable, "-m", "homeport.engine.template_process",
                  str(self.memory_bytes)],
@@ -108,10 +110,13 @@ class TemplateRenderer:
 def _serve(memory_bytes: int) -> None:
     """The child: answer render requests from stdin until it closes."""
     import resource
+    import signal
 
     from homeport.engine.templates import render_chat
 
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    # Ctrl-C at the server's terminal reaches this process too; the server stops it when done.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for line in sys.stdin.buffer:
         try:
             request = json.loads(line)
