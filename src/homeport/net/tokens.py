@@ -11,10 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
-import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -28,6 +26,7 @@ from homeport.errors import (
     NotFoundError,
     UnauthorizedError,
 )
+from homeport.fileio import atomic_write
 
 PREFIX = "homeport_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -130,18 +129,8 @@ class TokenStore:
         raise NotFoundError(f"no token named '{name}' (see `homeport token list`)")
 
     def _write(self, tokens: list[Token]) -> None:
-        data = _File(tokens=tokens)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens-")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump(data.model_dump(mode="json"), out, indent=2)
-                out.write("\n")
-            os.chmod(temporary, 0o600)
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        text = json.dumps(_File(tokens=tokens).model_dump(mode="json"), indent=2) + "\n"
+        atomic_write(self.path, text.encode("utf-8"), mode=0o600)  # only its owner reads it
 
 
 class TokenChecker:
