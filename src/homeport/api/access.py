@@ -10,7 +10,7 @@ where every route finds its model.)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -20,6 +20,7 @@ from homeport.api.common import state_of
 from homeport.api.streaming import cancel_on_disconnect
 from homeport.engine.parsing import ToolCall
 from homeport.engine.service import Done, Generation, GenerationInput, Output
+from homeport.errors import HomeportError
 from homeport.net.caller import RequestRecord, caller_of, record_of
 from homeport.store import ModelRecord
 
@@ -69,6 +70,25 @@ class MeteredGeneration:
     async def close(self) -> None:
         await self._generation.close()
         self._count()
+
+    async def encoded(self, encode: Callable[[Output | Done], Iterable[bytes]],
+                      error: Callable[[HomeportError], bytes], *, before: Iterable[bytes] = (),
+                      after: Iterable[bytes] = ()) -> AsyncIterator[bytes]:
+        """A streamed answer on the wire: ``before``, every event encoded, ``after``. An error
+        once the stream has started is one more record; the generation is closed however the
+        stream ends (the client leaving included)."""
+        try:
+            for chunk in before:
+                yield chunk
+            async for event in self.events():
+                for chunk in encode(event):
+                    yield chunk
+            for chunk in after:
+                yield chunk
+        except HomeportError as exc:
+            yield error(exc)
+        finally:
+            await self.close()
 
     async def whole(self, receive: Receive) -> WholeAnswer:
         """Every event gathered; cancelled (the slot freed) if the client leaves meanwhile."""

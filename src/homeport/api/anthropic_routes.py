@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
@@ -26,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from homeport.api import schemas
-from homeport.api.access import MeteredGeneration, start_generation
+from homeport.api.access import start_generation
 from homeport.api.body import read_json
 from homeport.api.common import resolve_model, state_of
 from homeport.api.errors import anthropic_error_body
@@ -34,7 +33,7 @@ from homeport.api.streaming import SSE, StreamResponse, sse_named_event
 from homeport.engine.parsing import ToolCall
 from homeport.engine.service import ChatMessage, Done, GenerationInput, Output, Timings
 from homeport.engine.templates import template_features
-from homeport.errors import BadRequestError, HomeportError
+from homeport.errors import BadRequestError
 from homeport.store import ModelRecord
 
 
@@ -213,20 +212,6 @@ class _BlockStream:
         return events
 
 
-async def _stream(generation: MeteredGeneration, message: dict[str, Any]
-                  ) -> AsyncIterator[bytes]:
-    blocks = _BlockStream()
-    try:
-        yield sse_named_event("message_start", {"type": "message_start", "message": message})
-        async for event in generation.events():
-            for encoded in blocks.events(event):
-                yield encoded
-    except HomeportError as exc:
-        yield sse_named_event("error", anthropic_error_body(exc.status, exc.message))
-    finally:
-        await generation.close()
-
-
 async def messages(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, schemas.AnthropicMessagesRequest, state.max_body_bytes)
@@ -241,7 +226,11 @@ async def messages(request: Request) -> Response:
         "model": body.model, "content": [], "stop_reason": None, "stop_sequence": None,
         "usage": {"input_tokens": 0, "output_tokens": 0}}  # the counts come with message_delta
     if body.stream:
-        return StreamResponse(_stream(generation, message), SSE)
+        opening = sse_named_event("message_start", {"type": "message_start", "message": message})
+        return StreamResponse(generation.encoded(
+            _BlockStream().events,
+            lambda exc: sse_named_event("error", anthropic_error_body(exc.status, exc.message)),
+            before=[opening]), SSE)
 
     answer = await generation.whole(request.receive)
     content: list[dict[str, Any]] = []

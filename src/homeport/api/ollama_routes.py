@@ -48,7 +48,7 @@ from homeport.engine.service import (
     capabilities,
     l2_normalize,
 )
-from homeport.errors import BadRequestError, HomeportError
+from homeport.errors import BadRequestError
 from homeport.store import ModelRecord
 
 log = logging.getLogger(__name__)
@@ -80,15 +80,10 @@ def _tools(tools: list[schemas.Tool] | None) -> list[dict[str, Any]] | None:
     return [tool.model_dump(exclude_none=True) for tool in tools] if tools else None
 
 
-async def _ndjson(generation: MeteredGeneration,
-                  encode: Callable[[Output | Done], dict[str, Any]]) -> AsyncIterator[bytes]:
-    try:
-        async for event in generation.events():
-            yield ndjson_line(encode(event))
-    except HomeportError as exc:
-        yield ndjson_line({"error": exc.message})
-    finally:
-        await generation.close()
+def _ndjson(generation: MeteredGeneration,
+           encode: Callable[[Output | Done], dict[str, Any]]) -> AsyncIterator[bytes]:
+    return generation.encoded(lambda event: [ndjson_line(encode(event))],
+                              lambda exc: ndjson_line({"error": exc.message}))
 
 
 # --- /api/chat -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import json
 import secrets
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -40,7 +40,7 @@ from homeport.engine.service import (
     Output,
     l2_normalize,
 )
-from homeport.errors import BadRequestError, HomeportError, ModelNotFoundError
+from homeport.errors import BadRequestError, ModelNotFoundError
 
 
 def _options(body: schemas.OpenAIChatRequest | schemas.OpenAICompletionRequest,
@@ -140,19 +140,18 @@ def _openai_tool_calls(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
             for call in calls]
 
 
-async def _sse(generation: MeteredGeneration, encode: Any, include_usage: bool,
-               usage_chunk: Any) -> AsyncIterator[bytes]:
-    try:
-        async for event in generation.events():
-            for chunk in encode(event):
-                yield sse_event(chunk)
-            if isinstance(event, Done) and include_usage:
-                yield sse_event(usage_chunk(event))
-        yield sse_event("[DONE]")
-    except HomeportError as exc:
-        yield sse_event(openai_error_body(exc.status, exc.message))
-    finally:
-        await generation.close()
+def _sse(generation: MeteredGeneration, encode: Callable[[Output | Done], list[dict[str, Any]]],
+         include_usage: bool, usage_chunk: Callable[[Done], dict[str, Any]]
+         ) -> AsyncIterator[bytes]:
+    def events(event: Output | Done) -> list[bytes]:
+        chunks = encode(event)
+        if isinstance(event, Done) and include_usage:
+            chunks.append(usage_chunk(event))
+        return [sse_event(chunk) for chunk in chunks]
+
+    return generation.encoded(
+        events, lambda exc: sse_event(openai_error_body(exc.status, exc.message)),
+        after=[sse_event("[DONE]")])
 
 
 # --- /v1/chat/completions ------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
@@ -26,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from homeport.api import schemas
-from homeport.api.access import MeteredGeneration, start_generation
+from homeport.api.access import start_generation
 from homeport.api.body import read_json
 from homeport.api.common import incoming_tool_calls, resolve_model, state_of, tool_call_id
 from homeport.api.openai_routes import think_from_effort
@@ -34,7 +33,7 @@ from homeport.api.streaming import SSE, StreamResponse, sse_event
 from homeport.engine.parsing import ToolCall
 from homeport.engine.service import ChatMessage, Done, GenerationInput, Output
 from homeport.engine.templates import template_features
-from homeport.errors import BadRequestError, HomeportError
+from homeport.errors import BadRequestError
 from homeport.store import ModelRecord
 
 
@@ -281,19 +280,6 @@ class _Response:
         }
 
 
-async def _stream(generation: MeteredGeneration, response: _Response) -> AsyncIterator[bytes]:
-    try:
-        for event in response.start():
-            yield sse_event(event)
-        async for item in generation.events():
-            for event in response.feed(item):
-                yield sse_event(event)
-    except HomeportError as exc:
-        yield sse_event(response.event("error", code=None, message=exc.message, param=None))
-    finally:
-        await generation.close()
-
-
 async def responses(request: Request) -> Response:
     state = state_of(request)
     body = await read_json(request, schemas.ResponsesRequest, state.max_body_bytes)
@@ -310,7 +296,11 @@ async def responses(request: Request) -> Response:
         think=_think(body.reasoning, record)))
     response = _Response(body, tools)
     if body.stream:
-        return StreamResponse(_stream(generation, response), SSE)
+        return StreamResponse(generation.encoded(
+            lambda event: [sse_event(item) for item in response.feed(event)],
+            lambda exc: sse_event(response.event("error", code=None, message=exc.message,
+                                                 param=None)),
+            before=[sse_event(item) for item in response.start()]), SSE)
     answer = await generation.whole(request.receive)
     if answer.thinking:
         response.output.append(_reasoning_item(_item_id("rs"), answer.thinking))
