@@ -46,6 +46,18 @@ def test_a_message_and_its_stream_agree(client: anthropic.Anthropic) -> None:
     assert final.usage.output_tokens == message.usage.output_tokens
 
 
+def test_count_tokens_counts_what_a_message_reads(client: anthropic.Anthropic) -> None:
+    counted = client.messages.count_tokens(model=MODEL, messages=QUESTION, system="You are terse.")
+    message = client.messages.create(model=MODEL, max_tokens=2, messages=QUESTION,
+                                     system="You are terse.", extra_body=GREEDY)
+    read = message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0)
+    assert counted.input_tokens == read
+    longer = client.messages.count_tokens(model=MODEL, system="You are terse.", messages=[
+        *QUESTION, {"role": "assistant", "content": "Red, green, blue."},
+        {"role": "user", "content": "Three more?"}])
+    assert longer.input_tokens > counted.input_tokens
+
+
 def test_max_tokens_stops_the_answer(client: anthropic.Anthropic) -> None:
     message = client.messages.create(model=MODEL, max_tokens=3, messages=QUESTION,
                                      extra_body=GREEDY)

@@ -25,11 +25,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from homeport.api import schemas
-from homeport.api.access import start_generation
+from homeport.api.access import max_num_ctx, start_generation
 from homeport.api.body import read_json
 from homeport.api.common import resolve_model, state_of
 from homeport.api.errors import anthropic_error_body
-from homeport.api.streaming import SSE, StreamResponse, sse_named_event
+from homeport.api.streaming import SSE, StreamResponse, cancel_on_disconnect, sse_named_event
 from homeport.engine.parsing import ToolCall
 from homeport.engine.service import ChatMessage, Done, GenerationInput, Output, Timings
 from homeport.engine.templates import template_features
@@ -244,4 +244,21 @@ async def messages(request: Request) -> Response:
                          "usage": _usage(answer.done.timings)})
 
 
-routes = [Route("/v1/messages", messages, methods=["POST"])]
+async def count_tokens(request: Request) -> Response:
+    """``/v1/messages/count_tokens``: the prompt's size in this model's tokens (Claude Code asks
+    often, to know when to compact its context)."""
+    state = state_of(request)
+    body = await read_json(request, schemas.AnthropicMessagesRequest, state.max_body_bytes)
+    record = resolve_model(request, body.model)
+    if not body.messages:
+        raise BadRequestError("messages: at least one message is required")
+    count = await cancel_on_disconnect(request.receive, state.engine.count_prompt_tokens(
+        GenerationInput(record=record, messages=_messages(body), tools=_tools(body),
+                        think=_think(body.thinking, record), max_num_ctx=max_num_ctx(request))))
+    return JSONResponse({"input_tokens": count})
+
+
+routes = [
+    Route("/v1/messages", messages, methods=["POST"]),
+    Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+]

@@ -326,16 +326,20 @@ class Engine:
         in_thinking = thinking_capable and text.rstrip().endswith("<think>")
         return text, in_thinking
 
-    def _tokens(self, runner: Runner, request: GenerationInput, text: str,
-                options: ModelOptions) -> list[int]:
+    @staticmethod
+    def _encode(runner: Runner, request: GenerationInput, text: str) -> list[int]:
+        """The prompt's tokens as the model will see them, before any truncation."""
         model = runner.model
         tokens = model.tokenize(text, add_special=True, parse_special=not request.raw)
         if len(tokens) >= 2 and tokens[0] == tokens[1] == model.bos:
             tokens = tokens[1:]  # the template wrote BOS itself
         if request.context:
             tokens = [int(t) for t in request.context] + tokens
-        if not tokens:
-            tokens = [model.bos]
+        return tokens or [model.bos]
+
+    def _tokens(self, runner: Runner, request: GenerationInput, text: str,
+                options: ModelOptions) -> list[int]:
+        tokens = self._encode(runner, request, text)
         limit = options.num_ctx - 1
         if len(tokens) > limit:
             if not request.truncate:
@@ -350,6 +354,22 @@ class Engine:
             log.info("prompt truncated to %d tokens to fit num_ctx %d", len(tokens),
                      options.num_ctx)
         return tokens
+
+    async def count_prompt_tokens(self, request: GenerationInput) -> int:
+        """How many tokens ``request``'s prompt is, through the model's own template and
+        tokenizer (loading the model if it is not loaded)."""
+        thinking = template_features(request.record.chat_template).thinking
+        options = self.options_for(request.record, request.options, request.max_num_ctx)
+        runner, _ = await self.manager.acquire(request.record, self._context_settings(options),
+                                               request.keep_alive)
+        try:
+            def count() -> int:
+                text, _ = self._prompt_text(runner, request, thinking)
+                return len(self._encode(runner, request, text))
+
+            return await asyncio.to_thread(count)
+        finally:
+            self.manager.release(runner, request.keep_alive)
 
     # --- embeddings ----------------------------------------------------------------------------
 
