@@ -10,6 +10,9 @@ import anthropic
 import httpx
 import pytest
 
+from homeport.client.adapters import Finished, Message, TextDelta, open_adapter
+from homeport.client.settings import ClientSettings
+from homeport.config import config_file
 from tests.conftest import MODEL
 from tests.support.server import ServerProcess
 
@@ -124,3 +127,23 @@ def test_errors_come_in_anthropics_shape(client: anthropic.Anthropic,
     assert broken.status_code == 400
     assert broken.json()["type"] == "error"
     assert broken.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_homeports_own_anthropic_adapter_talks_to_homeport(
+        server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The editor side's ``anthropic`` adapter, pointed at a homeport server instead of
+    Anthropic's: the same wire format both ways."""
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "ignored-by-homeport")
+    path = config_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'[adapters.anthropic]\nmodel = "{MODEL}"\n')
+    adapter = open_adapter("anthropic", ClientSettings())
+    events = list(adapter.stream([Message("user", "Say hi.")], system="Be terse.",
+                                 max_tokens=16))
+    text = "".join(event.text for event in events if isinstance(event, TextDelta))
+    final = events[-1]
+    assert isinstance(final, Finished)
+    assert text.strip()
+    assert final.stop_reason in ("end_turn", "max_tokens")
+    assert 0 < final.usage.output_tokens <= 16
