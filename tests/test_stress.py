@@ -29,7 +29,7 @@ def rss_bytes(pid: int) -> int:
 def request_for(index: int, rng: random.Random) -> tuple[str, dict[str, object], bool]:
     """(path, body, streamed) for the index-th request: a mix of every kind."""
     prompt = f"Request {index}: say something about the number {index}."
-    kind = index % 6
+    kind = index % 8
     if kind == 0:
         return "/api/chat", {"model": MODEL, "options": OPTIONS,
                              "messages": [{"role": "user", "content": prompt}]}, True
@@ -43,8 +43,32 @@ def request_for(index: int, rng: random.Random) -> tuple[str, dict[str, object],
                                  "stream": False}, False
     if kind == 4:
         return "/api/embed", {"model": MODEL, "input": [prompt, prompt[::-1]]}, False
+    if kind == 5:
+        return "/v1/messages", {"model": MODEL, "stream": True, "max_tokens": 12,
+                                "messages": [{"role": "user", "content": prompt}]}, True
+    if kind == 6:
+        return "/v1/responses", {"model": MODEL, "stream": True, "max_output_tokens": 12,
+                                 "input": prompt}, True
     return "/v1/chat/completions", {"model": MODEL, "stream": True, "max_tokens": 12,
                                     "messages": [{"role": "user", "content": prompt}]}, True
+
+
+def record_of(line: str) -> dict[str, object] | None:
+    payload = line.removeprefix("data: ")
+    return None if payload == "[DONE]" else dict(json.loads(payload))
+
+
+def is_error(line: str) -> bool:
+    """An error record, in any of the four APIs' wire formats."""
+    record = record_of(line)
+    return record is not None and (bool(record.get("error")) or record.get("type") == "error")
+
+
+def finished(last: str) -> bool:
+    """Whether a stream's last line ends it, in any of the four APIs' wire formats."""
+    record = record_of(last)
+    return record is None or record.get("done") is True or record.get("type") in (
+        "message_stop", "response.completed", "response.incomplete")
 
 
 async def one(http: httpx.AsyncClient, index: int, rng: random.Random,
@@ -64,16 +88,15 @@ async def one(http: httpx.AsyncClient, index: int, rng: random.Random,
         lines = 0
         last = ""
         async for line in reply.aiter_lines():
-            if not line.strip():
+            if not line.strip() or line.startswith("event: "):
                 continue
             lines += 1
             last = line
-            assert '"error"' not in line, line
+            assert not is_error(line), line
             if leave_early and lines >= 2:
                 outcomes.append("left")
                 return  # closing the response mid-stream: the client is gone
-        finished = last == "data: [DONE]" or json.loads(last).get("done") is True
-        assert finished, (path, last)
+        assert finished(last), (path, last)
         outcomes.append("ok")
 
 
