@@ -129,6 +129,19 @@ def _boolean(raw: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _flash_attention(raw: str) -> str:
+    return "auto" if raw.lower() == "auto" else ("on" if _boolean(raw) else "off")
+
+
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+
+
+def _kv_cache_type(raw: str) -> str:
+    if raw.lower() not in KV_CACHE_TYPES:
+        raise ValueError(f"expected one of {', '.join(KV_CACHE_TYPES)}")
+    return raw.lower()
+
+
 def _log_level(raw: str) -> str:
     if raw.lower() in ("1", "true", "debug"):
         return "DEBUG"
@@ -173,6 +186,15 @@ LOAD_TIMEOUT = _register(Setting(
 NUM_THREADS = _register(Setting(
     ("HOMEPORT_NUM_THREADS",), 0, _non_negative_int,
     "CPU threads llama.cpp uses (default 0: one per core)",
+))
+FLASH_ATTENTION = _register(Setting(
+    ("HOMEPORT_FLASH_ATTENTION", "OLLAMA_FLASH_ATTENTION"), "auto", _flash_attention,
+    "Flash attention: auto (llama.cpp decides), true or false (default auto)",
+))
+KV_CACHE_TYPE = _register(Setting(
+    ("HOMEPORT_KV_CACHE_TYPE", "OLLAMA_KV_CACHE_TYPE"), "f16", _kv_cache_type,
+    "K/V cache type: f16, q8_0 (about half the memory) or q4_0 (about a quarter); "
+    "quantized needs flash attention (default f16)",
 ))
 MEMORY_LIMIT = _register(Setting(
     ("HOMEPORT_MEMORY_LIMIT",), 0, _byte_size,

@@ -38,6 +38,11 @@ def setup_logging() -> None:
 
 
 def engine_settings() -> EngineSettings:
+    flash_attention, kv_cache_type = config.FLASH_ATTENTION.get(), config.KV_CACHE_TYPE.get()
+    if kv_cache_type != "f16" and flash_attention == "off":
+        log.warning("a %s K/V cache needs flash attention, which is turned off: using f16",
+                    kv_cache_type)
+        kv_cache_type = "f16"
     return EngineSettings(
         manager=ManagerSettings(
             max_loaded=config.MAX_LOADED_MODELS.get(),
@@ -49,6 +54,8 @@ def engine_settings() -> EngineSettings:
         ),
         default_num_ctx=config.CONTEXT_LENGTH.get(),
         num_threads=config.NUM_THREADS.get(),
+        flash_attention=flash_attention,
+        kv_cache_type=kv_cache_type,
     )
 
 

@@ -55,6 +55,8 @@ class ContextSettings:
     n_seq: int
     n_batch: int = 512
     n_threads: int = 0
+    flash_attention: str = "auto"  # auto, on, off
+    kv_cache_type: str = "f16"  # f16, q8_0, q4_0
 
     @property
     def n_ctx_total(self) -> int:
@@ -116,6 +118,14 @@ class Batch:
     def free(self) -> None:
         llama_cpp.llama_batch_free(self._batch)
 
+
+_FLASH_ATTENTION = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+                    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}
+_KV_CACHE_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+                   "q4_0": llama_cpp.GGML_TYPE_Q4_0}
+# Bytes a cache type stores per value, relative to f16's two: blocks of 32 values with a scale.
+KV_CACHE_SIZE_FACTOR = {"f16": 1.0, "q8_0": 34 / 64, "q4_0": 18 / 64}
 
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")], align=True)
 
@@ -243,15 +253,19 @@ class LlamaModel:
         threads = settings.n_threads or default_threads()
         self.ctx = self._new_context(
             n_ctx=settings.n_ctx_total, n_batch=settings.n_batch, n_seq=settings.n_seq,
-            threads=threads, embeddings=False)
+            threads=threads, embeddings=False, flash_attention=settings.flash_attention,
+            kv_cache_type=settings.kv_cache_type)
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self._threads = threads
         self._embed_ctx: Any = None
         self._embed_n_ctx = 0
 
     def _new_context(self, *, n_ctx: int, n_batch: int, n_seq: int, threads: int,
-                     embeddings: bool) -> Any:
+                     embeddings: bool, flash_attention: str = "auto",
+                     kv_cache_type: str = "f16") -> Any:
         params = llama_cpp.llama_context_default_params()
+        params.flash_attn_type = _FLASH_ATTENTION[flash_attention]
+        params.type_k = params.type_v = _KV_CACHE_TYPES[kv_cache_type]
         params.n_ctx = n_ctx
         params.n_batch = n_batch
         params.n_ubatch = n_batch

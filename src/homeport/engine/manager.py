@@ -198,8 +198,9 @@ class ModelManager:
         )
         self.runners.append(runner)
         metrics.LOADED_MODELS.set(len(self.runners))
-        log.info("loaded %s (num_ctx %d x %d slots, ~%s) in %.2fs", runner.name,
-                 settings.n_ctx_per_seq, settings.n_seq, format_bytes(need), runner.load_seconds)
+        log.info("loaded %s (num_ctx %d x %d slots, %s K/V cache, ~%s) in %.2fs", runner.name,
+                 settings.n_ctx_per_seq, settings.n_seq, settings.kv_cache_type,
+                 format_bytes(need), runner.load_seconds)
         return runner
 
     def _budget(self) -> int:

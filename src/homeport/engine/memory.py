@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from homeport.engine.llama import ContextSettings
+from homeport.engine.llama import KV_CACHE_SIZE_FACTOR, ContextSettings
 from homeport.store.gguf import GGUFInfo
 
 GIB = 1024**3
@@ -14,8 +14,9 @@ _OVERHEAD_BYTES = 160 * 1024**2
 
 
 def estimate_model_bytes(info: GGUFInfo, settings: ContextSettings) -> int:
-    """Weights (the file) + f16 KV cache for every slot + logits + fixed overhead."""
-    kv_cache = settings.n_ctx_total * info.kv_cache_bytes_per_token()
+    """Weights (the file) + KV cache for every slot + logits + fixed overhead."""
+    kv_cache = int(settings.n_ctx_total * info.kv_cache_bytes_per_token()
+                   * KV_CACHE_SIZE_FACTOR[settings.kv_cache_type])
     vocab = info.metadata.get(f"{info.architecture}.vocab_size")
     vocab_size = vocab if isinstance(vocab, int) else 32000
     logits = vocab_size * 4 * (settings.n_seq + 1)

@@ -109,6 +109,8 @@ class EngineSettings:
     manager: ManagerSettings
     default_num_ctx: int
     num_threads: int = 0
+    flash_attention: str = "auto"
+    kv_cache_type: str = "f16"
 
 
 def capabilities(record: ModelRecord) -> list[str]:
@@ -222,6 +224,8 @@ class Engine:
             n_seq=self.settings.manager.num_parallel,
             n_batch=options.num_batch,
             n_threads=options.num_thread or self.settings.num_threads,
+            flash_attention=self.settings.flash_attention,
+            kv_cache_type=self.settings.kv_cache_type,
         )
 
     def options_for(self, record: ModelRecord, request_options: Mapping[str, Any] | None,
