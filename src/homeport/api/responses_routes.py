@@ -15,6 +15,7 @@ Stateless only: ``previous_response_id`` is refused (nothing is stored), as are 
 
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 import time
@@ -179,7 +180,9 @@ class _Response:
                        "description": t["function"]["description"],
                        "parameters": t["function"]["parameters"], "strict": False}
                       for t in tools or []],
-            "text": {"format": {"type": "text"}}, "usage": None, "store": False,
+            "text": body.text.model_dump(by_alias=True, exclude_none=True) if body.text
+            else {"format": {"type": "text"}},
+            "usage": None, "store": False,
         }
 
     def event(self, kind: str, **fields: Any) -> dict[str, Any]:
@@ -187,7 +190,7 @@ class _Response:
         return {"type": kind, "sequence_number": self.sequence - 1, **fields}
 
     def _lifecycle(self, kind: str) -> dict[str, Any]:
-        return self.event(kind, response=json.loads(json.dumps(self.snapshot)))
+        return self.event(kind, response=copy.deepcopy(self.snapshot))
 
     def start(self) -> list[dict[str, Any]]:
         return [self._lifecycle("response.created"), self._lifecycle("response.in_progress")]
