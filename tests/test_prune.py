@@ -4,6 +4,7 @@ downloads and crash leftovers go; models, young uploads, resumable pulls and unk
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -104,3 +105,25 @@ def test_a_partial_whose_blob_is_complete_goes_at_once(tmp_path: Path) -> None:
         prune(store, now=time.time() + 2 * HOUR)
     assert finished.exists()
     assert not leftover.exists()
+
+
+def test_a_manifest_under_a_name_homeport_refuses_still_keeps_its_layers(tmp_path: Path) -> None:
+    """Another tool (Ollama) may have written names outside homeport's grammar: their layers are
+    in use all the same."""
+    models = tmp_path / "models"
+    store = ModelStore(models)
+    data = b"a layer only the odd model uses"
+    layer = _blob(store.blobs_dir, data, 2 * HOUR)
+    config = _blob(store.blobs_dir, b"{}", 2 * HOUR)
+    manifest = {
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": "sha256:" + hashlib.sha256(b"{}").hexdigest(), "size": 2},
+        "layers": [{"mediaType": "application/vnd.ollama.image.model",
+                    "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data)}]}
+    odd = models / "manifests/registry.ollama.ai/ns.with.dots/odd/latest"
+    odd.parent.mkdir(parents=True)
+    odd.write_text(json.dumps(manifest))
+    assert prune(store).layers == 0
+    assert layer.exists()
+    assert config.exists()

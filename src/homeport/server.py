@@ -62,7 +62,10 @@ def engine_settings() -> EngineSettings:
 def build_parts() -> AppParts:
     store = open_store()
     if not config.NOPRUNE.get():
-        prune(store)
+        try:
+            prune(store)
+        except OSError as exc:  # tidying is a courtesy: it never keeps the server from starting
+            log.warning("the model store was not tidied: %s", exc)
     return AppParts(store=store, engine=Engine(engine_settings()),
                     max_body_bytes=config.MAX_BODY_BYTES.get())
 

@@ -102,7 +102,7 @@ def prune(store: ModelStore, now: float | None = None) -> PruneReport:
     blobs = store.primary.blobs
     with store.changes():
         try:
-            used: set[str] | None = store.used_digests(strict=True) | store.held_digests()
+            used: set[str] | None = store.used_digests() | store.held_digests()
         except UnreadableManifestError as exc:
             log.warning("no unused layers removed: %s", exc)
             used = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -284,19 +285,26 @@ class ModelStore:
             _prune_empty_dirs(path.parent, self.primary.manifests)
             self.remove_layers(digests)
 
-    def used_digests(self, strict: bool = False) -> set[str]:
-        """Every digest the writable root's manifests use. An unreadable manifest is skipped, or,
-        when ``strict``, raises UnreadableManifestError (then no layer may be called unused)."""
+    def used_digests(self) -> set[str]:
+        """Every digest a manifest in the writable root uses. Every file under ``manifests/``
+        counts, whatever its name (Ollama may have written names homeport would refuse). A
+        manifest or folder that cannot be read raises UnreadableManifestError: then no layer may
+        be called unused."""
         used: set[str] = set()
-        for name, path, _ in self._iter_manifests([self.primary]):
-            try:
-                used |= mf.parse_manifest(path.read_bytes()).digests()
-            except (BadRequestError, OSError) as exc:
-                if strict:
+
+        def unreadable(error: OSError) -> None:
+            raise UnreadableManifestError(f"{error.filename} cannot be read: {error.strerror}")
+
+        for folder, _, files in os.walk(self.primary.manifests, onerror=unreadable):
+            for file in files:
+                if file.startswith("."):  # a write in progress, or its leftover
+                    continue
+                path = Path(folder) / file
+                try:
+                    used |= mf.parse_manifest(path.read_bytes()).digests()
+                except (BadRequestError, OSError) as exc:
                     raise UnreadableManifestError(
-                        f"the manifest of {name.display} ({path}) cannot be read: {exc}") from None
-                if isinstance(exc, OSError):
-                    raise
+                        f"the manifest {path} cannot be read: {exc}") from None
         return used
 
     def held_digests(self) -> set[str]:
@@ -317,7 +325,11 @@ class ModelStore:
             wanted = set(candidates) - set(self._held)
             if not wanted:
                 return removed
-            used = self.used_digests()
+            try:
+                used = self.used_digests()
+            except UnreadableManifestError as exc:
+                log.warning("unused layers kept: %s", exc)
+                return removed
             for digest in sorted(wanted - used):
                 path = blob_path(self.primary.blobs, digest)
                 if path.is_file():
