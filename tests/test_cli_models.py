@@ -90,3 +90,57 @@ def test_interactive_run(base_url: str) -> None:
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_run_flags_as_ollama_run_has_them(base_url: str) -> None:
+    verbose = homeport("run", MODEL, "Say hello.", "--verbose", endpoint=base_url)
+    assert verbose.returncode == 0, verbose.stderr
+    assert verbose.stdout.strip()
+    for label in ("total duration:", "prompt eval count:", "eval count:", "eval rate:"):
+        assert label in verbose.stderr, verbose.stderr
+    running = homeport("ps", endpoint=base_url)
+    kept = homeport("run", MODEL, "Say hello.", "--keepalive", "0", endpoint=base_url)
+    assert kept.returncode == 0, kept.stderr
+    assert MODEL in running.stdout
+    assert MODEL not in homeport("ps", endpoint=base_url).stdout  # keepalive 0: unloaded after
+    refused = homeport("run", MODEL, "hi", "--think", "true", endpoint=base_url)
+    assert refused.returncode == 1
+    assert "does not support thinking" in refused.stderr
+
+
+def test_interactive_set_show_and_multiline(base_url: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_SRC), "OLLAMA_ENDPOINT": base_url,
+           "PROMPT_TOOLKIT_NO_CPR": "1"}
+    child = pexpect.spawn(sys.executable, ["-m", "homeport", "run", MODEL], env=env,
+                          encoding="utf-8", timeout=120)
+    try:
+        child.expect(">>>")
+        child.sendline("/set parameter num_predict 5")
+        child.expect("Set parameter 'num_predict' to '5'")
+        child.sendline("/set verbose")
+        child.expect("Set 'verbose' mode.")
+        child.sendline('"""Tell me a story')
+        child.expect(r"\.\.\.")
+        child.sendline('about a lighthouse."""')
+        child.expect(r"eval count:\s+5 token\(s\)")  # num_predict reached the server
+        child.expect(">>>")
+        child.sendline("/set format json")
+        child.expect("Set format to 'json' mode.")
+        child.sendline("Describe a colour.")
+        child.expect(r"[{\[]")  # the grammar makes the answer JSON from its first token
+        child.expect("eval count:")
+        child.expect(">>>")
+        child.sendline("/show info")
+        child.expect("context length")
+        child.expect("8192")
+        child.sendline("/set system You are a pirate.")
+        child.expect("Set system message.")
+        child.sendline("/show system")
+        child.expect("You are a pirate.")
+        child.sendline("/nonsense")
+        child.expect("Unknown command '/nonsense'")
+        child.sendline("/bye")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0

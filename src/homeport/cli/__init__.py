@@ -47,12 +47,14 @@ def _register() -> None:
         history,
         models,
         nvim,
+        run,
         serve,
         token,
         transfer,
     )
 
     main.add_command(serve.serve)
+    main.add_command(run.run)
     for command in [*models.commands, *transfer.commands]:
         main.add_command(command)
     main.add_command(chat.chat)

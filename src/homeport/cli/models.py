@@ -1,4 +1,4 @@
-"""Model commands that talk to a server: list, ps, show, run, cp, rm."""
+"""Model commands that talk to a server: list, ps, show, cp, rm (``run`` has its own module)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from homeport.cli import err_console
-from homeport.cli.options import client_for, endpoint_option, insecure_option
-from homeport.cli.transfer import pull_with_progress
-from homeport.client.api import HomeportClient, ServerError
+from homeport.cli.options import client_for, endpoint_option
 from homeport.humanize import format_bytes, format_duration
 
 # Piped output is for scripts: full-width rows, never names cut to fit 80 columns.
@@ -102,6 +100,11 @@ def show(model: str, modelfile: bool, template: bool, parameters: bool, system: 
         if flag:
             click.echo(info.get(key, ""))
             return
+    print_model_info(info)
+
+
+def print_model_info(info: dict[str, Any]) -> None:
+    """What ``homeport show`` prints: the details, then excerpts of the longer parts."""
     details = info.get("details", {})
     model_info = info.get("model_info", {})
     family = details.get("family", "")
@@ -122,83 +125,6 @@ def show(model: str, modelfile: bool, template: bool, parameters: bool, system: 
             console.print(f"\n[bold]{title}[/]")
             text = info[key] if key == "parameters" else _excerpt(info[key])
             console.print(text, markup=False)
-
-
-def _stream_answer(client: HomeportClient, model: str, messages: list[dict[str, Any]]) -> str:
-    """Print the answer as it streams; return its text."""
-    parts: list[str] = []
-    for chunk in client.chat(model, messages):
-        text = chunk.get("message", {}).get("content", "")
-        if text:
-            parts.append(text)
-            sys.stdout.write(text)
-            sys.stdout.flush()
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    return "".join(parts)
-
-
-def ensure_model(client: HomeportClient, model: str, insecure: bool) -> None:
-    """Offer to pull ``model`` when the server does not have it. Only a person at a terminal is
-    asked; a script gets the server's "not found" error rather than a surprise download."""
-    try:
-        client.show(model)
-        return
-    except ServerError as exc:
-        if exc.status != 404 or not (sys.stdin.isatty() and sys.stderr.isatty()):
-            raise
-        if not click.confirm(f"model '{model}' is not on the server; pull it now?",
-                             default=True, err=True):
-            raise SystemExit(1) from None
-    pull_with_progress(client, model, insecure)
-
-
-@click.command("run")
-@click.argument("model")
-@click.argument("prompt", nargs=-1)
-@insecure_option
-@endpoint_option
-def run(model: str, prompt: tuple[str, ...], insecure: bool, endpoint: str | None) -> None:
-    """Chat with a model: one answer for PROMPT, or an interactive session without one.
-
-    At a terminal, a model the server does not have is pulled first, after asking."""
-    with client_for(endpoint) as client:
-        ensure_model(client, model, insecure)
-        text = " ".join(prompt)
-        if not text and not sys.stdin.isatty():
-            text = sys.stdin.read()
-        if text:
-            _stream_answer(client, model, [{"role": "user", "content": text}])
-            return
-        _interactive(client, model)
-
-
-def _interactive(client: HomeportClient, model: str) -> None:
-    from prompt_toolkit import PromptSession
-
-    session: PromptSession[str] = PromptSession()
-    messages: list[dict[str, Any]] = []
-    console.print("[dim]Send a message (/bye to quit, /clear to forget the conversation)[/]")
-    while True:
-        try:
-            line = session.prompt(">>> ")
-        except (EOFError, KeyboardInterrupt):
-            break
-        if line.strip() in ("/bye", "/exit"):
-            break
-        if line.strip() == "/clear":
-            messages.clear()
-            continue
-        if not line.strip():
-            continue
-        messages.append({"role": "user", "content": line})
-        try:
-            answer = _stream_answer(client, model, messages)
-        except KeyboardInterrupt:
-            messages.pop()
-            sys.stdout.write("\n")
-            continue
-        messages.append({"role": "assistant", "content": answer})
 
 
 @click.command("cp")
@@ -223,4 +149,4 @@ def rm(models: tuple[str, ...], endpoint: str | None) -> None:
             console.print(f"deleted '{model}'")
 
 
-commands = [list_, ps, show, run, cp, rm]
+commands = [list_, ps, show, cp, rm]
