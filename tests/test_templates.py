@@ -15,6 +15,7 @@ import ollama
 import openai
 import pytest
 
+from tests.support.cli import homeport
 from tests.support.models import gguf_with_template, install_model
 from tests.support.server import ServerProcess
 
@@ -219,6 +220,14 @@ def test_thinking_goes_to_thinking_never_content(variants: ServerProcess) -> Non
                               stream=True))
     assert "".join(c.message.thinking or "" for c in chunks) == reply.message.thinking
     assert all(not c.message.content for c in chunks)
+
+
+def test_run_shows_thinking_apart(variants: ServerProcess) -> None:
+    result = homeport("run", "thinker", "Why is the sea salty?", "--think", "true",
+                      env={"OLLAMA_ENDPOINT": variants.url})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Thinking...\n")
+    assert "\033[" not in result.stdout  # no terminal codes in piped output
 
 
 def test_think_false_answers_in_content(variants: ServerProcess) -> None:

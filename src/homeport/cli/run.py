@@ -106,26 +106,27 @@ def answer(client: HomeportClient, model: str, messages: list[dict[str, Any]],
     parts: list[str] = []
     thinking = False
     final: dict[str, Any] = {}
+    dim, plain = ("\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "")
     for chunk in client.stream("/api/chat", {"model": model, "stream": True,
                                              **settings.request(messages)}):
         message = chunk.get("message", {})
         thought = message.get("thinking", "")
         if thought and not settings.hide_thinking:
             if not thinking:
-                sys.stdout.write("\033[2mThinking...\n")
+                sys.stdout.write(f"{dim}Thinking...\n")
                 thinking = True
             sys.stdout.write(thought)
         text = message.get("content", "")
         if text:
             if thinking:
-                sys.stdout.write("\n...done thinking.\033[0m\n\n")
+                sys.stdout.write(f"\n...done thinking.{plain}\n\n")
                 thinking = False
             parts.append(text)
             sys.stdout.write(text)
         sys.stdout.flush()
         if chunk.get("done"):
             final = chunk
-    sys.stdout.write("\033[0m\n" if thinking else "\n")
+    sys.stdout.write(f"{plain}\n" if thinking else "\n")
     sys.stdout.flush()
     if settings.verbose and final:
         err_console.print(_stats(final), highlight=False)
