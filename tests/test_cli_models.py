@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import httpx
 import pexpect
 
 from tests.conftest import MODEL
@@ -34,7 +35,8 @@ def test_run_reads_the_prompt_from_stdin(base_url: str) -> None:
 
 
 def test_list_ps_show(base_url: str) -> None:
-    homeport("run", MODEL, "hi", endpoint=base_url)
+    loaded = httpx.post(f"{base_url}/api/generate", json={"model": MODEL}, timeout=60)
+    assert loaded.json()["done_reason"] == "load"
     listed = homeport("list", endpoint=base_url)
     assert listed.returncode == 0
     assert MODEL in listed.stdout
@@ -75,12 +77,20 @@ def test_errors_are_one_clear_line(base_url: str) -> None:
     assert "OLLAMA_ENDPOINT" in lines[0]
 
 
-def test_interactive_run(base_url: str) -> None:
+def spawn_run(base_url: str) -> pexpect.spawn:
+    """``homeport run MODEL`` at a pseudo-terminal, its first prompt read."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT_SRC), "OLLAMA_ENDPOINT": base_url,
            "PROMPT_TOOLKIT_NO_CPR": "1"}
     child = pexpect.spawn(sys.executable, ["-m", "homeport", "run", MODEL], env=env,
                           encoding="utf-8", timeout=120)
+    child.expect(">>>")
+    return child
+
+
+def test_interactive_run(base_url: str) -> None:
+    child = spawn_run(base_url)
     try:
+        child.sendline("/set parameter num_predict 40")  # SmolLM2 may otherwise ramble on
         child.expect(">>>")
         child.sendline("What is the capital of France?")
         child.expect(">>>")
@@ -109,12 +119,8 @@ def test_run_flags_as_ollama_run_has_them(base_url: str) -> None:
 
 
 def test_interactive_set_show_and_multiline(base_url: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_SRC), "OLLAMA_ENDPOINT": base_url,
-           "PROMPT_TOOLKIT_NO_CPR": "1"}
-    child = pexpect.spawn(sys.executable, ["-m", "homeport", "run", MODEL], env=env,
-                          encoding="utf-8", timeout=120)
+    child = spawn_run(base_url)
     try:
-        child.expect(">>>")
         child.sendline("/set parameter num_predict 5")
         child.expect("Set parameter 'num_predict' to '5'")
         child.sendline("/set verbose")
