@@ -27,7 +27,7 @@ from starlette.routing import Route
 from homeport.api import schemas
 from homeport.api.access import max_num_ctx, start_generation
 from homeport.api.body import read_json
-from homeport.api.common import resolve_model, state_of
+from homeport.api.common import function_tool, resolve_model, state_of, template_tool_call
 from homeport.api.errors import anthropic_error_body
 from homeport.api.streaming import SSE, StreamResponse, cancel_on_disconnect, sse_named_event
 from homeport.engine.parsing import ToolCall
@@ -79,8 +79,8 @@ def _messages(body: schemas.AnthropicMessagesRequest) -> list[ChatMessage]:
                 name, call_id = str(block.get("name", "")), str(block.get("id", ""))
                 arguments = block.get("input")
                 tool_names[call_id] = name
-                calls.append({"type": "function", "id": call_id, "function": {
-                    "name": name, "arguments": arguments if isinstance(arguments, dict) else {}}})
+                calls.append(template_tool_call(
+                    call_id, name, arguments if isinstance(arguments, dict) else {}))
             elif kind == "tool_result" and message.role == "user":
                 call_id = str(block.get("tool_use_id", ""))
                 converted.append(ChatMessage(
@@ -113,10 +113,7 @@ def _options(body: schemas.AnthropicMessagesRequest) -> dict[str, Any]:
 def _tools(body: schemas.AnthropicMessagesRequest) -> list[dict[str, Any]] | None:
     if not body.tools or (body.tool_choice is not None and body.tool_choice.type == "none"):
         return None
-    return [{"type": "function", "function": {
-        "name": tool.name, "description": tool.description or "",
-        "parameters": tool.input_schema or {"type": "object", "properties": {}}}}
-        for tool in body.tools]
+    return [function_tool(tool.name, tool.description, tool.input_schema) for tool in body.tools]
 
 
 def _think(thinking: schemas.AnthropicThinking | None, record: ModelRecord) -> bool | None:

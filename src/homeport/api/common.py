@@ -93,18 +93,29 @@ def ollama_tool_calls(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
             for call in calls]
 
 
+def template_tool_call(call_id: str | None, name: str, arguments: Any) -> dict[str, Any]:
+    """A tool call of an earlier turn as chat templates expect it: arguments given as a JSON
+    string are parsed (an unreadable one becomes ``{}``)."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments or "{}")
+        except ValueError:
+            arguments = {}
+    return {"type": "function", "id": call_id,
+            "function": {"name": name, "arguments": arguments}}
+
+
 def incoming_tool_calls(calls: list[ToolCallIn] | None) -> list[dict[str, Any]] | None:
-    """A message's tool calls as chat templates expect them, arguments always an object."""
+    """A message's tool calls (Ollama's and OpenAI's shape) as chat templates expect them."""
     if not calls:
         return None
-    converted = []
-    for call in calls:
-        arguments: Any = call.function.arguments
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments or "{}")
-            except ValueError:
-                arguments = {}
-        converted.append({"type": "function", "id": call.id,
-                          "function": {"name": call.function.name, "arguments": arguments}})
-    return converted
+    return [template_tool_call(call.id, call.function.name, call.function.arguments)
+            for call in calls]
+
+
+def function_tool(name: str, description: str | None,
+                  parameters: dict[str, Any] | None) -> dict[str, Any]:
+    """A tool definition as chat templates expect it (OpenAI's function shape)."""
+    return {"type": "function", "function": {
+        "name": name, "description": description or "",
+        "parameters": parameters or {"type": "object", "properties": {}}}}

@@ -28,7 +28,13 @@ from starlette.routing import Route
 from homeport.api import schemas
 from homeport.api.access import start_generation
 from homeport.api.body import read_json
-from homeport.api.common import incoming_tool_calls, resolve_model, state_of, tool_call_id
+from homeport.api.common import (
+    function_tool,
+    resolve_model,
+    state_of,
+    template_tool_call,
+    tool_call_id,
+)
 from homeport.api.openai_routes import think_from_effort
 from homeport.api.streaming import SSE, StreamResponse, sse_event
 from homeport.engine.parsing import ToolCall
@@ -77,10 +83,8 @@ def _messages(body: schemas.ResponsesRequest) -> list[ChatMessage]:
         elif kind == "function_call":
             call_id, name = str(item.get("call_id", "")), str(item.get("name", ""))
             names[call_id] = name
-            call = schemas.ToolCallIn.model_validate({
-                "id": call_id, "function": {"name": name,
-                                            "arguments": str(item.get("arguments") or "{}")}})
-            converted.append(ChatMessage("assistant", tool_calls=incoming_tool_calls([call])))
+            call = template_tool_call(call_id, name, str(item.get("arguments") or "{}"))
+            converted.append(ChatMessage("assistant", tool_calls=[call]))
         elif kind == "function_call_output":
             call_id = str(item.get("call_id", ""))
             output = item.get("output")
@@ -101,9 +105,7 @@ def _tools(body: schemas.ResponsesRequest) -> list[dict[str, Any]] | None:
     for tool in body.tools:
         if tool.type != "function" or not tool.name:
             raise BadRequestError(f"unsupported tool type {tool.type!r}: only functions run here")
-        tools.append({"type": "function", "function": {
-            "name": tool.name, "description": tool.description or "",
-            "parameters": tool.parameters or {"type": "object", "properties": {}}}})
+        tools.append(function_tool(tool.name, tool.description, tool.parameters))
     return tools
 
 
@@ -163,8 +165,8 @@ def _function_call_item(item_id: str, call: ToolCall, arguments: str,
 class _Response:
     """The response object as it grows, and the stream events that tell of each change."""
 
-    def __init__(self, body: schemas.ResponsesRequest, tools: list[dict[str, Any]] | None
-                 ) -> None:
+    def __init__(self, body: schemas.ResponsesRequest, tools: list[dict[str, Any]] | None,
+                 options: dict[str, Any]) -> None:
         self.output: list[dict[str, Any]] = []
         self.sequence = 0
         self._open: tuple[str, str, list[str]] | None = None  # kind, item id, texts so far
@@ -173,8 +175,7 @@ class _Response:
             "status": "in_progress", "model": body.model, "output": self.output,
             "error": None, "incomplete_details": None, "instructions": body.instructions,
             "max_output_tokens": body.max_output_tokens, "parallel_tool_calls": True,
-            "temperature": 1.0 if body.temperature is None else body.temperature,
-            "top_p": 1.0 if body.top_p is None else body.top_p,
+            "temperature": options["temperature"], "top_p": options["top_p"],
             "tool_choice": body.tool_choice if isinstance(body.tool_choice, str) else "auto",
             "tools": [{"type": "function", "name": t["function"]["name"],
                        "description": t["function"]["description"],
@@ -292,12 +293,12 @@ async def responses(request: Request) -> Response:
     record = resolve_model(request, body.model)
     if not body.input:
         raise BadRequestError("input is required")
-    tools = _tools(body)
+    tools, options = _tools(body), _options(body)
     generation = await start_generation(request, GenerationInput(
-        record=record, options=_options(body), messages=_messages(body), tools=tools,
+        record=record, options=options, messages=_messages(body), tools=tools,
         format=_format(body.text),
         think=_think(body.reasoning, record)))
-    response = _Response(body, tools)
+    response = _Response(body, tools, options)
     if body.stream:
         return StreamResponse(generation.encoded(
             lambda event: [sse_event(item) for item in response.feed(event)],
