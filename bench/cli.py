@@ -184,7 +184,7 @@ def _peer_spec(name: str, settings: Settings, tools: LlamaTools | None, work: Pa
         return llama_server_spec(settings, tools)
     if name == "llama-cpp-python":
         return llama_cpp_python_spec(settings, native.eog_tokens(settings.model_path))
-    return homeport_spec(settings, work, "ollama" if name == "homeport-ollama" else "openai")
+    return homeport_spec(settings, work, name)
 
 
 def _native_figures(settings: Settings, tools: LlamaTools | None, selected: list[str],

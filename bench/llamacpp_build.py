@@ -80,8 +80,7 @@ def cached_tools(cache_dir: Path, version: str) -> LlamaTools | None:
     return tools
 
 
-def ensure_tools(cache_dir: Path, console: Console, *, allow_build: bool = True,
-                 jobs: int | None = None) -> LlamaTools:
+def ensure_tools(cache_dir: Path, console: Console, *, allow_build: bool = True) -> LlamaTools:
     """The cached tools for the installed llama-cpp-python, building them first if needed."""
     version = installed_version()
     tools = cached_tools(cache_dir, version)
@@ -101,7 +100,7 @@ def ensure_tools(cache_dir: Path, console: Console, *, allow_build: bool = True,
             build_dir = work / "build"
             ninja = shutil.which("ninja")
             _configure(source, build_dir, ninja is not None, log, console)
-            _compile(build_dir, ninja, jobs or os.cpu_count() or 1, log, console)
+            _compile(build_dir, ninja, os.cpu_count() or 1, log, console)
         bin_dir = root / "bin"
         bin_dir.mkdir(exist_ok=True)
         for target in TARGETS:
@@ -109,14 +108,14 @@ def ensure_tools(cache_dir: Path, console: Console, *, allow_build: bool = True,
     (root / "build.json").write_text(json.dumps(_stamp(version), indent=2))
     console.print(f"built {', '.join(TARGETS)} from llama-cpp-python {version} "
                   f"in {time.monotonic() - started:.0f}s ({root})")
-    return LlamaTools(version, root / "bin")
+    return LlamaTools(version, bin_dir)
 
 
-def _run_logged(command: list[str], log: BinaryIO, what: str, cwd: Path | None = None,
+def _run_logged(command: list[str], log: BinaryIO, what: str,
                 timeout: float = BUILD_TIMEOUT) -> None:
     log.write(f"$ {' '.join(command)}\n".encode())
     log.flush()
-    result = subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+    result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
                             timeout=timeout, check=False)
     if result.returncode != 0:
         raise BuildError(f"{what} failed (exit {result.returncode}); see {log.name}")

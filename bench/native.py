@@ -24,7 +24,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from bench.llamacpp_build import LlamaTools
 from bench.peers import Settings
 from bench.prompts import Message
-from bench.streams import StreamResult, record_text
+from bench.streams import SEED, StreamResult, record_text
 
 TOOL_TIMEOUT = 600.0
 BATCHED_PROMPT_TOKENS = 64
@@ -34,11 +34,10 @@ class RawEngine:
     """llama-cpp-python's ``Llama`` loaded with the peers' settings (one sequence)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
         self.llm = llama_cpp.Llama(
             str(settings.model_path), n_ctx=settings.ctx_per_slot, n_batch=settings.batch,
             n_ubatch=settings.batch, n_threads=settings.threads,
-            n_threads_batch=settings.threads, seed=settings.seed, verbose=False)
+            n_threads_batch=settings.threads, seed=SEED, verbose=False)
         template = self.llm.metadata.get("tokenizer.chat_template", "")
         special = self.llm.detokenize
         self._formatter = Jinja2ChatFormatter(

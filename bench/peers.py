@@ -22,11 +22,11 @@ import httpx
 
 from bench.llamacpp_build import LlamaTools
 from bench.streams import Endpoint, Protocol
+from homeport.store.bundled import BUNDLED_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 180.0
 STOP_TIMEOUT = 15.0
-HOMEPORT_MODEL = "smollm2:135m"
 ALIAS = "smollm2"
 
 
@@ -44,7 +44,6 @@ class Settings:
     parallel: int = 4
     batch: int = 512
     max_tokens: int = 128
-    seed: int = 42
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,6 @@ class PeerSpec:
     endpoint: Endpoint
     ready_path: str
     env: dict[str, str] = field(default_factory=dict)
-    slots: int = 1
 
 
 def free_port() -> int:
@@ -72,8 +70,13 @@ def _clean_env() -> dict[str, str]:
             if not key.startswith(("HOMEPORT_", "OLLAMA_", "LLAMA_ARG_"))}
 
 
-def homeport_spec(settings: Settings, work_dir: Path, protocol: Protocol) -> PeerSpec:
-    """homeport from this checkout's ``src`` (not whatever is installed), isolated folders."""
+HOMEPORT_PROTOCOLS: dict[str, Protocol] = {"homeport": "openai", "homeport-ollama": "ollama"}
+
+
+def homeport_spec(settings: Settings, work_dir: Path, name: str) -> PeerSpec:
+    """homeport from this checkout's ``src`` (not whatever is installed), isolated folders;
+    ``name`` says which API it is driven through (``HOMEPORT_PROTOCOLS``)."""
+    protocol = HOMEPORT_PROTOCOLS[name]
     port = free_port()
     env = _clean_env()
     env.update({
@@ -89,11 +92,11 @@ def homeport_spec(settings: Settings, work_dir: Path, protocol: Protocol) -> Pee
     })
     api = "Ollama /api/chat" if protocol == "ollama" else "OpenAI /v1/chat/completions"
     return PeerSpec(
-        name="homeport" if protocol == "openai" else "homeport-ollama",
+        name=name,
         description=f"homeport serve, {settings.parallel} slots, {api}",
         command=[sys.executable, "-m", "homeport", "serve", "--host", f"127.0.0.1:{port}"],
-        endpoint=Endpoint(f"http://127.0.0.1:{port}", protocol, HOMEPORT_MODEL),
-        ready_path="/", env=env, slots=settings.parallel,
+        endpoint=Endpoint(f"http://127.0.0.1:{port}", protocol, BUNDLED_NAME),
+        ready_path="/", env=env,
     )
 
 
@@ -113,7 +116,7 @@ def llama_server_spec(settings: Settings, tools: LlamaTools) -> PeerSpec:
             "--batch-size", str(settings.batch), "--ubatch-size", str(settings.batch),
         ],
         endpoint=Endpoint(f"http://127.0.0.1:{port}", "openai", ALIAS, {"ignore_eos": True}),
-        ready_path="/health", env=_clean_env(), slots=settings.parallel,
+        ready_path="/health", env=_clean_env(),
     )
 
 
@@ -136,7 +139,7 @@ def llama_cpp_python_spec(settings: Settings, eog_tokens: list[int]) -> PeerSpec
             "--n_ubatch", str(settings.batch), "--verbose", "False",
         ],
         endpoint=Endpoint(f"http://127.0.0.1:{port}", "openai", ALIAS, bias),
-        ready_path="/v1/models", env=_clean_env(), slots=1,
+        ready_path="/v1/models", env=_clean_env(),
     )
 
 

@@ -20,6 +20,7 @@ import httpx
 from bench.prompts import Message
 
 Protocol = Literal["openai", "ollama"]
+SEED = 42  # every peer, and the raw engine, sample with it (at temperature 0 it only breaks ties)
 STREAM_LIMIT = 300.0  # seconds one stream may take in all, however slowly it trickles
 # A queued request legitimately receives nothing until a slot frees: only the total is bounded.
 STREAM_TIMEOUT = httpx.Timeout(STREAM_LIMIT, connect=10.0)
@@ -101,7 +102,7 @@ def request_body(endpoint: Endpoint, messages: list[Message], max_tokens: int,
 
 
 async def stream_chat(client: httpx.AsyncClient, endpoint: Endpoint, messages: list[Message],
-                      max_tokens: int, seed: int = 42) -> StreamResult:
+                      max_tokens: int, seed: int = SEED) -> StreamResult:
     """Send one streamed chat request and time it; errors are recorded, never raised."""
     path, body = request_body(endpoint, messages, max_tokens, seed)
     result = StreamResult(started=time.perf_counter())

@@ -31,8 +31,9 @@ from bench.streams import Endpoint, Protocol, StreamResult, stream_chat
 from tests.conftest import MODEL
 
 
-def _stream(base_url: str, protocol: Protocol, max_tokens: int) -> StreamResult:
-    endpoint = Endpoint(base_url, protocol, MODEL)
+def _stream(base_url: str, protocol: Protocol, max_tokens: int, model: str = MODEL
+            ) -> StreamResult:
+    endpoint = Endpoint(base_url, protocol, model)
 
     async def go() -> StreamResult:
         async with httpx.AsyncClient() as client:
@@ -57,13 +58,7 @@ def test_stream_client_times_a_real_stream(base_url: str, protocol: Protocol) ->
 
 
 def test_stream_client_records_an_http_error_instead_of_raising(base_url: str) -> None:
-    endpoint = Endpoint(base_url, "openai", "no-such-model:latest")
-
-    async def go() -> StreamResult:
-        async with httpx.AsyncClient() as client:
-            return await stream_chat(client, endpoint, PromptSequence().take(1)[0], 4)
-
-    result = asyncio.run(go())
+    result = _stream(base_url, "openai", 4, model="no-such-model:latest")
     assert not result.completed
     assert result.error is not None
     assert result.error.startswith("HTTP 404")
