@@ -8,8 +8,8 @@ from starlette.types import Message, Send
 class StatusRecordingSend:
     """An ASGI ``send`` that passes every message on and notes the response's status."""
 
-    def __init__(self, send: Send, status: int = 0) -> None:
-        self.status = status  # until the response starts: what a middleware reports for none
+    def __init__(self, send: Send) -> None:
+        self.status = 500  # until a response starts: none started is a failure
         self._send = send
 
     async def __call__(self, message: Message) -> None:

@@ -308,22 +308,23 @@ ANTHROPIC_BASE_URL = _register(Setting(
 ))
 
 
+def _path_set(setting: Setting[Path]) -> Path | None:
+    """A path setting's value, or None when it is unset (Path(""): its default applies)."""
+    value = setting.get()
+    return None if value == Path("") else value
+
+
 def data_dir() -> Path:
     """The one folder every stored file hangs off (models, history, tokens, audit)."""
-    configured = DATA_DIR.get()
-    return configured if configured != Path("") else Path(
-        platformdirs.user_data_dir("homeport", appauthor=False))
+    return _path_set(DATA_DIR) or Path(platformdirs.user_data_dir("homeport", appauthor=False))
 
 
 def config_dir() -> Path:
-    configured = CONFIG_DIR.get()
-    return configured if configured != Path("") else Path(
-        platformdirs.user_config_dir("homeport", appauthor=False))
+    return _path_set(CONFIG_DIR) or Path(platformdirs.user_config_dir("homeport", appauthor=False))
 
 
 def models_dir() -> Path:
-    configured = MODELS_DIR.get()
-    return configured if configured != Path("") else data_dir() / "models"
+    return _path_set(MODELS_DIR) or data_dir() / "models"
 
 
 def extra_store_dirs() -> tuple[Path, ...]:
@@ -338,15 +339,13 @@ def extra_store_dirs() -> tuple[Path, ...]:
 
 def policy_file() -> tuple[Path, bool]:
     """The policy file, and whether it was named explicitly (then it must exist)."""
-    configured = POLICY.get()
-    if configured != Path(""):
-        return configured, True
-    return config_dir() / "policy.toml", False
+    configured = _path_set(POLICY)
+    return (configured, True) if configured else (config_dir() / "policy.toml", False)
 
 
 def tailscaled_socket() -> Path:
-    configured = TAILSCALED_SOCKET.get()
-    if configured != Path(""):
+    configured = _path_set(TAILSCALED_SOCKET)
+    if configured:
         return configured
     if sys.platform == "darwin":
         return Path("/var/run/tailscaled.socket")

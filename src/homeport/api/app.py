@@ -61,7 +61,7 @@ class CountRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        recording = StatusRecordingSend(send, status=500)
+        recording = StatusRecordingSend(send)
         try:
             await self.app(scope, receive, recording)
         finally:

@@ -219,7 +219,7 @@ class Scheduler:
 
     def _gather(self) -> None:
         """Let requests that arrive together start together (see GATHER_QUIET)."""
-        if any(slot.job is not None for slot in self.slots):
+        if self.busy_slots:
             return
         started = time.perf_counter()
         seen = len(self.pending)

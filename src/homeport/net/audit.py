@@ -20,8 +20,6 @@ from typing import Any
 
 from homeport.net.caller import RequestRecord
 
-log = logging.getLogger(__name__)
-
 FILE_NAME = "audit.jsonl"
 DENIED = frozenset({401, 403, 429})
 

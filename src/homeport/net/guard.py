@@ -89,7 +89,7 @@ class Guard:
             if caller is not None:
                 self.gate.limiter.finish(caller, record.tokens_in + record.tokens_out)
             if self.gate.audit is not None:
-                self.gate.audit.write(record, scope["method"], scope["path"], send_status.status or 500,
+                self.gate.audit.write(record, scope["method"], scope["path"], send_status.status,
                                       time.perf_counter() - started)
 
     def _check_browser(self, scope: Scope, facts: RequestFacts, machine: MachineView) -> bool:

@@ -136,7 +136,7 @@ class Identifier:
                     '[serve] proxy = "127.0.0.1" in the policy file (HOMEPORT_POLICY)')
             if not (peer.is_loopback and machine.userspace):
                 return self._local(record)
-        whois = await self._whois(_host_port(facts.client), memo)
+        whois = await self._whois(format_host_port(peer, facts.client[1]), memo)
         if whois is None:
             if peer.is_loopback:
                 return self._local(record)  # tailscaled did not forward it: a local process
