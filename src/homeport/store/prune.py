@@ -28,7 +28,7 @@ from homeport.store.digests import (
     blob_path,
     normalize_digest,
 )
-from homeport.store.store import ModelStore, UnreadableManifestError
+from homeport.store.store import ModelStore, UnreadableManifestError, model_folders
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +84,6 @@ def _files(folder: Path) -> Iterator[tuple[Path, float, int]]:
             yield entry, stat.st_mtime, stat.st_size
 
 
-def _subfolders(folder: Path) -> list[Path]:
-    return [entry for entry in folder.iterdir() if entry.is_dir()] if folder.is_dir() else []
-
-
-def _manifest_folders(manifests: Path) -> Iterator[Path]:
-    """``manifests/{host}/{namespace}/{model}``: where a manifest write leaves its temporary."""
-    for host in _subfolders(manifests):
-        for namespace in _subfolders(host):
-            yield from _subfolders(namespace)
-
-
 def prune(store: ModelStore, now: float | None = None) -> PruneReport:
     """Remove what the writable root no longer needs (see the module's doc); say what went."""
     now = time.time() if now is None else now
@@ -106,12 +95,13 @@ def prune(store: ModelStore, now: float | None = None) -> PruneReport:
         except UnreadableManifestError as exc:
             log.warning("no unused layers removed: %s", exc)
             used = None
+        entries = list(_files(blobs))
         partial_ages: dict[str, float] = {}
-        for path, mtime, _ in _files(blobs):
+        for path, mtime, _ in entries:
             if (digest := _partial_digest(path.name)) is not None:
                 age = now - mtime  # a partial and its record age together: the younger counts
                 partial_ages[digest] = min(partial_ages.get(digest, age), age)
-        for path, mtime, size in _files(blobs):
+        for path, mtime, size in entries:
             age = now - mtime
             digest = _digest_of(path.name)
             if digest is not None:
@@ -123,7 +113,7 @@ def prune(store: ModelStore, now: float | None = None) -> PruneReport:
                     report.partials += _remove(path, size, report)
             elif _is_leftover(path.name) and age > LEFTOVER_AGE_SECONDS:
                 report.leftovers += _remove(path, size, report)
-        for folder in _manifest_folders(store.primary.manifests):
+        for folder in model_folders(store.primary.manifests):
             for path, mtime, size in _files(folder):
                 if path.name.startswith(".") and path.name.endswith(".tmp") and (
                         now - mtime > LEFTOVER_AGE_SECONDS):

@@ -137,20 +137,16 @@ class ModelStore:
                         ) -> Iterator[tuple[ModelName, Path, StoreRoot]]:
         """Every manifest in ``roots`` (default: all of them, writable root first)."""
         for root in self.roots if roots is None else roots:
-            base = root.manifests
-            if not base.is_dir():
-                continue
-            for host in sorted(base.iterdir()):
-                for namespace in _subdirs(host):
-                    for model in _subdirs(namespace):
-                        for tag in sorted(model.iterdir()):
-                            if not tag.is_file() or tag.name.startswith("."):
-                                continue
-                            text = f"{host.name}/{namespace.name}/{model.name}:{tag.name}"
-                            try:
-                                yield parse_name(text), tag, root
-                            except BadRequestError:
-                                log.debug("skipping a manifest with an invalid name: %s", text)
+            for model in model_folders(root.manifests):
+                namespace = model.parent
+                for tag in sorted(model.iterdir()):
+                    if not tag.is_file() or tag.name.startswith("."):
+                        continue
+                    text = f"{namespace.parent.name}/{namespace.name}/{model.name}:{tag.name}"
+                    try:
+                        yield parse_name(text), tag, root
+                    except BadRequestError:
+                        log.debug("skipping a manifest with an invalid name: %s", text)
 
     def _locate(self, name: ModelName, writable_only: bool = False,
                 ) -> tuple[ModelName, Path, StoreRoot] | None:
@@ -377,6 +373,13 @@ def _subdirs(path: Path) -> list[Path]:
     if not path.is_dir():
         return []
     return sorted(child for child in path.iterdir() if child.is_dir())
+
+
+def model_folders(manifests: Path) -> Iterator[Path]:
+    """``manifests/{host}/{namespace}/{model}``: the folders that hold a model's tags."""
+    for host in _subdirs(manifests):
+        for namespace in _subdirs(host):
+            yield from _subdirs(namespace)
 
 
 def _prune_empty_dirs(start: Path, stop: Path) -> None:
