@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
 from homeport import config, endpoints
 from homeport.errors import ConfigError
+from homeport.secrets import resolve_secret
 from tests.support.cli import homeport
 
 
@@ -120,6 +122,15 @@ def test_a_failing_command_reference_does_not_show_its_output(
     with pytest.raises(ConfigError, match="failed with exit status 3") as info:
         endpoints.resolve_endpoint()
     assert "hp_leaked" not in str(info.value)
+
+
+def test_a_command_reference_runs_once_for_every_setting_that_names_it(tmp_path: Path) -> None:
+    """Three adapters whose keys come from one ``cmd:`` ask the password manager once."""
+    runs = tmp_path / "runs"
+    command = f"cmd:echo run >> {runs}; echo the-secret"
+    for where in ("adapters.anthropic.api_key", "adapters.anthropic_opus.api_key"):
+        assert resolve_secret(command, where) == "the-secret"
+    assert runs.read_text().splitlines() == ["run"]
 
 
 def test_secret_settings_never_show_their_value(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,6 @@ and never written to logs, history or error messages. A reference is not secret,
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 
@@ -43,9 +42,14 @@ def resolve_secret(reference: str, where: str) -> str:
     return _run_command(target, where)
 
 
-@functools.cache
+# A command's output, kept for the process's life: a password manager is asked once, however
+# many settings (``where``, only for messages) refer to the same command. Failures are not kept.
+_outputs: dict[str, str] = {}
+
+
 def _run_command(command: str, where: str) -> str:
-    # Cached for the process's life: a password manager should be asked once, not per request.
+    if command in _outputs:
+        return _outputs[command]
     try:
         result = subprocess.run(command, shell=True, capture_output=True, text=True,
                                 timeout=COMMAND_TIMEOUT, check=False)
@@ -59,4 +63,5 @@ def _run_command(command: str, where: str) -> str:
     value = result.stdout.strip()
     if not value:
         raise ConfigError(f"{where}: the command `{command}` printed nothing")
+    _outputs[command] = value
     return value

@@ -9,8 +9,9 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from homeport.cli import err_console
 from homeport.cli.options import endpoint_option
-from homeport.cli.strategy import err_console, notify, open_for
+from homeport.cli.strategy import notify, open_for
 from homeport.client.adapters import ADAPTERS, Adapter
 from homeport.client.edit_file import EditFile, parse_target
 from homeport.client.inline import Outcome, edit_text

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.markup import escape
 
+from homeport.cli import err_console
 from homeport.client.adapters import Adapter, open_adapter
 from homeport.client.settings import ClientSettings, StrategyName
 from homeport.endpoints import resolve_endpoint
-
-err_console = Console(stderr=True, highlight=False)
 
 
 def notify(message: str) -> None:

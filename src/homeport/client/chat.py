@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from homeport.client.adapters import Adapter, ChatEvent, Finished, Message, TextDelta, Usage
-from homeport.client.adapters.base import ThinkingDelta
 from homeport.client.history import Conversation, History, Turn
 from homeport.errors import HomeportError
 
@@ -61,7 +60,6 @@ class PendingTurn:
         self.session = session
         self.user = user
         self.text: list[str] = []
-        self.thinking: list[str] = []
         self.usage = Usage()
         self.finished = False
         self.stopped = False
@@ -73,8 +71,6 @@ class PendingTurn:
         for event in self._events:
             if isinstance(event, TextDelta):
                 self.text.append(event.text)
-            elif isinstance(event, ThinkingDelta):
-                self.thinking.append(event.text)
             elif isinstance(event, Finished):
                 self.usage = event.usage
                 self.finished = True

@@ -23,12 +23,11 @@ from homeport.client.adapters.base import (
     ThinkingDelta,
     Usage,
 )
-from homeport.client.api import ServerUnreachableError, refused
+from homeport.client.api import DEFAULT_TIMEOUT, ServerUnreachableError, refused
 from homeport.config import config_file
 from homeport.endpoints import Endpoint
 
 # Loading a large model can take minutes before the first token: no read timeout, Ctrl-C stops.
-TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=60.0, pool=5.0)
 
 
 def same_model(a: str, b: str) -> bool:
@@ -58,7 +57,7 @@ class OllamaAdapter(Adapter):
         self.options = options or {}
         self.keep_alive = keep_alive
         self.notices = []
-        self._client = ollama.Client(host=endpoint.url, headers=endpoint.headers, timeout=TIMEOUT)
+        self._client = ollama.Client(host=endpoint.url, headers=endpoint.headers, timeout=DEFAULT_TIMEOUT)
         self.model = self._choose(model, explicit)
 
     @property
