@@ -7,15 +7,20 @@ default) and its bearer token are resolved here and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from homeport.config import HOST, TOKEN, config_file, env_value, read_config_file
 from homeport.errors import ConfigError
 from homeport.secrets import resolve_secret
 
 log = logging.getLogger(__name__)
+
+ConfigFileReader = Callable[[], dict[str, Any]]  # config.read_config_file, or a cached one
 
 DEFAULT_PORT = 11434
 DEFAULT_ENDPOINT = f"http://localhost:{DEFAULT_PORT}"
@@ -124,13 +129,15 @@ def resolve_endpoint(explicit: str | None = None) -> Endpoint:
     Each value is parsed as Ollama parses OLLAMA_HOST; a scheme other than http(s) is a
     ConfigError naming its source. The bearer token, when one is configured, rides along.
     """
-    url, source = endpoint_url(explicit)
-    token, token_source = resolve_token()
+    file = functools.cache(read_config_file)  # read once, and only if either needs it
+    url, source = endpoint_url(explicit, file=file)
+    token, token_source = resolve_token(file)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return Endpoint(url, source, headers, token_source)
 
 
-def endpoint_url(explicit: str | None = None, environment: bool = True) -> tuple[str, str]:
+def endpoint_url(explicit: str | None = None, environment: bool = True,
+                 file: ConfigFileReader = read_config_file) -> tuple[str, str]:
     """The endpoint's URL and its source, without the token (see ``resolve_endpoint``).
 
     ``environment=False`` skips the variables: what the flag or the config file say.
@@ -141,7 +148,7 @@ def endpoint_url(explicit: str | None = None, environment: bool = True) -> tuple
         raw = env_value(name)
         if raw:
             return _endpoint_url(raw, name), name
-    configured = read_config_file().get("endpoint")
+    configured = file().get("endpoint")
     source = f"{config_file()} (endpoint)"
     if configured is not None and not isinstance(configured, str):
         raise ConfigError(f"{source} must be a string such as \"http://100.64.0.1:11434\"")
@@ -160,7 +167,7 @@ def _endpoint_url(raw: str, source: str) -> str:
     return address.url.rstrip("/")
 
 
-def resolve_token() -> tuple[str, str]:
+def resolve_token(file: ConfigFileReader = read_config_file) -> tuple[str, str]:
     """The bearer token for the server and where it came from ("" and "not set" when none).
 
     HOMEPORT_TOKEN wins; else the config file's ``token``, which must be a reference
@@ -169,7 +176,7 @@ def resolve_token() -> tuple[str, str]:
     value, source = TOKEN.lookup()
     if value:
         return value, source
-    reference = read_config_file().get("token")
+    reference = file().get("token")
     if reference is None:
         return "", "not set"
     where = f"`token` in {config_file()}"
