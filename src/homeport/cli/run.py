@@ -107,8 +107,7 @@ def answer(client: HomeportClient, model: str, messages: list[dict[str, Any]],
     thinking = False
     final: dict[str, Any] = {}
     dim, plain = ("\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "")
-    for chunk in client.stream("/api/chat", {"model": model, "stream": True,
-                                             **settings.request(messages)}):
+    for chunk in client.chat(model, **settings.request(messages)):
         message = chunk.get("message", {})
         thought = message.get("thinking", "")
         if thought and not settings.hide_thinking:
