@@ -86,10 +86,13 @@ CLAUDE_EXTRAS: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def agent_model(server: ServerProcess) -> str:
-    """The bundled model under a chat template that shows tools."""
-    ollama.Client(host=server.url).create(AGENT_MODEL, from_=MODEL, template=TOOLS_TEMPLATE)
-    return AGENT_MODEL
+def agent_model(server: ServerProcess) -> Iterator[str]:
+    """The bundled model under a chat template that shows tools (gone again afterwards, so the
+    shared server's model list is as other tests expect it)."""
+    client = ollama.Client(host=server.url)
+    client.create(AGENT_MODEL, from_=MODEL, template=TOOLS_TEMPLATE)
+    yield AGENT_MODEL
+    client.delete(AGENT_MODEL)
 
 
 @pytest.fixture
