@@ -8,6 +8,13 @@ SSE with named events: ``message_start``, then per content block ``content_block
 ``content_block_stop``, then ``message_delta`` (the stop reason, the output tokens) and
 ``message_stop``; an error after the stream started is one ``error`` event.
 
+Every request shape the current API takes is accepted, as Ollama accepts it: system messages among
+the messages (Claude Code sends one), ``cache_control``, ``metadata``, ``service_tier``,
+``container``, ``context_management`` (ignored). Blocks the engine cannot use (a PDF document,
+server tool records) are skipped with a log line; a plain-text document is read as text. Server
+tools (``web_search_…``, ``code_execution_…``) are dropped, since only Anthropic runs them;
+client-side built-ins (``bash_…``, ``text_editor_…``) are functions the client runs.
+
 Not supported: images (the engine has no vision), forcing a tool (``tool_choice`` any or tool
 lets the model choose), and telling a stop sequence from the end of the turn (both are
 ``end_turn``). ``output_config.format`` (structured outputs) becomes ``format``; sampling
@@ -17,7 +24,9 @@ settings the SDK no longer sends (temperature, top_p, top_k) are still read when
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -36,25 +45,49 @@ from homeport.engine.templates import template_features
 from homeport.errors import BadRequestError
 from homeport.store import ModelRecord
 
+log = logging.getLogger(__name__)
 
-def _text_of(content: str | list[dict[str, Any]] | None, where: str) -> str:
-    """The text of a string or of a list of text blocks (a system prompt, a tool result)."""
-    if content is None or isinstance(content, str):
-        return content or ""
-    texts = []
-    for block in content:
-        if block.get("type") != "text" or not isinstance(block.get("text"), str):
-            raise BadRequestError(f"{where}: only text blocks are supported here, "
-                                  f"not {block.get('type')!r}")
-        texts.append(block["text"])
-    return "\n".join(texts)
+
+def _text_of(content: Any) -> str:
+    """The text of a string or of a list of blocks (a system prompt, a tool result, a document's
+    content): its text blocks; other blocks (images, search results) carry no text here."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    return "\n".join(block["text"] for block in content
+                     if isinstance(block, dict) and block.get("type") == "text"
+                     and isinstance(block.get("text"), str))
+
+
+def _document_text(block: dict[str, Any]) -> str | None:
+    """A document's text when it has one (a plain-text or content source); None for a PDF or a
+    URL, which the engine cannot read."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        return None
+    if source.get("type") == "text" and isinstance(source.get("data"), str):
+        text: str = source["data"]
+    elif source.get("type") == "content":
+        text = _text_of(source.get("content"))
+    else:
+        return None
+    title = block.get("title")
+    return f"{title}\n{text}" if isinstance(title, str) and title else text
+
+
+# Blocks that record a server tool's work (web search, code execution...): homeport runs no
+# server tools, and an earlier conversation's records are only history the model can do without.
+_SERVER_TOOL_BLOCKS = {"server_tool_use", "mcp_tool_use", "mcp_tool_result", "container_upload",
+                       "search_result"}
 
 
 def _messages(body: schemas.AnthropicMessagesRequest) -> list[ChatMessage]:
-    """The request's system prompt and messages as chat messages, block by block."""
+    """The request's system prompt and messages as chat messages, block by block. Blocks the
+    engine cannot use are skipped with a log line, as Ollama skips them, never refused."""
     converted: list[ChatMessage] = []
     if body.system:
-        converted.append(ChatMessage("system", _text_of(body.system, "system")))
+        converted.append(ChatMessage("system", _text_of(body.system)))
     tool_names: dict[str, str] = {}  # tool_use id -> tool name, for the results that answer it
     for index, message in enumerate(body.messages):
         if isinstance(message.content, str):
@@ -71,25 +104,27 @@ def _messages(body: schemas.AnthropicMessagesRequest) -> list[ChatMessage]:
             elif kind == "image":
                 source = block.get("source")
                 images.append(str(source.get("data", "")) if isinstance(source, dict) else "")
+            elif kind == "document" and (text := _document_text(block)) is not None:
+                texts.append(text)
             elif kind == "thinking" and isinstance(block.get("thinking"), str):
                 thinking.append(block["thinking"])
             elif kind == "redacted_thinking":
-                continue
-            elif kind == "tool_use" and message.role == "assistant":
+                continue  # encrypted thoughts of another model
+            elif kind == "tool_use":
                 name, call_id = str(block.get("name", "")), str(block.get("id", ""))
                 arguments = block.get("input")
                 tool_names[call_id] = name
                 calls.append(template_tool_call(
                     call_id, name, arguments if isinstance(arguments, dict) else {}))
-            elif kind == "tool_result" and message.role == "user":
+            elif kind == "tool_result":
                 call_id = str(block.get("tool_use_id", ""))
-                converted.append(ChatMessage(
-                    "tool", _text_of(block.get("content"), f"messages.{index}.tool_result"),
-                    tool_call_id=call_id, tool_name=tool_names.get(call_id)))
+                converted.append(ChatMessage("tool", _text_of(block.get("content")),
+                                             tool_call_id=call_id,
+                                             tool_name=tool_names.get(call_id)))
+            elif kind in _SERVER_TOOL_BLOCKS or str(kind).endswith("_tool_result"):
+                continue
             else:
-                raise BadRequestError(
-                    f"messages.{index}: unsupported content block {kind!r} in a {message.role} "
-                    "message")
+                log.info("messages.%d: skipped a %r block the engine cannot use", index, kind)
         if texts or calls or thinking or images:
             converted.append(ChatMessage(message.role, "\n".join(texts),
                                          thinking="".join(thinking) or None, images=images,
@@ -110,10 +145,37 @@ def _options(body: schemas.AnthropicMessagesRequest) -> dict[str, Any]:
     return options
 
 
+# Anthropic's server tools run on Anthropic's side; homeport cannot run them, so they are left
+# out of the prompt. Client-side built-ins (bash, text_editor, computer, memory) are the
+# client's to run: the model sees them as functions by their name.
+_SERVER_TOOL_TYPES = ("web_search_", "web_fetch_", "code_execution_", "tool_search_",
+                      "mcp_toolset")
+
+
 def _tools(body: schemas.AnthropicMessagesRequest) -> list[dict[str, Any]] | None:
     if not body.tools or (body.tool_choice is not None and body.tool_choice.type == "none"):
         return None
-    return [function_tool(tool.name, tool.description, tool.input_schema) for tool in body.tools]
+    tools = []
+    for tool in body.tools:
+        if tool.type is not None and tool.type.startswith(_SERVER_TOOL_TYPES):
+            log.info("tool %r (%s) dropped: homeport runs no server tools", tool.name, tool.type)
+            continue
+        tools.append(function_tool(tool.name, tool.description, tool.input_schema))
+    return tools or None
+
+
+def _counted_messages(body: schemas.AnthropicMessagesRequest, record: ModelRecord,
+                      tools: list[dict[str, Any]] | None) -> list[ChatMessage]:
+    """The messages to count. A template that cannot show tools would leave them out of the
+    count while the model still has to be told of them: their JSON counts as a system message."""
+    messages = _messages(body)
+    if tools and not template_features(record.chat_template).tools:
+        described = json.dumps(tools)
+        if messages and messages[0].role == "system":  # templates want the system prompt first
+            messages[0] = replace(messages[0], content=f"{messages[0].content}\n\n{described}")
+        else:
+            messages.insert(0, ChatMessage("system", described))
+    return messages
 
 
 def _think(thinking: schemas.AnthropicThinking | None, record: ModelRecord) -> bool | None:
@@ -249,9 +311,11 @@ async def count_tokens(request: Request) -> Response:
     record = resolve_model(request, body.model)
     if not body.messages:
         raise BadRequestError("messages: at least one message is required")
+    tools = _tools(body)
     count = await cancel_on_disconnect(request.receive, state.engine.count_prompt_tokens(
-        GenerationInput(record=record, messages=_messages(body), tools=_tools(body),
-                        think=_think(body.thinking, record), max_num_ctx=max_num_ctx(request))))
+        GenerationInput(record=record, messages=_counted_messages(body, record, tools),
+                        tools=tools, think=_think(body.thinking, record),
+                        max_num_ctx=max_num_ctx(request))))
     return JSONResponse({"input_tokens": count})
 
 

@@ -18,7 +18,11 @@ from homeport.net.caller import caller_of, record_of
 from homeport.store import ModelRecord, ModelStore
 from homeport.store.names import parse_name
 
-OLLAMA_COMPAT_VERSION = "0.12.0"
+# The Ollama release whose API homeport serves, as /api/version reports it. Clients gate features
+# on it (Codex refuses anything older than 0.13.4), so it is the release that brought the newest
+# API served here: Anthropic's Messages API (/v1/messages) came in Ollama 0.14.0, after the
+# Responses API (/v1/responses) in 0.13.3.
+OLLAMA_COMPAT_VERSION = "0.14.0"
 
 
 @dataclass

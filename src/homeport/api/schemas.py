@@ -229,11 +229,15 @@ class OpenAIEmbeddingRequest(_Request):
 
 
 class AnthropicMessage(_Request):
-    role: Literal["user", "assistant"]
+    # The current API also takes a system message among the others (Claude Code sends one).
+    role: Literal["user", "assistant", "system"]
     content: str | list[dict[str, Any]]
 
 
 class AnthropicTool(_Request):
+    """A tool: ``custom`` (or untyped) with an input schema, or a built-in one (``bash_…``,
+    ``text_editor_…``, ``web_search_…``) that has only a type and a name."""
+    type: str | None = None
     name: str
     description: str | None = None
     input_schema: dict[str, Any] | None = None
@@ -279,10 +283,14 @@ class AnthropicMessagesRequest(_Request):
 
 
 class ResponsesTool(_Request):
+    """A function, a ``custom`` tool (free-form text input), a ``namespace`` grouping tools,
+    or a hosted tool (``web_search``, ``file_search``, ...)."""
     type: str
     name: str | None = None
     description: str | None = None
     parameters: dict[str, Any] | None = None
+    tools: list[ResponsesTool] | None = None  # a namespace's members
+    format: dict[str, Any] | None = None  # a custom tool's input: text, or a grammar
 
 
 class ResponsesTextFormat(_Request):
