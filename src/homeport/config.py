@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import platformdirs
 
-from homeport.durations import normalize_keep_alive, parse_go_duration
+from homeport.durations import normalize_keep_alive, parse_go_duration, seconds_from_number
 from homeport.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def _keep_alive_seconds(raw: str) -> float:
     try:
         seconds = parse_go_duration(raw)
     except ValueError:
-        seconds = float(int(raw))
+        seconds = seconds_from_number(int(raw))
     return normalize_keep_alive(seconds)
 
 
@@ -175,8 +175,10 @@ MAX_QUEUE = _register(Setting(
     "Requests that may wait for a slot before the server answers 503 (default 512)",
 ))
 CONTEXT_LENGTH = _register(Setting(
-    ("HOMEPORT_CONTEXT_LENGTH", "OLLAMA_CONTEXT_LENGTH"), 4096, _positive_int,
-    "num_ctx used when a request does not set one (default 4096)",
+    ("HOMEPORT_CONTEXT_LENGTH", "OLLAMA_CONTEXT_LENGTH"), 0, _positive_int,
+    "num_ctx used when neither the request nor the model sets one (default: by memory, as "
+    "Ollama: 4k under 23 GiB, 32k under 47 GiB, else 256k, held to the model's and what fits)",
+    shown_default="auto",
 ))
 LOAD_TIMEOUT = _register(Setting(
     ("HOMEPORT_LOAD_TIMEOUT", "OLLAMA_LOAD_TIMEOUT"), 300.0, _load_timeout_seconds,

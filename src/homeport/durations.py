@@ -18,6 +18,19 @@ _UNIT_SECONDS = {
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 FOREVER = math.inf
+# Go's time.Duration is an int64 of nanoseconds: about 292 years either way.
+MAX_DURATION_SECONDS = (2**63 - 1) / 1e9
+
+
+def seconds_from_number(value: float) -> float:
+    """A number of seconds, as given; ValueError when it is NaN, infinite or past what a Go
+    duration holds (a 400-digit integer included, which float() alone would not convert)."""
+    if isinstance(value, int) and abs(value) > MAX_DURATION_SECONDS:
+        raise ValueError(f"{str(value)[:20]}... seconds is out of range")
+    seconds = float(value)
+    if not math.isfinite(seconds) or abs(seconds) > MAX_DURATION_SECONDS:
+        raise ValueError(f"{value} seconds is out of range")
+    return seconds
 
 
 def parse_go_duration(text: str) -> float:
@@ -41,6 +54,8 @@ def parse_go_duration(text: str) -> float:
             raise ValueError(f'time: invalid duration "{original}"')
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
+        if total > MAX_DURATION_SECONDS:  # Go refuses to overflow the int64 as well
+            raise ValueError(f'time: invalid duration "{original}"')
     return sign * total
 
 

@@ -12,6 +12,9 @@ REQUESTS = Counter(
 PROMPT_TOKENS = Counter(
     "homeport_prompt_tokens", "Prompt tokens by model and whether they were evaluated or cached",
     ["model", "source"], registry=REGISTRY)
+PROMPTS_TRUNCATED = Counter(
+    "homeport_prompts_truncated", "Prompts cut to fit the context (their start was lost), by model",
+    ["model"], registry=REGISTRY)
 GENERATED_TOKENS = Counter(
     "homeport_generated_tokens", "Tokens generated, by model", ["model"], registry=REGISTRY)
 TIME_TO_FIRST_TOKEN = Histogram(

@@ -52,7 +52,7 @@ def engine_settings() -> EngineSettings:
             memory_limit=config.MEMORY_LIMIT.get(),
             load_timeout=config.LOAD_TIMEOUT.get(),
         ),
-        default_num_ctx=config.CONTEXT_LENGTH.get(),
+        default_num_ctx=config.CONTEXT_LENGTH.get() or None,  # 0: chosen per model
         num_threads=config.NUM_THREADS.get(),
         flash_attention=flash_attention,
         kv_cache_type=kv_cache_type,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.types import Receive
 
+from homeport.api import truncation
 from homeport.api.common import state_of
 from homeport.api.streaming import cancel_on_disconnect
 from homeport.engine.parsing import ToolCall
@@ -133,6 +134,7 @@ async def start_generation(request: Request, generation_input: GenerationInput
     engine = state_of(request).engine
     generation = await cancel_on_disconnect(request.receive,
                                             engine.start_generation(generation_input))
+    truncation.note(request.scope, generation)
     return MeteredGeneration(generation, record)
 
 

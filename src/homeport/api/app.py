@@ -27,6 +27,7 @@ from homeport.api import (
 )
 from homeport.api.common import AppState
 from homeport.api.errors import homeport_error, http_error, unexpected_error
+from homeport.api.truncation import TruncationHeader
 from homeport.asgi import StatusRecordingSend
 from homeport.engine.service import Engine
 from homeport.errors import HomeportError
@@ -108,8 +109,10 @@ def create_app(parts: AppParts) -> Starlette:
                 await _run_hooks(parts.on_shutdown)  # the guard's flushes the audit log
 
     # Order, outermost first: paths are normalised before anything looks at them, then counted,
-    # then the guard (when configured) decides who may continue.
-    middleware = [Middleware(NormalizePath), Middleware(CountRequests), *parts.middleware]
+    # then the guard (when configured) decides who may continue; innermost, a truncated prompt's
+    # header is added to the response.
+    middleware = [Middleware(NormalizePath), Middleware(CountRequests), *parts.middleware,
+                  Middleware(TruncationHeader)]
     app = Starlette(
         routes=[
             *ollama_routes.routes,

@@ -64,6 +64,8 @@ def timings_fields(done: Done) -> dict[str, Any]:
         "prompt_eval_duration": nanoseconds(t.prompt_eval),
         "eval_count": t.eval_count,
         "eval_duration": nanoseconds(t.eval),
+        # homeport's own, which clients ignore: the prompt's length before it was cut to fit
+        "prompt_truncated_from": t.prompt_truncated_from,
     }
     return {key: value for key, value in fields.items() if value}
 

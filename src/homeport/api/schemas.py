@@ -7,12 +7,11 @@ numeric string.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from homeport.durations import normalize_keep_alive, parse_go_duration
+from homeport.durations import normalize_keep_alive, parse_go_duration, seconds_from_number
 
 
 def parse_keep_alive(value: Any) -> float | None:
@@ -22,9 +21,7 @@ def parse_keep_alive(value: Any) -> float | None:
     if isinstance(value, bool):
         raise ValueError("keep_alive must be a number of seconds or a duration such as \"5m\"")
     if isinstance(value, int | float):
-        if math.isnan(value):
-            raise ValueError("keep_alive must not be NaN")
-        return normalize_keep_alive(float(value))
+        return normalize_keep_alive(seconds_from_number(value))
     if isinstance(value, str):
         if value == "":
             return None

@@ -13,14 +13,47 @@ GIB = 1024**3
 _OVERHEAD_BYTES = 160 * 1024**2
 
 
-def estimate_model_bytes(info: GGUFInfo, settings: ContextSettings) -> int:
-    """Weights (the file) + KV cache for every slot + logits + fixed overhead."""
-    kv_cache = int(settings.n_ctx_total * info.kv_cache_bytes_per_token()
-                   * KV_CACHE_SIZE_FACTOR[settings.kv_cache_type])
+# Ollama's default context by (V)RAM: 4k below 23 GiB, 32k below 47 GiB, 256k above.
+_CONTEXT_TIERS = ((47 * GIB, 262144), (23 * GIB, 32768), (0, 4096))
+_CONTEXT_STEP = 1024  # a chosen context is a whole number of these
+MIN_DEFAULT_CONTEXT = 2048
+
+
+def _kv_bytes_per_token(info: GGUFInfo, kv_cache_type: str) -> float:
+    return info.kv_cache_bytes_per_token() * KV_CACHE_SIZE_FACTOR[kv_cache_type]
+
+
+def _fixed_bytes(info: GGUFInfo, n_seq: int) -> int:
+    """What a loaded model costs whatever its context: weights, logits and overhead."""
     vocab = info.metadata.get(f"{info.architecture}.vocab_size")
     vocab_size = vocab if isinstance(vocab, int) else 32000
-    logits = vocab_size * 4 * (settings.n_seq + 1)
-    return info.file_size + kv_cache + logits + _OVERHEAD_BYTES
+    return info.file_size + vocab_size * 4 * (n_seq + 1) + _OVERHEAD_BYTES
+
+
+def estimate_model_bytes(info: GGUFInfo, settings: ContextSettings) -> int:
+    """Weights (the file) + KV cache for every slot + logits + fixed overhead."""
+    kv_cache = int(settings.n_ctx_total * _kv_bytes_per_token(info, settings.kv_cache_type))
+    return _fixed_bytes(info, settings.n_seq) + kv_cache
+
+
+def choose_context_length(trained_context: int, memory: int, fixed_bytes: int,
+                          kv_bytes_per_token: float, slots: int) -> int:
+    """The context per slot to load a model with when nobody chose one: Ollama's tier for
+    ``memory`` (4k / 32k / 256k), no more than the model was trained on, and no more than fits in
+    ``memory`` beside the model's ``fixed_bytes`` with ``slots`` caches of
+    ``kv_bytes_per_token`` each. Never under 2048 (or the trained context, if smaller): a model
+    that does not fit even so is refused at load with a message that says so."""
+    tier = next(length for floor, length in _CONTEXT_TIERS if memory >= floor)
+    per_token = max(kv_bytes_per_token, 1.0) * max(slots, 1)
+    fits = int(max(memory - fixed_bytes, 0) // per_token) // _CONTEXT_STEP * _CONTEXT_STEP
+    floor = min(MIN_DEFAULT_CONTEXT, trained_context)
+    return max(floor, min(tier, trained_context, fits))
+
+
+def default_context_length(info: GGUFInfo, memory: int, n_seq: int, kv_cache_type: str) -> int:
+    """``choose_context_length`` for this model file."""
+    return choose_context_length(info.context_length, memory, _fixed_bytes(info, n_seq),
+                                 _kv_bytes_per_token(info, kv_cache_type), n_seq)
 
 
 def _meminfo() -> dict[str, int]:

@@ -16,8 +16,10 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from homeport.engine.llama import ContextSettings, SamplingParams, json_grammar
+from homeport import metrics
+from homeport.engine.llama import ContextSettings, SamplingParams, default_threads, json_grammar
 from homeport.engine.manager import ManagerSettings, ModelManager, Runner
+from homeport.engine.memory import available_memory, default_context_length
 from homeport.engine.options import ModelOptions, resolve_options
 from homeport.engine.parsing import Delta, OutputParser, ToolCall
 from homeport.engine.scheduler import EmbeddingJob, Failed, Finished, Job, TextChunk
@@ -83,11 +85,20 @@ class Timings:
     prompt_tokens: int = 0
     prompt_cached: int = 0
     eval_count: int = 0
+    prompt_truncated_from: int = 0  # the prompt's length before it was cut to fit; 0: not cut
 
     @property
     def prompt_eval_count(self) -> int:
         """Prompt tokens actually evaluated (the cached prefix excluded), as Ollama reports it."""
         return self.prompt_tokens - self.prompt_cached
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A prompt's tokens as the model takes them, and its length before truncation (if cut)."""
+
+    tokens: list[int]
+    truncated_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,7 @@ class Done:
 @dataclass(frozen=True)
 class EngineSettings:
     manager: ManagerSettings
-    default_num_ctx: int
+    default_num_ctx: int | None  # None: chosen per model from its trained context and the memory
     num_threads: int = 0
     flash_attention: str = "auto"
     kv_cache_type: str = "f16"
@@ -129,7 +140,8 @@ class Generation:
 
     def __init__(self, engine: Engine, runner: Runner, job: Job, parser: OutputParser,
                  queue: asyncio.Queue[SchedulerEvent], request: GenerationInput,
-                 started: float, load_seconds: float, show_thinking: bool) -> None:
+                 started: float, load_seconds: float, show_thinking: bool,
+                 prompt: PromptTokens) -> None:
         self._engine = engine
         self._runner = runner
         self._job = job
@@ -140,6 +152,10 @@ class Generation:
         self._load_seconds = load_seconds
         self._show_thinking = show_thinking
         self._closed = False
+        # The prompt's length before truncation, when it was cut to fit the context (else None),
+        # and the tokens kept.
+        self.prompt_truncated_from = prompt.truncated_from
+        self.prompt_kept = len(prompt.tokens)
 
     def _output(self, deltas: list[Delta]) -> Output | None:
         content = "".join(delta.content for delta in deltas)
@@ -175,6 +191,7 @@ class Generation:
                             prompt_tokens=stats.prompt_tokens,
                             prompt_cached=stats.prompt_cached,
                             eval_count=stats.generated,
+                            prompt_truncated_from=self.prompt_truncated_from or 0,
                         ),
                         context=stats.tokens,
                     )
@@ -207,6 +224,8 @@ class Engine:
         self.settings = settings
         self.manager = ModelManager(settings.manager)
         self.templates = TemplateRenderer()
+        # Read once: a default context that moved with free memory would reload models at whim.
+        self._context_memory = settings.manager.memory_limit or available_memory()
 
     async def start(self) -> None:
         await asyncio.to_thread(self.templates.start)
@@ -228,10 +247,20 @@ class Engine:
             kv_cache_type=self.settings.kv_cache_type,
         )
 
+    def default_num_ctx(self, record: ModelRecord) -> int:
+        """num_ctx for a request that sets none: the configured one, else as much of the model's
+        trained context as Ollama's tier for this machine's memory allows and fits."""
+        if self.settings.default_num_ctx is not None:
+            return self.settings.default_num_ctx
+        return default_context_length(record.gguf, self._context_memory,
+                                      self.settings.manager.num_parallel,
+                                      self.settings.kv_cache_type)
+
     def options_for(self, record: ModelRecord, request_options: Mapping[str, Any] | None,
                     max_num_ctx: int | None = None) -> ModelOptions:
-        return resolve_options(record.parameters, request_options, self.settings.default_num_ctx,
-                               record.gguf.context_length, max_num_ctx)
+        return resolve_options(record.parameters, request_options, self.default_num_ctx(record),
+                               record.gguf.context_length, max_num_ctx,
+                               max_threads=default_threads())
 
     # --- load / unload -------------------------------------------------------------------------
 
@@ -272,11 +301,13 @@ class Engine:
         try:
             # Off the event loop: a long prompt takes a while to tokenize, and the template
             # renders in its own process, which may take up to its time limit.
-            tokens, in_thinking = await asyncio.to_thread(
+            prompt, in_thinking = await asyncio.to_thread(
                 self._prompt_tokens, runner, request, features.thinking, options)
+            if prompt.truncated_from is not None:
+                metrics.PROMPTS_TRUNCATED.labels(display).inc()
             queue: asyncio.Queue[SchedulerEvent] = asyncio.Queue()
             job = Job(
-                prompt=tokens,
+                prompt=prompt.tokens,
                 sampling=_sampling(options, grammar),
                 sink=queue.put_nowait,  # called on the event loop, by the manager's delivery
                 num_predict=options.num_predict if options.num_predict >= 0 else -1,
@@ -294,10 +325,10 @@ class Engine:
             self.manager.release(runner, request.keep_alive)
             raise
         return Generation(self, runner, job, parser, queue, request, started, load_seconds,
-                          show_thinking=request.think is not False)
+                          show_thinking=request.think is not False, prompt=prompt)
 
     def _prompt_tokens(self, runner: Runner, request: GenerationInput, thinking_capable: bool,
-                       options: ModelOptions) -> tuple[list[int], bool]:
+                       options: ModelOptions) -> tuple[PromptTokens, bool]:
         """The prompt's tokens, and whether it leaves the model inside a <think> block."""
         text, in_thinking = self._prompt_text(runner, request, thinking_capable)
         return self._tokens(runner, request, text, options), in_thinking
@@ -342,22 +373,23 @@ class Engine:
         return tokens or [model.bos]
 
     def _tokens(self, runner: Runner, request: GenerationInput, text: str,
-                options: ModelOptions) -> list[int]:
+                options: ModelOptions) -> PromptTokens:
         tokens = self._encode(runner, request, text)
         limit = options.num_ctx - 1
-        if len(tokens) > limit:
-            if not request.truncate:
-                raise InvalidOptionError(
-                    f"input length ({len(tokens)} tokens) exceeds the context length "
-                    f"({options.num_ctx})")
-            # Keep the first num_keep tokens (the start of the system prompt) and the most recent
-            # ones, leaving a quarter of the context for the answer.
-            keep = max(0, min(options.num_keep, limit // 4))
-            room = limit - keep - max(limit // 4, 1)
-            tokens = tokens[:keep] + tokens[len(tokens) - room:]
-            log.info("prompt truncated to %d tokens to fit num_ctx %d", len(tokens),
-                     options.num_ctx)
-        return tokens
+        if len(tokens) <= limit:
+            return PromptTokens(tokens)
+        if not request.truncate:
+            raise InvalidOptionError(
+                f"input length ({len(tokens)} tokens) exceeds the context length "
+                f"({options.num_ctx})")
+        # Keep the first num_keep tokens (the start of the system prompt) and the most recent
+        # ones, leaving a quarter of the context for the answer.
+        keep = max(0, min(options.num_keep, limit // 4))
+        room = limit - keep - max(limit // 4, 1)
+        kept = tokens[:keep] + tokens[len(tokens) - room:]
+        log.warning("%s: prompt of %d tokens truncated to %d to fit num_ctx %d",
+                    request.record.name.display, len(tokens), len(kept), options.num_ctx)
+        return PromptTokens(kept, truncated_from=len(tokens))
 
     async def count_prompt_tokens(self, request: GenerationInput) -> int:
         """How many tokens ``request``'s prompt is, through the model's own template and

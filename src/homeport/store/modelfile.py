@@ -9,6 +9,7 @@ read and ignored. Errors name the line.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,12 +45,20 @@ class ModelfileError(BadRequestError):
 
 
 def parameter_value(raw: str) -> Any:
-    """A PARAMETER's value typed as the API wants it: numbers and booleans, else text."""
-    for convert in (int, float):
-        try:
-            return convert(raw)
-        except ValueError:
-            pass
+    """A PARAMETER's value typed as the API wants it: numbers and booleans, else text. ValueError
+    for a number that is not finite (NaN, inf, 1e400), which no option can take."""
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        number = float(raw)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(number):
+            raise ValueError(f"{raw!r} is not a finite number")
+        return number
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"
     return raw
@@ -134,7 +143,10 @@ def parse_modelfile(text: str) -> Modelfile:
         if command == "parameter":
             name = cursor.word("a parameter name")
             cursor.skip_spaces()
-            result.add_parameter(name, cursor.value())
+            try:
+                result.add_parameter(name, cursor.value())
+            except ValueError as exc:
+                raise cursor.fail(f"parameter {name}: {exc}") from None
         elif command == "message":
             role = cursor.word("a message role").lower()
             if role not in MESSAGE_ROLES:
