@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 
 from homeport import __version__, config, endpoints
 from homeport.api.app import AppParts, create_app
+from homeport.api.errors import error_response
 from homeport.engine.manager import ManagerSettings
 from homeport.engine.service import Engine, EngineSettings
 from homeport.net.binding import bind
@@ -79,7 +80,7 @@ def run_server(address: endpoints.HostAddress, tailnet: bool = False, expose: bo
     try:
         parts = build_parts()
         gate = Gate.from_settings(policy, tokens, bind_host=address.host)
-        parts.middleware.append(Middleware(Guard, gate=gate))
+        parts.middleware.append(Middleware(Guard, gate=gate, render_error=error_response))
         parts.on_startup.append(gate.start)
         parts.on_shutdown.append(gate.close)
         app = create_app(parts)
