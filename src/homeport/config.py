@@ -207,6 +207,35 @@ MAX_BODY_BYTES = _register(Setting(
     "Largest JSON request body accepted; larger gets 413 (default 64MiB)",
     shown_default="64MiB",
 ))
+
+
+# Connections (homeport.net.connection): a peer that opens sockets and sends nothing, or trickles
+# its headers, holds them only this long, and only this many at once.
+def _timeout_seconds(raw: str) -> float:
+    try:
+        seconds = parse_go_duration(raw)
+    except ValueError:
+        seconds = float(raw)
+    if not 0 < seconds < math.inf:
+        raise ValueError("must be a positive duration such as 10s or 500ms")
+    return seconds
+
+
+HEADER_TIMEOUT = _register(Setting(
+    ("HOMEPORT_HEADER_TIMEOUT",), 10.0, _timeout_seconds,
+    "How long a client may take to send a request's headers before its connection is closed "
+    "(default 10s)", shown_default="10s",
+))
+IDLE_TIMEOUT = _register(Setting(
+    ("HOMEPORT_IDLE_TIMEOUT",), 5.0, _timeout_seconds,
+    "How long an idle keep-alive connection stays open between requests, in whole seconds "
+    "(default 5s)",
+    shown_default="5s",
+))
+MAX_CONNECTIONS_PER_PEER = _register(Setting(
+    ("HOMEPORT_MAX_CONNECTIONS_PER_PEER",), 128, _positive_int,
+    "Connections one client address may hold open at once; more are closed at once (default 128)",
+))
 ORIGINS: Setting[tuple[str, ...]] = _register(Setting(
     ("HOMEPORT_ORIGINS", "OLLAMA_ORIGINS"), (), _comma_list,
     "Extra browser origins allowed to call the server, comma separated",

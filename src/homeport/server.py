@@ -4,6 +4,7 @@ uvicorn."""
 from __future__ import annotations
 
 import logging
+import math
 import sys
 
 import uvicorn
@@ -11,10 +12,11 @@ from starlette.middleware import Middleware
 
 from homeport import __version__, config, endpoints
 from homeport.api.app import AppParts, create_app
+from homeport.api.errors import error_response
 from homeport.engine.manager import ManagerSettings
 from homeport.engine.service import Engine, EngineSettings
 from homeport.net.binding import bind
-from homeport.net.connection import MemoH11Protocol
+from homeport.net.connection import ConnectionLimits, h11_protocol
 from homeport.net.gate import Gate
 from homeport.net.guard import Guard
 from homeport.net.policy import Policy
@@ -79,7 +81,7 @@ def run_server(address: endpoints.HostAddress, tailnet: bool = False, expose: bo
     try:
         parts = build_parts()
         gate = Gate.from_settings(policy, tokens, bind_host=address.host)
-        parts.middleware.append(Middleware(Guard, gate=gate))
+        parts.middleware.append(Middleware(Guard, gate=gate, render_error=error_response))
         parts.on_startup.append(gate.start)
         parts.on_shutdown.append(gate.close)
         app = create_app(parts)
@@ -91,8 +93,11 @@ def run_server(address: endpoints.HostAddress, tailnet: bool = False, expose: bo
         models = [record.name.display for record in parts.store.list_models()]
         log.info("models: %s", ", ".join(models) or "none (pull one with `homeport pull NAME`)")
         server = uvicorn.Server(uvicorn.Config(
-            app, http=MemoH11Protocol, lifespan="on", log_level="warning",
-            timeout_graceful_shutdown=5, access_log=False,
+            app, http=h11_protocol(ConnectionLimits(
+                header_timeout=config.HEADER_TIMEOUT.get(),
+                max_per_peer=config.MAX_CONNECTIONS_PER_PEER.get())),
+            timeout_keep_alive=math.ceil(config.IDLE_TIMEOUT.get()),
+            lifespan="on", log_level="warning", timeout_graceful_shutdown=5, access_log=False,
             # uvicorn would otherwise believe X-Forwarded-For from loopback and hand the guard a
             # client address any local process can forge; proxies are the guard's business.
             proxy_headers=False,

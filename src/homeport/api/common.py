@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,6 +9,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from homeport.api.body import parse_json_text
 from homeport.api.schemas import ToolCallIn
 from homeport.engine.parsing import ToolCall
 from homeport.engine.service import Engine
@@ -99,11 +99,11 @@ def ollama_tool_calls(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
 
 def template_tool_call(call_id: str | None, name: str, arguments: Any) -> dict[str, Any]:
     """A tool call of an earlier turn as chat templates expect it: arguments given as a JSON
-    string are parsed (an unreadable one becomes ``{}``)."""
+    string are parsed (an unreadable or too deeply nested one becomes ``{}``)."""
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments or "{}")
-        except ValueError:
+            arguments = parse_json_text(arguments or "{}")
+        except BadRequestError:
             arguments = {}
     return {"type": "function", "id": call_id,
             "function": {"name": name, "arguments": arguments}}

@@ -10,6 +10,7 @@ policy's ``[http] origins``; a bare ``*`` is ignored, since no CORS wildcard is 
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import logging
 import re
 from collections.abc import Iterable
@@ -47,14 +48,26 @@ def origin_regex(extra: Iterable[str]) -> re.Pattern[str]:
                       re.IGNORECASE)
 
 
-def host_name(header: str) -> str:
-    """The host part of a Host header, lower-cased, without port or trailing dot."""
-    text = header.strip().lower()
-    if text.startswith("["):
-        return text[: text.find("]") + 1] if "]" in text else text
-    if text.count(":") == 1:
-        text = text.split(":")[0]
-    return text.rstrip(".")
+# RFC 3986's host: a bracketed IPv6 literal, or a name or IPv4 address of unreserved characters
+# (percent-encoding and sub-delims are legal there, but no browser sends them and none of our names
+# has them); then an optional port of digits only.
+_HOST_HEADER = re.compile(r"(?P<host>\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(?::[0-9]*)?")
+
+
+def host_name(header: str) -> str | None:
+    """The host part of a Host header, lower-cased, without port or trailing dot; None when the
+    header is not ``host[:port]`` as RFC 3986 writes it (``localhost:1.evil.com``,
+    ``127.0.0.1/evil.com``, ``[::1].evil.com``)."""
+    match = _HOST_HEADER.fullmatch(header.strip().lower())
+    if match is None:
+        return None
+    host = match.group("host")
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return None
+    return host.rstrip(".")
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,9 @@ class BrowserRules:
         if not header:
             return
         host = host_name(header)
+        if host is None:
+            raise ForbiddenError("malformed Host header: expected host[:port], a name, an IPv4 "
+                                 "address or a bracketed IPv6 address")
         address = parse_ip(host)
         if address is not None:
             allowed = machine.is_own_address(address) or host in self.extra_hosts

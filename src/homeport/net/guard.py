@@ -2,8 +2,9 @@
 
 Order: Host allow-list, Origin allow-list, CORS preflight (answered without credentials, as browsers
 send none), then who is calling, then admin-only paths, then per-identity limits. A refusal is an
-error response in the API's own shape (401/403/429) and no route runs, so a denied caller never gets
-model output. The caller goes into the scope for the routes (model globs, num_ctx cap); when the
+error response (401/403/429) and no route runs, so a denied caller never gets model output; the app
+hands the guard the function that puts the refusal in the API's own shape, since this layer knows
+no wire shapes. The caller goes into the scope for the routes (model globs, num_ctx cap); when the
 response has ended, the tokens it used are counted and one audit line is written.
 """
 
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from homeport.api.errors import error_response
 from homeport.asgi import StatusRecordingSend
 from homeport.errors import ForbiddenError, HomeportError, RateLimitedError, UnauthorizedError
 from homeport.net.caller import CALLER_KEY, RECORD_KEY, Caller, RequestRecord
@@ -38,10 +39,17 @@ def is_admin_path(path: str) -> bool:
     return path.rstrip("/") in ADMIN_PATHS or path.startswith(ADMIN_PREFIXES)
 
 
+class ErrorRenderer(Protocol):
+    """An error as the API that serves ``path`` writes errors (Ollama's, OpenAI's, Anthropic's)."""
+
+    def __call__(self, path: str, status: int, message: str) -> Response: ...
+
+
 class Guard:
-    def __init__(self, app: ASGIApp, gate: Gate) -> None:
+    def __init__(self, app: ASGIApp, gate: Gate, render_error: ErrorRenderer) -> None:
         self.app = app
         self.gate = gate
+        self.render_error = render_error
         self._cors: tuple[Any, CORSMiddleware] | None = None
 
     def _cors_around(self, app: ASGIApp) -> CORSMiddleware:
@@ -116,8 +124,9 @@ class Guard:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send,
                       exc: HomeportError, browser_ok: bool) -> None:
         """The refusal in the API's error shape; an allowed web page may read it (CORS)."""
-        retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
-        response = error_response(scope["path"], exc.status, exc.message, retry_after)
+        response = self.render_error(scope["path"], exc.status, exc.message)
+        if isinstance(exc, RateLimitedError):
+            response.headers["Retry-After"] = str(exc.retry_after)
         if isinstance(exc, UnauthorizedError):
             response.headers["WWW-Authenticate"] = 'Bearer realm="homeport"'
         log.debug("refused %s %s: %s", scope["method"], scope["path"], exc.message)
