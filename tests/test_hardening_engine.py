@@ -179,12 +179,12 @@ def test_twenty_thousand_stops_are_400(base_url: str, http: httpx.Client) -> Non
     reply = http.post("/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False,
                                              "options": {**GREEDY, "stop": stops}})
     assert reply.status_code == 400
-    assert reply.json()["error"] == 'option "stop" has 20000 strings, over the limit of 256'
+    assert reply.json()["error"] == 'option "stop" has 20000 strings, over the limit of 64'
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError) as completion:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
                                        stop=stops, max_tokens=8)
-    assert "over the limit of 256" in completion.value.body["message"]  # type: ignore[index]
+    assert "over the limit of 64" in completion.value.body["message"]  # type: ignore[index]
 
 
 def test_a_few_stops_cut_the_answer_at_the_first_one(base_url: str) -> None:
