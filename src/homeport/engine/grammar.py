@@ -30,7 +30,7 @@ MAX_ITEMS = 256  # minItems, maxItems, minProperties, maxProperties
 MAX_PROPERTIES = 256  # an object's properties (the converter's work grows with their square)
 # An enum's values, or anyOf's or oneOf's schemas: each is a grammar stack at every sampling step,
 # and compiling them takes time growing with their square (10,000 took 0.5 s, 100,000 a minute).
-MAX_ALTERNATIVES = 1024
+MAX_ALTERNATIVES = 256
 MAX_GRAMMAR_BYTES = 256 * 1024
 MAX_GRAMMAR_DEPTH = MAX_LENGTH + 64  # nested groups in one rule; maxLength n nests n deep
 
