@@ -19,7 +19,6 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
-from llama_cpp import llama_grammar
 
 from homeport.errors import HomeportError, InvalidOptionError
 
@@ -219,16 +218,6 @@ class Sampler:
         if self._grammar:
             llama_cpp.llama_sampler_free(self._grammar)
             self._grammar = None
-
-
-def json_grammar(schema: str | None) -> str:
-    """GBNF for any JSON value (``format: "json"``) or for a JSON Schema."""
-    if schema is None:
-        return str(llama_grammar.JSON_GBNF)
-    try:
-        return str(llama_grammar.json_schema_to_gbnf(schema))
-    except Exception as exc:  # the converter raises assorted errors on schemas it cannot express
-        raise InvalidOptionError(f"format: unsupported JSON schema ({exc})") from exc
 
 
 class LlamaModel:

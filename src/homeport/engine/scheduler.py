@@ -9,6 +9,9 @@ history grows turn by turn evaluates only the new tokens.
 Requests arrive through ``submit`` from any thread. Their events are collected during a step and
 handed over once per step through ``deliver`` (one wake-up of the event loop per step, not one per
 token), which calls each job's ``sink`` there. ``Job.cancel`` frees the slot at the next step.
+
+When a batch fails to decode, each request's part of it is decoded again alone: only a request
+whose own tokens fail is failed, and the others go on.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from homeport import metrics
-from homeport.engine.llama import Batch, LlamaModel, Sampler, SamplingParams
+from homeport.engine.llama import Batch, EngineError, LlamaModel, Sampler
+from homeport.engine.stops import StopFinder
 from homeport.errors import HomeportError
 
 log = logging.getLogger(__name__)
@@ -78,10 +82,14 @@ def deliver_directly(outbox: Outbox) -> None:
 
 @dataclass
 class Job:
-    """One generation request as the scheduler sees it."""
+    """One generation request as the scheduler sees it.
+
+    ``sampler`` is built before the job is submitted (compiling a grammar can take a while, and it
+    must not hold up the model's other requests); the scheduler owns it from ``submit`` on.
+    """
 
     prompt: list[int]
-    sampling: SamplingParams
+    sampler: Sampler
     sink: Sink
     num_predict: int = -1
     stop: tuple[str, ...] = ()
@@ -95,11 +103,18 @@ class Job:
     cached: int = 0
     _decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
-    _held: str = ""
+    _stops: StopFinder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._stops = StopFinder(self.stop)
 
     def cancel(self) -> None:
         """Stop this request at the next step (safe from any thread)."""
         self.cancelled = True
+
+    def discard(self) -> None:
+        """Free what a job that will never run holds."""
+        self.sampler.free()
 
 
 @dataclass
@@ -121,6 +136,16 @@ class Slot:
     @property
     def prefilling(self) -> bool:
         return self.job is not None and self.cursor < len(self.job.prompt)
+
+
+@dataclass
+class Part:
+    """One slot's tokens in a step's batch: its next token, or a chunk of its prompt."""
+
+    slot: Slot
+    tokens: list[int]
+    start: int  # the position of the first token
+    sample: bool  # whether to sample from the last token's logits
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -237,34 +262,74 @@ class Scheduler:
         if self.pending:
             self._gather()
         self._admit()
-        batch = self._batch
-        batch.clear()
-        outputs: list[tuple[Slot, int]] = []
+        parts = self._plan()
+        if not parts:
+            return
+        try:
+            outputs = self._decode(parts)
+        except EngineError as error:
+            self._decode_apart(parts, error)
+            return
+        self._sample(outputs)
+
+    def _plan(self) -> list[Part]:
+        """This step's batch: every running request's next token, then prompt chunks in the room
+        left, oldest request first; moves each slot's cache and cursor past its part."""
+        parts: list[Part] = []
         for slot in self.slots:
             if slot.job is not None and not slot.prefilling:
-                index = batch.add(slot.next_token, len(slot.cache), slot.seq_id, True)
+                parts.append(Part(slot, [slot.next_token], len(slot.cache), sample=True))
                 slot.cache.append(slot.next_token)
-                outputs.append((slot, index))
+        room = self.n_batch - len(parts)
         for slot in sorted((s for s in self.slots if s.prefilling),
                            key=lambda s: s.job.admitted_at if s.job else 0.0):
-            room = self.n_batch - batch.n_tokens
             if room <= 0:
                 break
             assert slot.job is not None
             prompt = slot.job.prompt
             end = min(len(prompt), slot.cursor + room)
-            for pos in range(slot.cursor, end):
-                index = batch.add(prompt[pos], pos, slot.seq_id, pos == len(prompt) - 1)
+            parts.append(Part(slot, prompt[slot.cursor:end], slot.cursor,
+                              sample=end == len(prompt)))
             slot.cache.extend(prompt[slot.cursor:end])
             evaluated = end - slot.cursor
+            room -= evaluated
             self.prompt_tokens_evaluated += evaluated
             metrics.PROMPT_TOKENS.labels(self.label, "evaluated").inc(evaluated)
             slot.cursor = end
-            if end == len(prompt):
-                outputs.append((slot, index))
-        if batch.n_tokens == 0:
-            return
+        return parts
+
+    def _decode(self, parts: list[Part]) -> list[tuple[Slot, int]]:
+        """Decode ``parts`` in one batch; the slots to sample and their logits' batch indexes."""
+        batch = self._batch
+        batch.clear()
+        outputs: list[tuple[Slot, int]] = []
+        for part in parts:
+            last = len(part.tokens) - 1
+            for offset, token in enumerate(part.tokens):
+                index = batch.add(token, part.start + offset, part.slot.seq_id,
+                                  part.sample and offset == last)
+            if part.sample:
+                outputs.append((part.slot, index))
         self.model.decode(batch)
+        return outputs
+
+    def _decode_apart(self, parts: list[Part], error: EngineError) -> None:
+        """The batch failed: decode each request's part alone, so that only a request whose own
+        tokens fail is failed, and the others go on as if nothing happened."""
+        log.warning("%s: %s; decoding the step's %d requests one at a time", self.label,
+                    error.message, len(parts))
+        for part in parts:
+            try:
+                # Whatever the failed call left in this sequence from the part's start is redone.
+                if not self.model.forget(part.slot.seq_id, part.start):
+                    raise error
+                outputs = self._decode([part])
+            except EngineError as exc:
+                self._fail(part.slot, exc)
+                continue
+            self._sample(outputs)
+
+    def _sample(self, outputs: list[tuple[Slot, int]]) -> None:
         now = time.perf_counter()
         for slot, index in outputs:
             assert slot.sampler is not None
@@ -295,33 +360,15 @@ class Scheduler:
 
     def _emit_text(self, job: Job, text: str) -> bool:
         """Send text on, holding back what may be the start of a stop string; True on a stop."""
-        if not job.stop:
-            if text:
-                self._emit(job, TextChunk(text))
-            return False
-        held = job._held + text
-        for stop in job.stop:
-            found = held.find(stop)
-            if found >= 0:
-                if found:
-                    self._emit(job, TextChunk(held[:found]))
-                job._held = ""
-                return True
-        keep = 0
-        for stop in job.stop:
-            for size in range(min(len(stop) - 1, len(held)), 0, -1):
-                if held.endswith(stop[:size]):
-                    keep = max(keep, size)
-                    break
-        if len(held) > keep:
-            self._emit(job, TextChunk(held[:len(held) - keep]))
-        job._held = held[len(held) - keep:]
-        return False
+        ready, stopped = job._stops.feed(text)
+        if ready:
+            self._emit(job, TextChunk(ready))
+        return stopped
 
     def _finish(self, slot: Slot, reason: DoneReason) -> None:
         job = slot.job
         assert job is not None
-        rest = job._held + job._decoder.decode(b"", final=True)
+        rest = job._stops.flush() + job._decoder.decode(b"", final=True)
         if rest:
             self._emit(job, TextChunk(rest))
         end = job.last_token_at or time.perf_counter()
@@ -350,7 +397,10 @@ class Scheduler:
         with self._cond:
             kept = deque(job for job in self.pending if not job.cancelled)
             metrics.QUEUE_DEPTH.dec(len(self.pending) - len(kept))
+            dropped = [job for job in self.pending if job.cancelled]
             self.pending = kept
+        for job in dropped:
+            job.discard()
         for slot in self.slots:
             if slot.job is not None and slot.job.cancelled:
                 if slot.prefilling:
@@ -369,6 +419,7 @@ class Scheduler:
                 job = self.pending.popleft()
                 metrics.QUEUE_DEPTH.dec()
             if job.cancelled:
+                job.discard()
                 continue
             slot = max(free, key=lambda s: (common_prefix(s.cache, job.prompt), -s.last_used))
             self._assign(slot, job)
@@ -380,11 +431,7 @@ class Scheduler:
         if not self.model.forget(slot.seq_id, reuse):
             reuse = 0
         slot.cache = slot.cache[:reuse]
-        try:
-            slot.sampler = Sampler(self.model, job.sampling)
-        except HomeportError as exc:
-            self._emit(job, Failed(exc))
-            return
+        slot.sampler = job.sampler
         slot.job = job
         slot.cursor = reuse
         job.cached = reuse
@@ -401,15 +448,20 @@ class Scheduler:
         except HomeportError as exc:
             job.done(exc)
 
+    def _fail(self, slot: Slot, error: HomeportError) -> None:
+        """End the slot's request with ``error``, dropping the slot's cache (it may be unsound)."""
+        job = slot.job
+        assert job is not None
+        self.model.forget(slot.seq_id)
+        slot.cache = []
+        self._release(slot)
+        self._emit(job, Failed(error))
+
     def _fail_running(self, exc: Exception) -> None:
         error = exc if isinstance(exc, HomeportError) else HomeportError(f"engine failure: {exc}")
         for slot in self.slots:
             if slot.job is not None:
-                job = slot.job
-                self.model.forget(slot.seq_id)
-                slot.cache = []
-                self._release(slot)
-                self._emit(job, Failed(error))
+                self._fail(slot, error)
 
     def _fail_all(self, error: HomeportError) -> None:
         self._fail_running(error)
@@ -418,6 +470,7 @@ class Scheduler:
             embeddings, self.embeddings = list(self.embeddings), deque()
         metrics.QUEUE_DEPTH.dec(len(pending))
         for job in pending:
+            job.discard()
             self._emit(job, Failed(error))
         for embedding in embeddings:
             embedding.done(error)

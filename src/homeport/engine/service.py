@@ -8,7 +8,6 @@ with one ``Done``. Closing a generation early (the client left) cancels its job 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -17,13 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homeport import metrics
-from homeport.engine.llama import ContextSettings, SamplingParams, default_threads, json_grammar
+from homeport.engine.grammar import json_grammar
+from homeport.engine.llama import ContextSettings, Sampler, SamplingParams, default_threads
 from homeport.engine.manager import ManagerSettings, ModelManager, Runner
 from homeport.engine.memory import available_memory, default_context_length
 from homeport.engine.options import ModelOptions, resolve_options
 from homeport.engine.parsing import Delta, OutputParser, ToolCall
 from homeport.engine.scheduler import EmbeddingJob, Failed, Finished, Job, TextChunk
 from homeport.engine.scheduler import Event as SchedulerEvent
+from homeport.engine.stops import check_stops
 from homeport.engine.template_process import TemplateRenderer
 from homeport.engine.templates import template_features
 from homeport.errors import BadRequestError, HomeportError, InvalidOptionError, UnsupportedError
@@ -294,7 +295,9 @@ class Engine:
         if request.images or (request.messages and any(m.images for m in request.messages)):
             raise UnsupportedError(f'"{display}" does not support images')
         options = self.options_for(record, request.options, request.max_num_ctx)
-        grammar = _grammar_for(request.format)
+        check_stops(options.stop)
+        # Off the event loop: a large schema takes a while to convert.
+        grammar = await asyncio.to_thread(_grammar_for, request.format) if request.format else None
         self.manager.check_queue()
         runner, load_seconds = await self.manager.acquire(
             record, self._context_settings(options), request.keep_alive)
@@ -305,22 +308,29 @@ class Engine:
                 self._prompt_tokens, runner, request, features.thinking, options)
             if prompt.truncated_from is not None:
                 metrics.PROMPTS_TRUNCATED.labels(display).inc()
+            # Built here, not on the scheduler's thread: compiling a grammar must not hold up
+            # the other requests on the model.
+            sampler = await _new_sampler(runner, _sampling(options, grammar))
             queue: asyncio.Queue[SchedulerEvent] = asyncio.Queue()
             job = Job(
                 prompt=prompt.tokens,
-                sampling=_sampling(options, grammar),
+                sampler=sampler,
                 sink=queue.put_nowait,  # called on the event loop, by the manager's delivery
                 num_predict=options.num_predict if options.num_predict >= 0 else -1,
                 stop=options.stop,
             )
-            parser = OutputParser(
-                thinking=features.thinking and not request.raw,
-                in_thinking=in_thinking,
-                tool_names={tool["function"]["name"] for tool in request.tools}
-                if request.tools else None,
-            )
-            self.manager.check_queue()
-            runner.scheduler.submit(job)
+            try:
+                parser = OutputParser(
+                    thinking=features.thinking and not request.raw,
+                    in_thinking=in_thinking,
+                    tool_names={tool["function"]["name"] for tool in request.tools}
+                    if request.tools else None,
+                )
+                self.manager.check_queue()
+                runner.scheduler.submit(job)
+            except BaseException:
+                job.discard()  # never submitted: the sampler is still ours to free
+                raise
         except BaseException:
             self.manager.release(runner, request.keep_alive)
             raise
@@ -369,7 +379,13 @@ class Engine:
         if len(tokens) >= 2 and tokens[0] == tokens[1] == model.bos:
             tokens = tokens[1:]  # the template wrote BOS itself
         if request.context:
-            tokens = [int(t) for t in request.context] + tokens
+            context = [int(t) for t in request.context]
+            # llama.cpp fails a whole batch, every request in it, on an id outside the vocabulary.
+            bad = next((t for t in context if not 0 <= t < model.n_vocab), None)
+            if bad is not None:
+                raise InvalidOptionError(f"invalid token id in context: {bad} (the model's "
+                                         f"vocabulary has ids 0 to {model.n_vocab - 1})")
+            tokens = context + tokens
         return tokens or [model.bos]
 
     def _tokens(self, runner: Runner, request: GenerationInput, text: str,
@@ -453,8 +469,24 @@ def _grammar_for(format_: str | dict[str, Any] | None) -> str | None:
     if format_ == "json":
         return json_grammar(None)
     if isinstance(format_, dict):
-        return json_grammar(json.dumps(format_))
+        return json_grammar(format_)
     raise BadRequestError(f'invalid format: expected "json" or a JSON schema, got {format_!r}')
+
+
+async def _new_sampler(runner: Runner, params: SamplingParams) -> Sampler:
+    """A Sampler built on a worker thread, and freed once built if the caller is cancelled first
+    (the client left): nobody else holds it then."""
+    building = asyncio.ensure_future(asyncio.to_thread(Sampler, runner.model, params))
+
+    def free_unclaimed(done: asyncio.Future[Sampler]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            done.result().free()
+
+    try:
+        return await asyncio.shield(building)
+    except asyncio.CancelledError:
+        building.add_done_callback(free_unclaimed)
+        raise
 
 
 def _sampling(options: ModelOptions, grammar: str | None) -> SamplingParams:
