@@ -23,7 +23,9 @@ from tests.support.fake_ollama import FakeOllama
 from tests.support.server import PROJECT_SRC
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-LONG = " ".join(f"word{n}" for n in range(400))
+# 100000 words, 0.03 s apart: the story cannot end before the test has stopped it.
+LONG_WORDS = 100_000
+LONG = " ".join(f"word{n}" for n in range(LONG_WORDS))
 PROMPT = ">>>"
 
 
@@ -109,7 +111,7 @@ def test_ctrl_c_stops_the_answer_not_the_program(fake: FakeOllama) -> None:
     child.sendintr()
     child.expect(r"\(stopped\)")
     child.expect(PROMPT)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # the fake notices at its next word, 0.03 s on
     while fake.disconnects == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fake.disconnects == 1, "the stream was closed, so the server stops generating"
@@ -118,7 +120,7 @@ def test_ctrl_c_stops_the_answer_not_the_program(fake: FakeOllama) -> None:
     kept = fake.chat_bodies()[-1]["messages"]
     assert [m["role"] for m in kept] == ["user", "assistant", "user"]
     assert kept[1]["content"].startswith("word0 word1 ")
-    assert "word399" not in kept[1]["content"]
+    assert f"word{LONG_WORDS - 1}" not in kept[1]["content"]
     with History() as history:
         turns = history.load(1).turns
     assert turns[0].stopped

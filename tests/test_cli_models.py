@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
 import httpx
 import pexpect
@@ -103,19 +105,37 @@ def test_interactive_run(base_url: str) -> None:
 
 
 def test_run_flags_as_ollama_run_has_them(base_url: str) -> None:
-    verbose = homeport("run", MODEL, "Say hello.", "--verbose", endpoint=base_url)
+    # ``run`` has no num_predict flag: a copy of the model whose parameters bound every answer
+    # keeps each run short however busy the machine is.
+    short = "short-answers:latest"
+    created = httpx.post(f"{base_url}/api/create", timeout=120, json={
+        "model": short, "from": MODEL, "stream": False,
+        "parameters": {"num_predict": 12, "temperature": 0}})
+    assert created.status_code == 200, created.text
+    verbose = homeport("run", short, "Say hello.", "--verbose", endpoint=base_url)
     assert verbose.returncode == 0, verbose.stderr
     assert verbose.stdout.strip()
     for label in ("total duration:", "prompt eval count:", "eval count:", "eval rate:"):
         assert label in verbose.stderr, verbose.stderr
     running = homeport("ps", endpoint=base_url)
-    kept = homeport("run", MODEL, "Say hello.", "--keepalive", "0", endpoint=base_url)
+    kept = homeport("run", short, "Say hello.", "--keepalive", "0", endpoint=base_url)
     assert kept.returncode == 0, kept.stderr
-    assert MODEL in running.stdout
-    assert MODEL not in homeport("ps", endpoint=base_url).stdout  # keepalive 0: unloaded after
-    refused = homeport("run", MODEL, "hi", "--think", "true", endpoint=base_url)
+    assert short in running.stdout
+    # keepalive 0: unloaded once the answer is done (a step after the run has printed it)
+    assert _wait_until(lambda: short not in homeport("ps", endpoint=base_url).stdout)
+    refused = homeport("run", short, "hi", "--think", "true", endpoint=base_url)
     assert refused.returncode == 1
     assert "does not support thinking" in refused.stderr
+    httpx.request("DELETE", f"{base_url}/api/delete", json={"model": short}, timeout=30)
+
+
+def _wait_until(condition: Callable[[], bool], limit: float = 60) -> bool:
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def test_interactive_set_show_and_multiline(base_url: str) -> None:

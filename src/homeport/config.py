@@ -102,6 +102,13 @@ def _load_timeout_seconds(raw: str) -> float:
     return math.inf if seconds <= 0 else seconds
 
 
+def _template_timeout_seconds(raw: str) -> float:
+    seconds = _keep_alive_seconds(raw)
+    if not 0 < seconds <= 3600:
+        raise ValueError("expected a duration between 1ms and 1h")
+    return seconds
+
+
 def _byte_size(raw: str) -> int:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?", raw.strip().lower())
     if match is None:
@@ -184,6 +191,11 @@ LOAD_TIMEOUT = _register(Setting(
     ("HOMEPORT_LOAD_TIMEOUT", "OLLAMA_LOAD_TIMEOUT"), 300.0, _load_timeout_seconds,
     "How long a model load may take before it is abandoned (default 5m)",
     shown_default="5m",
+))
+TEMPLATE_TIMEOUT = _register(Setting(
+    ("HOMEPORT_TEMPLATE_TIMEOUT",), 5.0, _template_timeout_seconds,
+    "How long a chat template may take to render before its request is refused (default 5s)",
+    shown_default="5s",
 ))
 NUM_THREADS = _register(Setting(
     ("HOMEPORT_NUM_THREADS",), 0, _non_negative_int,

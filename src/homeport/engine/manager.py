@@ -120,11 +120,13 @@ class ModelManager:
             runner.record = record
             return runner, 0.0
         async with self._load_lock:
+            # One copy per model: every other copy goes first, those already unloading included
+            # (an earlier reload whose caller gave up leaves one waiting for its last request).
+            for other in self._other_copies(record, settings):
+                if not other.unloading:
+                    log.info("reloading %s: load-time options changed", record.name.display)
+                await self._retire(other)
             runner = self.find(record)
-            if runner is not None and runner.settings != settings:
-                log.info("reloading %s: load-time options changed", record.name.display)
-                await self._retire(runner)
-                runner = None
             if runner is not None:
                 runner.active += 1
                 runner.record = record
@@ -132,6 +134,12 @@ class ModelManager:
             runner = await self._load(record, settings, keep_alive)
             runner.active += 1
             return runner, runner.load_seconds
+
+    def _other_copies(self, record: ModelRecord, settings: ContextSettings) -> list[Runner]:
+        """Runners of ``record``'s file that a request with ``settings`` cannot use."""
+        return [runner for runner in self.runners
+                if runner.record.model_path == record.model_path
+                and (runner.unloading or runner.settings != settings)]
 
     def release(self, runner: Runner, keep_alive: float | None) -> None:
         """The request is done: start the keep_alive countdown when nothing else uses the model."""
@@ -142,9 +150,12 @@ class ModelManager:
         if runner.active == 0:
             runner.expires_at = runner.last_used + runner.keep_alive
             if runner.keep_alive <= 0:
-                # keep_alive 0: the next request loads afresh rather than reusing it; the expiry
-                # loop unloads it (under the load lock) within EXPIRY_CHECK_SECONDS.
+                # keep_alive 0: the next request loads afresh rather than reusing it.
                 runner.unloading = True
+            if runner.unloading:
+                # Unloaded now, whoever marked it (keep_alive 0, or a reload whose caller is
+                # gone): a runner no request can reach must not wait for its keep_alive.
+                self._spawn(self._unload_idle(runner))
         self._spawn(self._notify())
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -236,13 +247,19 @@ class ModelManager:
                     await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 1.0))
 
     async def _retire(self, runner: Runner) -> None:
-        """Unload ``runner`` after its running requests finish (a reload with new settings)."""
+        """Unload ``runner`` after its running requests finish (a reload with new settings).
+        If the caller gives up meanwhile, ``release`` unloads it after its last request."""
         runner.unloading = True
         while runner.active > 0:
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=1.0)
         await self._unload(runner)
+
+    async def _unload_idle(self, runner: Runner) -> None:
+        async with self._load_lock:  # never beside a load, like every other unload
+            if runner.active == 0:
+                await self._unload(runner)
 
     async def _unload(self, runner: Runner) -> None:
         if runner not in self.runners:

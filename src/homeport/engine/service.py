@@ -25,7 +25,7 @@ from homeport.engine.parsing import Delta, OutputParser, ToolCall
 from homeport.engine.scheduler import EmbeddingJob, Failed, Finished, Job, TextChunk
 from homeport.engine.scheduler import Event as SchedulerEvent
 from homeport.engine.stops import check_stops
-from homeport.engine.template_process import TemplateRenderer
+from homeport.engine.template_process import RENDER_TIMEOUT_SECONDS, TemplateRenderer
 from homeport.engine.templates import template_features
 from homeport.errors import BadRequestError, HomeportError, InvalidOptionError, UnsupportedError
 from homeport.store import ModelRecord
@@ -123,6 +123,7 @@ class EngineSettings:
     num_threads: int = 0
     flash_attention: str = "auto"
     kv_cache_type: str = "f16"
+    template_timeout: float = RENDER_TIMEOUT_SECONDS
 
 
 def capabilities(record: ModelRecord) -> list[str]:
@@ -224,7 +225,7 @@ class Engine:
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self.manager = ModelManager(settings.manager)
-        self.templates = TemplateRenderer()
+        self.templates = TemplateRenderer(timeout=settings.template_timeout)
         # Read once: a default context that moved with free memory would reload models at whim.
         self._context_memory = settings.manager.memory_limit or available_memory()
 

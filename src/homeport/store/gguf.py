@@ -3,7 +3,8 @@
 A GGUF is untrusted input: four-byte files, tensor offsets past the end and string lengths of 2**63
 have crashed servers or leaked their memory. ``read_gguf`` parses the header, every key/value pair
 and every tensor record with bounds checked against the file size, and checks that each tensor's
-data lies inside the file. Anything wrong raises ``InvalidModelFileError`` with a message that names
+data lies inside the file, then (``gguf_consistency``) that the hyperparameters agree with each
+other and with the tensors. Anything wrong raises ``InvalidModelFileError`` with a message that names
 the problem, never the path.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import gguf
 
 from homeport.errors import InvalidModelFileError
+from homeport.store.gguf_consistency import check_consistency
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -296,6 +298,7 @@ def parse_gguf(data: mmap.mmap | bytes) -> GGUFInfo:
             raise InvalidModelFileError(
                 f"invalid GGUF file: tensor {name!r} lies outside the file (truncated or corrupt)")
         infos.append(TensorInfo(name, shape, ggml_type, offset, nbytes))
+    check_consistency(metadata, infos)
     return GGUFInfo(version=version, metadata=metadata, tensors=infos, file_size=reader.size)
 
 
