@@ -29,7 +29,7 @@ from tests.support.agents import (
     continue_cli,
 )
 
-AGENT_MODEL = "agent"
+AGENT_MODEL = "agent:latest"  # with its tag: Codex looks for the exact name in /api/tags
 PROMPT = "Say hello"
 
 
