@@ -26,18 +26,10 @@ import openai
 import pytest
 
 from tests.conftest import MODEL
+from tests.support.models import TOOLS_TEMPLATE
 from tests.support.server import ServerProcess
 
 AGENT_MODEL = "agent-tools:latest"
-# A chat template that shows tools (so the model has the "tools" capability), like a coder's.
-TOOLS_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\nYou may call these tools: {{ tools | tojson }}\n"
-    "Answer with a JSON object {\"name\": ..., \"arguments\": {...}}.<|im_end|>\n{% endif %}"
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
-    "{% if message.tool_calls %}{% for call in message.tool_calls %}"
-    "<tool_call>{{ call.function | tojson }}</tool_call>{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 GREEDY: dict[str, Any] = {"temperature": 0}
 
 # --- Claude Code ----------------------------------------------------------------------------------

@@ -16,17 +16,9 @@ import openai
 import pytest
 
 from tests.support.cli import homeport
-from tests.support.models import gguf_with_template, install_model
+from tests.support.models import TOOLS_TEMPLATE, gguf_with_template, install_model
 from tests.support.server import ServerProcess
 
-TOOLS_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\nYou may call these tools: {{ tools | tojson }}\n"
-    "Answer with a JSON object {\"name\": ..., \"arguments\": {...}}.<|im_end|>\n{% endif %}"
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
-    "{% if message.tool_calls %}{% for call in message.tool_calls %}"
-    "<tool_call>{{ call.function | tojson }}</tool_call>{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 THINKING_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"

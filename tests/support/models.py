@@ -14,6 +14,16 @@ from homeport.store.digests import blob_path, sha256_file
 from homeport.store.names import parse_name
 from homeport.store.store import ModelStore
 
+# A chat template that shows tools (so a model has the "tools" capability), like a coder's.
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nYou may call these tools: {{ tools | tojson }}\n"
+    "Answer with a JSON object {\"name\": ..., \"arguments\": {...}}.<|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "{% if message.tool_calls %}{% for call in message.tool_calls %}"
+    "<tool_call>{{ call.function | tojson }}</tool_call>{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 
 def bundled_gguf() -> Path:
     path = find_bundled_gguf()
