@@ -72,13 +72,17 @@ class ServerProcess:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+            if self.answers():
+                return
             time.sleep(0.1)
         raise RuntimeError(f"server did not start within {timeout}s:\n{self.log()}")
+
+    def answers(self) -> bool:
+        """Whether the server answers its root page yet."""
+        try:
+            return httpx.get(self.url + "/", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def log(self) -> str:
         try:
