@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import MODEL
@@ -16,10 +17,9 @@ MIB = 1024**2
 
 
 def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    """Resident memory of the server and its children (the model's runner holds the cache)."""
+    server = psutil.Process(pid)
+    return sum(process.memory_info().rss for process in [server, *server.children()])
 
 
 def _serve_once(home: Path, env: dict[str, str]) -> tuple[int, str, str]:

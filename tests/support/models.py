@@ -61,3 +61,12 @@ def install_model(models_dir: Path, name: str, gguf: Path,
                         size=len(config)),
         layers=layers)
     store.write_manifest(parse_name(name), manifest.to_bytes())
+
+
+def distinct_copy(directory: Path, name: str) -> Path:
+    """The bundled model under another general.name: a different file, so a separate runner."""
+    target = directory / f"{name}.gguf"
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(bundled_gguf()),
+                    str(target), "--general-name", name, "--force"],
+                   check=True, capture_output=True, timeout=300)
+    return target

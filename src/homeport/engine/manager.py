@@ -1,9 +1,12 @@
 """Loaded models: load on demand, keep_alive expiry, least-recently-used eviction, memory checks.
 
-A ``Runner`` is one loaded model with its scheduler thread. ``acquire`` returns a runner for a model
+A ``Runner`` is one loaded model: its runner process (``engine.runner``) and, in the server, its
+vocabulary for templates and tokenizing. ``acquire`` returns a runner for a model
 and load-time settings, loading it off the event loop if needed (one load at a time, as Ollama's
 loader does), after evicting idle models to stay within ``max_loaded`` and the memory budget.
-``release`` starts the runner's keep_alive countdown once its last request is done.
+``release`` starts the runner's keep_alive countdown once its last request is done. A runner
+that dies leaves at once; one that dies while loading is not started again more than
+``LOAD_FAILURES_PER_MINUTE`` times a minute.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from homeport import metrics
 from homeport.engine.llama import ContextSettings, LlamaModel
 from homeport.engine.memory import available_memory, estimate_model_bytes
-from homeport.engine.scheduler import Outbox, Scheduler, deliver_directly
+from homeport.engine.runner import ModelLoadError, RunnerClient
+from homeport.engine.vocabulary import Vocabulary
 from homeport.errors import HomeportError, ModelTooLargeError, ServerBusyError
 from homeport.humanize import format_bytes
 from homeport.store import ModelRecord
@@ -29,6 +34,7 @@ from homeport.store import ModelRecord
 log = logging.getLogger(__name__)
 
 EXPIRY_CHECK_SECONDS = 0.25
+LOAD_FAILURES_PER_MINUTE = 3
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,8 @@ class Runner:
 
     record: ModelRecord
     settings: ContextSettings
-    model: LlamaModel
-    scheduler: Scheduler
+    model: LlamaModel  # vocabulary only: the weights live in the runner process
+    scheduler: RunnerClient
     size: int
     load_seconds: float
     keep_alive: float
@@ -80,6 +86,7 @@ class ModelManager:
         self._changed = asyncio.Condition()
         self._expiry_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._load_failures: dict[tuple[Path, ContextSettings], list[float]] = {}
 
     async def start(self) -> None:
         self._expiry_task = asyncio.create_task(self._expire_loop(), name="keep-alive")
@@ -144,6 +151,8 @@ class ModelManager:
     def release(self, runner: Runner, keep_alive: float | None) -> None:
         """The request is done: start the keep_alive countdown when nothing else uses the model."""
         runner.active -= 1
+        if runner.active == 0 and not runner.scheduler.alive:
+            runner.model.close()  # its runner died while this request used the vocabulary
         runner.last_used = time.monotonic()
         if keep_alive is not None:
             runner.keep_alive = keep_alive
@@ -179,40 +188,67 @@ class ModelManager:
 
     async def _load(self, record: ModelRecord, settings: ContextSettings,
                     keep_alive: float | None) -> Runner:
+        self._check_load_failures(record, settings)
         need = estimate_model_bytes(record.gguf, settings)
         await self._make_room(record, need)
         started = time.perf_counter()
-        loading = asyncio.ensure_future(asyncio.to_thread(LlamaModel, record.model_path, settings))
+        client = RunnerClient(record.model_path, settings, record.name.display)
         try:
-            # Shielded: a caller that gives up (timeout, client gone) must not strand the thread's
-            # model in memory; whoever abandons the load closes the model once it is done.
-            model = await asyncio.wait_for(asyncio.shield(loading),
-                                           timeout=self.settings.load_timeout)
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            loading.add_done_callback(_close_abandoned)
+            await asyncio.wait_for(client.start(), timeout=self.settings.load_timeout)
+            # Only once the runner loaded the whole file: a file that crashes llama.cpp has
+            # crashed the runner by now, never the server.
+            vocabulary = await asyncio.to_thread(Vocabulary, record.model_path)
+        except BaseException as exc:
+            # A caller that gives up (timeout, client gone) must not strand a runner.
+            self._spawn(client.kill())
+            if isinstance(exc, ModelLoadError):
+                self._load_failed(record.model_path, settings)
             if isinstance(exc, TimeoutError):
                 raise HomeportError(
                     f"timed out loading model '{record.name.display}' after "
                     f"{self.settings.load_timeout:.0f}s") from None
             raise
-        loop = asyncio.get_running_loop()
-
-        def deliver(outbox: Outbox) -> None:
-            loop.call_soon_threadsafe(deliver_directly, outbox)
-
-        scheduler = Scheduler(model, settings.n_seq, settings.n_batch, record.name.display,
-                              deliver=deliver)
         runner = Runner(
-            record=record, settings=settings, model=model, scheduler=scheduler, size=need,
+            record=record, settings=settings, model=vocabulary, scheduler=client, size=need,
             load_seconds=time.perf_counter() - started,
             keep_alive=self.settings.default_keep_alive if keep_alive is None else keep_alive,
         )
+        client.on_exit = lambda before_working: self._runner_died(runner, before_working)
         self.runners.append(runner)
         metrics.LOADED_MODELS.set(len(self.runners))
         log.info("loaded %s (num_ctx %d x %d slots, %s K/V cache, ~%s) in %.2fs", runner.name,
                  settings.n_ctx_per_seq, settings.n_seq, settings.kv_cache_type,
                  format_bytes(need), runner.load_seconds)
         return runner
+
+    def _check_load_failures(self, record: ModelRecord, settings: ContextSettings) -> None:
+        """400 without trying when this model crashed on loading too often in the last minute."""
+        key = (record.model_path, settings)
+        now = time.monotonic()
+        recent = [at for at in self._load_failures.get(key, ()) if now - at < 60]
+        if recent:
+            self._load_failures[key] = recent
+        else:
+            self._load_failures.pop(key, None)
+        if len(recent) >= LOAD_FAILURES_PER_MINUTE:
+            raise ModelLoadError(
+                f"model failed to load ({record.name.display}): it failed {len(recent)} times in "
+                "the last minute; try again later")
+
+    def _load_failed(self, path: Path, settings: ContextSettings) -> None:
+        self._load_failures.setdefault((path, settings), []).append(time.monotonic())
+
+    def _runner_died(self, runner: Runner, before_working: bool) -> None:
+        """A runner's process ended unasked: forget it, so the next request loads afresh."""
+        if before_working:
+            self._load_failed(runner.record.model_path, runner.settings)
+        runner.unloading = True
+        if runner in self.runners:
+            self.runners.remove(runner)
+            metrics.LOADED_MODELS.set(len(self.runners))
+        if runner.active == 0:
+            runner.model.close()
+        self._spawn(self._notify())
 
     def _budget(self) -> int:
         """Bytes all loaded models together may use."""
@@ -267,7 +303,7 @@ class ModelManager:
         runner.unloading = True
         self.runners.remove(runner)
         metrics.LOADED_MODELS.set(len(self.runners))
-        await asyncio.to_thread(runner.scheduler.stop)
+        await runner.scheduler.stop()
         await asyncio.to_thread(runner.model.close)
         log.info("unloaded %s", runner.name)
         await self._notify()
@@ -286,7 +322,3 @@ class ModelManager:
                         if runner.active == 0 and now >= runner.expires_at:
                             await self._unload(runner)
 
-
-def _close_abandoned(loading: asyncio.Future[LlamaModel]) -> None:
-    if not loading.cancelled() and loading.exception() is None:
-        loading.result().close()
