@@ -216,7 +216,8 @@ def _run_jobs(model: LlamaModel, prompts: list[list[int]], num_predict: int) -> 
 
     scheduler = Scheduler(model, n_slots=len(prompts), n_batch=512, label="test",
                           deliver=deliver_directly)
-    jobs = [Job(prompt=prompt, sampler=Sampler(model, SamplingParams(temperature=0)),
+    greedy = SamplingParams(temperature=0)
+    jobs = [Job(prompt=prompt, sampling=greedy, sampler=Sampler(model, greedy),
                 sink=sink_for(index), num_predict=num_predict)
             for index, prompt in enumerate(prompts)]
     try:

@@ -7,19 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from tests.conftest import MODEL
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, resident_bytes
 
 MIB = 1024**2
-
-
-def _rss(pid: int) -> int:
-    """Resident memory of the server and its children (the model's runner holds the cache)."""
-    server = psutil.Process(pid)
-    return sum(process.memory_info().rss for process in [server, *server.children()])
 
 
 def _serve_once(home: Path, env: dict[str, str]) -> tuple[int, str, str]:
@@ -31,7 +24,7 @@ def _serve_once(home: Path, env: dict[str, str]) -> tuple[int, str, str]:
             "options": {"temperature": 0, "num_predict": 8}})
         assert reply.status_code == 200, reply.text
         assert server.process is not None
-        return _rss(server.process.pid), reply.json()["response"], server.log()
+        return resident_bytes(server.process.pid), reply.json()["response"], server.log()
 
 
 def test_a_quantized_cache_takes_less_memory(tmp_path: Path) -> None:

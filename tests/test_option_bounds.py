@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +16,7 @@ from homeport.engine.options import INT32_MAX, resolve_options
 from homeport.errors import InvalidOptionError
 from homeport.store.modelfile import ModelfileError, parse_modelfile
 from tests.conftest import DETERMINISTIC, MODEL
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, resident_bytes
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -45,13 +44,6 @@ def _still_serving(http: httpx.Client) -> None:
                                          "options": DETERMINISTIC})
     assert reply.status_code == 200, reply.text
     assert reply.json()["done"] is True
-
-
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 # --- over the wire -------------------------------------------------------------------------------
@@ -112,11 +104,11 @@ def test_a_huge_repeat_last_n_costs_no_memory(http: httpx.Client, server: Server
     # Unbounded, 134,217,728 tokens of history are 512 MiB per request; held to the context,
     # a few KiB.
     _still_serving(http)
-    before = _rss_bytes(server.process.pid)
+    before = resident_bytes(server.process.pid)
     reply = http.post("/api/chat", json={"model": MODEL, "stream": False, "messages": HI,
                                          "options": {**DETERMINISTIC, "repeat_last_n": 134217728}})
     assert reply.status_code == 200, reply.text
-    assert _rss_bytes(server.process.pid) - before < 256 * 1024**2
+    assert resident_bytes(server.process.pid) - before < 256 * 1024**2
 
 
 @pytest.mark.parametrize("num_predict", [10**30, -(10**30)])

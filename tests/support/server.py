@@ -12,9 +12,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+import psutil
 
 PROJECT_SRC = Path(__file__).resolve().parents[2] / "src"
 START_TIMEOUT = 60.0
+
+
+def resident_bytes(pid: int) -> int:
+    """Resident memory of a server and its children (each loaded model's runner process)."""
+    server = psutil.Process(pid)
+    return sum(process.memory_info().rss for process in [server, *server.children()])
 
 
 def free_port() -> int:

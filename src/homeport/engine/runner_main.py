@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client.metrics import Gauge, MetricWrapperBase
 
 from homeport import metrics
-from homeport.engine.llama import LlamaModel
+from homeport.engine.llama import LlamaModel, Sampler
 from homeport.engine.runner_protocol import MetricOp, frame, receive_blocking
 from homeport.engine.scheduler import (
     EmbeddingJob,
@@ -150,6 +150,12 @@ class RunnerLoop:
                 job_id, prompt, sampling, num_predict, stop = payload
                 job = RunnerJob(prompt=prompt, sampling=sampling, sink=_no_sink,
                                 num_predict=num_predict, stop=stop, job_id=job_id)
+                try:
+                    # On this thread, not the scheduler's: a grammar takes a while to compile.
+                    job.sampler = Sampler(self.model, sampling)
+                except HomeportError as exc:
+                    self.channel.send("events", [(job_id, Failed(exc), (), False)])
+                    continue
                 self.jobs[job_id] = job
                 self.scheduler.submit(job)
             elif kind == "cancel":

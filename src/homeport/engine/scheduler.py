@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from homeport import metrics
-from homeport.engine.llama import Batch, EngineError, LlamaModel, Sampler
+from homeport.engine.llama import Batch, EngineError, LlamaModel, Sampler, SamplingParams
 from homeport.engine.stops import StopFinder
 from homeport.errors import HomeportError
 
@@ -84,13 +84,15 @@ def deliver_directly(outbox: Outbox) -> None:
 class Job:
     """One generation request as the scheduler sees it.
 
-    ``sampler`` is built before the job is submitted (compiling a grammar can take a while, and it
-    must not hold up the model's other requests); the scheduler owns it from ``submit`` on.
+    ``sampler`` is built from ``sampling`` by whoever submits the job, before ``submit`` and off
+    the scheduler's thread (compiling a grammar can take a while, and it must not hold up the
+    model's other requests); the scheduler owns it from ``submit`` on.
     """
 
     prompt: list[int]
-    sampler: Sampler
+    sampling: SamplingParams
     sink: Sink
+    sampler: Sampler | None = None
     num_predict: int = -1
     stop: tuple[str, ...] = ()
     cancelled: bool = False
@@ -114,7 +116,8 @@ class Job:
 
     def discard(self) -> None:
         """Free what a job that will never run holds."""
-        self.sampler.free()
+        if self.sampler is not None:
+            self.sampler.free()
 
 
 @dataclass
@@ -181,6 +184,8 @@ class Scheduler:
     # --- called from other threads -------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
+        if job.sampler is None:
+            raise ValueError("a job's sampler is built before it is submitted")
         with self._cond:
             if self._stopping:
                 raise HomeportError("the model is being unloaded")

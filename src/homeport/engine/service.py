@@ -309,29 +309,25 @@ class Engine:
                 self._prompt_tokens, runner, request, features.thinking, options)
             if prompt.truncated_from is not None:
                 metrics.PROMPTS_TRUNCATED.labels(display).inc()
-            # Built here, not on the scheduler's thread: compiling a grammar must not hold up
-            # the other requests on the model.
-            sampler = await _new_sampler(runner, _sampling(options, grammar))
+            if grammar is not None:
+                # Here, for a 400 before the answer starts; the runner compiles it again.
+                await asyncio.to_thread(_check_grammar, runner, grammar)
             queue: asyncio.Queue[SchedulerEvent] = asyncio.Queue()
             job = Job(
                 prompt=prompt.tokens,
-                sampler=sampler,
+                sampling=_sampling(options, grammar),
                 sink=queue.put_nowait,  # called on the event loop, by the manager's delivery
                 num_predict=options.num_predict if options.num_predict >= 0 else -1,
                 stop=options.stop,
             )
-            try:
-                parser = OutputParser(
-                    thinking=features.thinking and not request.raw,
-                    in_thinking=in_thinking,
-                    tool_names={tool["function"]["name"] for tool in request.tools}
-                    if request.tools else None,
-                )
-                self.manager.check_queue()
-                runner.scheduler.submit(job)
-            except BaseException:
-                job.discard()  # never submitted: the sampler is still ours to free
-                raise
+            parser = OutputParser(
+                thinking=features.thinking and not request.raw,
+                in_thinking=in_thinking,
+                tool_names={tool["function"]["name"] for tool in request.tools}
+                if request.tools else None,
+            )
+            self.manager.check_queue()
+            runner.scheduler.submit(job)
         except BaseException:
             self.manager.release(runner, request.keep_alive)
             raise
@@ -474,20 +470,10 @@ def _grammar_for(format_: str | dict[str, Any] | None) -> str | None:
     raise BadRequestError(f'invalid format: expected "json" or a JSON schema, got {format_!r}')
 
 
-async def _new_sampler(runner: Runner, params: SamplingParams) -> Sampler:
-    """A Sampler built on a worker thread, and freed once built if the caller is cancelled first
-    (the client left): nobody else holds it then."""
-    building = asyncio.ensure_future(asyncio.to_thread(Sampler, runner.model, params))
-
-    def free_unclaimed(done: asyncio.Future[Sampler]) -> None:
-        if not done.cancelled() and done.exception() is None:
-            done.result().free()
-
-    try:
-        return await asyncio.shield(building)
-    except asyncio.CancelledError:
-        building.add_done_callback(free_unclaimed)
-        raise
+def _check_grammar(runner: Runner, grammar: str) -> None:
+    """InvalidOptionError (a 400) when llama.cpp will not compile ``grammar`` for this model's
+    vocabulary (the server's copy of it: a grammar sampler needs no weights)."""
+    Sampler(runner.model, SamplingParams(grammar=grammar)).free()
 
 
 def _sampling(options: ModelOptions, grammar: str | None) -> SamplingParams:
