@@ -82,8 +82,9 @@ def test_chunked_grammar_sampling_gives_the_full_pass_tokens(model: LlamaModel, 
     assert not_narrowed == 0
     assert chunked == full
     # The comparison means something only where the free sample was rejected and the chunks
-    # settled it: greedy needs one accepted token, and free text has 40 within the first chunks.
-    if sampling == "greedy" or schema != "enum":
+    # settled it: greedy needs one accepted token, top-k 40 of them (an object's keys and
+    # punctuation have them; an enum's next characters, or a string's opening quote, do not).
+    if sampling == "greedy" or schema == "object":
         assert narrowed > 0
     text = model.detokenize(full)
     if schema == "enum" and model.is_end_of_generation(full[-1]):

@@ -126,10 +126,11 @@ _KV_CACHE_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q
 # Bytes a cache type stores per value, relative to f16's two: blocks of 32 values with a scale.
 KV_CACHE_SIZE_FACTOR = {"f16": 1.0, "q8_0": 34 / 64, "q4_0": 18 / 64}
 
-# The grammar is applied to the best 64 candidates, then the best 256, 1024...: most rejected
-# free samples are settled by the first chunk or two.
+# The grammar is applied to the best 64 candidates, then the best 512, 4096, then the rest: most
+# rejected free samples are settled by the first chunk or two, and few calls keep the worst case
+# (too few accepted tokens to decide early) near the full pass's cost.
 _FIRST_CHUNK = 64
-_CHUNK_GROWTH = 4
+_CHUNK_GROWTH = 8
 
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")], align=True)
 
@@ -246,16 +247,15 @@ class Sampler:
         accepted: list[np.ndarray[Any, Any]] = []
         n_accepted = 0
         width = _FIRST_CHUNK
-        while not seen.all():
-            if width < n_vocab:
-                threshold = np.partition(logits, n_vocab - width)[n_vocab - width]
-                chunk_ids = np.flatnonzero((logits >= threshold) & ~seen)
-            else:
-                chunk_ids = np.flatnonzero(~seen)
+        while width < n_vocab:
+            threshold = np.partition(logits, n_vocab - width)[n_vocab - width]
+            chunk_ids = np.flatnonzero((logits >= threshold) & ~seen)
             width *= _CHUNK_GROWTH
             if len(chunk_ids) == 0:
                 continue
             seen[chunk_ids] = True
+            # Best first, ties lowest id first: a stable sort of ids already in ascending order.
+            chunk_ids = chunk_ids[np.argsort(-logits[chunk_ids], kind="stable")]
             chunk = self._grammar_verdicts(logits, chunk_ids)
             checked.append(chunk)
             kept = chunk[chunk["logit"] > -np.inf]
@@ -271,6 +271,9 @@ class Sampler:
             if not np.any(top[1:] == top[:-1]):
                 self.narrowed += 1
                 return self._apply_chain(np.ascontiguousarray(best[:deciding]))
+        rest = np.flatnonzero(~seen)
+        if len(rest):
+            checked.append(self._grammar_verdicts(logits, rest))
         everything = np.concatenate(checked)
         candidates = self._candidates
         candidates["id"] = self._ids
@@ -281,9 +284,8 @@ class Sampler:
 
     def _grammar_verdicts(self, logits: np.ndarray[Any, Any],
                           ids: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        """``ids`` as candidates, best logit first (ties: lowest id first), after the grammar has
-        set the logit of each token it rejects to -inf."""
-        ids = ids[np.argsort(-logits[ids], kind="stable")]
+        """``ids`` as candidates, in that order, after the grammar has set the logit of each token
+        it rejects to -inf."""
         chunk = np.empty(len(ids), dtype=_TOKEN_DATA)
         chunk["id"] = ids
         chunk["logit"] = logits[ids]
