@@ -126,6 +126,12 @@ _KV_CACHE_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q
 # Bytes a cache type stores per value, relative to f16's two: blocks of 32 values with a scale.
 KV_CACHE_SIZE_FACTOR = {"f16": 1.0, "q8_0": 34 / 64, "q4_0": 18 / 64}
 
+# The grammar is applied to the best 64 candidates, then the best 512, 4096, then the rest: most
+# rejected free samples are settled by the first chunk or two, and few calls keep the worst case
+# (too few accepted tokens to decide early) near the full pass's cost.
+_FIRST_CHUNK = 64
+_CHUNK_GROWTH = 8
+
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")], align=True)
 
 
@@ -135,10 +141,14 @@ class Sampler:
     Without a grammar, llama.cpp samples and accepts in one call. With one, applying the grammar to
     the whole vocabulary every step is slow (about 15x here), so, as llama.cpp's own common sampler
     does, we sample freely first, ask the grammar whether it accepts that token, and only when it
-    does not, sample again with the grammar applied to every candidate.
+    does not, sample again under the grammar. That second pass runs on the model's scheduler
+    thread, so its cost stalls every other stream of the model: rather than applying the grammar
+    to all 49,152 tokens (hundreds of ms for a large enum), we apply it to the best candidates
+    first, a chunk at a time, and stop as soon as the accepted ones decide what the full pass would
+    (see ``_sample_rejected``). ``narrow=False`` keeps the full pass, for comparison.
     """
 
-    def __init__(self, model: LlamaModel, params: SamplingParams) -> None:
+    def __init__(self, model: LlamaModel, params: SamplingParams, *, narrow: bool = True) -> None:
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self._chain = llama_cpp.llama_sampler_chain_init(chain_params)
@@ -152,8 +162,18 @@ class Sampler:
             self._candidates = np.empty(model.n_vocab, dtype=_TOKEN_DATA)
             self._ids = np.arange(model.n_vocab, dtype=np.int32)
             self._single = np.empty(1, dtype=_TOKEN_DATA)
+        # How many of the best accepted tokens decide the chain's answer: greedy needs the best,
+        # top-k its k. Penalties change logits inside the chain (and may reorder them), and without
+        # top-k every accepted token counts: those cases keep the full pass.
+        penalised = bool(params.repeat_penalty != 1.0 or params.presence_penalty
+                         or params.frequency_penalty)
+        self._greedy = params.temperature <= 0
+        self._deciding: int | None = None
+        if narrow and not penalised:
+            self._deciding = 1 if self._greedy else (params.top_k if params.top_k > 0 else None)
+        self.narrowed = 0  # rejected free samples the chunked search settled: for tests, benchmarks
         add = self._add
-        if params.repeat_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
+        if penalised:
             add(llama_cpp.llama_sampler_init_penalties(
                 model.n_vocab, params.repeat_last_n, params.repeat_penalty,
                 params.frequency_penalty, params.presence_penalty))
@@ -183,7 +203,7 @@ class Sampler:
                                        shape=(model.n_vocab,))
         token = self._apply(logits, with_grammar=False)
         if not self._grammar_accepts(token, float(logits[token])):
-            token = self._apply(logits, with_grammar=True)
+            token = self._sample_rejected(logits)
         llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self._chain, token)
         return token
@@ -202,6 +222,79 @@ class Sampler:
         array = self._token_array(candidates)
         if with_grammar:
             llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(array))
+        return int(candidates["id"][array.selected])
+
+    def _sample_rejected(self, logits: np.ndarray[Any, Any]) -> int:
+        """What the chain picks with the grammar applied to every token, found by applying the
+        grammar to the candidates in descending logit order, a chunk at a time.
+
+        Chunks are closed under ties (all tokens with a logit at or above a threshold), and each is
+        ordered by logit, then id, so the first accepted token is the one llama.cpp's greedy sampler
+        picks from the full array (the first maximum in id order), and the first k accepted are the
+        k that the full pass's top-k keeps, which the rest of the chain (typical, top-p, min-p,
+        temperature, dist: the same single random draw) then sees unchanged. Exact ties among those
+        k would be ordered by llama.cpp's unstable sort, so they are not taken as decided. When the
+        chunks have covered the whole vocabulary undecided, the grammar's verdicts are already all
+        known: the full array is rebuilt from them, at no more cost than the full pass.
+        """
+        deciding = self._deciding
+        if deciding is None:
+            return self._apply(logits, with_grammar=True)
+        n_vocab = len(logits)
+        seen = np.zeros(n_vocab, dtype=bool)
+        checked: list[np.ndarray[Any, Any]] = []
+        accepted: list[np.ndarray[Any, Any]] = []
+        n_accepted = 0
+        width = _FIRST_CHUNK
+        while width < n_vocab:
+            threshold = np.partition(logits, n_vocab - width)[n_vocab - width]
+            chunk_ids = np.flatnonzero((logits >= threshold) & ~seen)
+            width *= _CHUNK_GROWTH
+            if len(chunk_ids) == 0:
+                continue
+            seen[chunk_ids] = True
+            # Best first, ties lowest id first: a stable sort of ids already in ascending order.
+            chunk_ids = chunk_ids[np.argsort(-logits[chunk_ids], kind="stable")]
+            chunk = self._grammar_verdicts(logits, chunk_ids)
+            checked.append(chunk)
+            kept = chunk[chunk["logit"] > -np.inf]
+            accepted.append(kept)
+            n_accepted += len(kept)
+            if n_accepted < deciding:
+                continue
+            best = np.concatenate(accepted)
+            if self._greedy:
+                self.narrowed += 1
+                return int(best["id"][0])
+            top = best["logit"][:deciding + 1]
+            if not np.any(top[1:] == top[:-1]):
+                self.narrowed += 1
+                return self._apply_chain(np.ascontiguousarray(best[:deciding]))
+        rest = np.flatnonzero(~seen)
+        if len(rest):
+            checked.append(self._grammar_verdicts(logits, rest))
+        everything = np.concatenate(checked)
+        candidates = self._candidates
+        candidates["id"] = self._ids
+        candidates["logit"] = logits
+        candidates["logit"][everything["id"]] = everything["logit"]
+        candidates["p"] = 0.0
+        return self._apply_chain(candidates)
+
+    def _grammar_verdicts(self, logits: np.ndarray[Any, Any],
+                          ids: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """``ids`` as candidates, in that order, after the grammar has set the logit of each token
+        it rejects to -inf."""
+        chunk = np.empty(len(ids), dtype=_TOKEN_DATA)
+        chunk["id"] = ids
+        chunk["logit"] = logits[ids]
+        chunk["p"] = 0.0
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(self._token_array(chunk)))
+        return chunk
+
+    def _apply_chain(self, candidates: np.ndarray[Any, Any]) -> int:
+        array = self._token_array(candidates)
         llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(array))
         return int(candidates["id"][array.selected])
 
