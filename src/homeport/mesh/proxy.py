@@ -59,7 +59,8 @@ def forwarded_headers(incoming: Mapping[str, str], upstream: Upstream, via: str)
     caller's), and the nodes the request has passed through, this one last."""
     headers = {name: incoming[name] for name in FORWARDED_HEADERS if name in incoming}
     headers.update(upstream.headers())
-    headers[VIA_HEADER] = via
+    headers["accept-encoding"] = "identity"  # the body is relayed as sent: never in a coding
+    headers[VIA_HEADER] = via                # the caller did not ask for
     return headers
 
 
