@@ -257,6 +257,17 @@ LOG_LEVEL = _register(Setting(
     "Log level: debug, info, warning or error (OLLAMA_DEBUG=1 means debug)",
 ))
 
+UPSTREAMS: Setting[tuple[str, ...]] = _register(Setting(
+    ("HOMEPORT_UPSTREAMS",), (), _comma_list,
+    "Other homeport or Ollama servers whose models this one lists and routes to, comma separated "
+    "URLs (also `serve --upstream URL` and [[upstream]] tables in config.toml)",
+))
+UPSTREAM_REFRESH = _register(Setting(
+    ("HOMEPORT_UPSTREAM_REFRESH",), 3.0, _timeout_seconds,
+    "How often each upstream's health and models are checked in the background (default 3s)",
+    shown_default="3s",
+))
+
 # --- files ------------------------------------------------------------------------------------
 # A path setting left unset is Path("") (the same Path as "."): its default location is used.
 

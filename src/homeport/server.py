@@ -13,8 +13,10 @@ from starlette.middleware import Middleware
 from homeport import __version__, config, endpoints
 from homeport.api.app import AppParts, create_app
 from homeport.api.errors import error_response
+from homeport.api.mesh_routing import MeshRouting, new_node_id
 from homeport.engine.manager import ManagerSettings
 from homeport.engine.service import Engine, EngineSettings
+from homeport.mesh.upstreams import Upstreams, configured_upstreams
 from homeport.net.binding import bind
 from homeport.net.connection import ConnectionLimits, h11_protocol
 from homeport.net.gate import Gate
@@ -62,29 +64,39 @@ def engine_settings() -> EngineSettings:
     )
 
 
-def build_parts() -> AppParts:
+def build_parts(upstream_urls: tuple[str, ...] = ()) -> AppParts:
     store = open_store()
     if not config.NOPRUNE.get():
         try:
             prune(store)
         except OSError as exc:  # tidying is a courtesy: it never keeps the server from starting
             log.warning("the model store was not tidied: %s", exc)
+    upstreams = Upstreams(configured_upstreams(upstream_urls), config.UPSTREAM_REFRESH.get())
     return AppParts(store=store, engine=Engine(engine_settings()),
-                    max_body_bytes=config.MAX_BODY_BYTES.get())
+                    max_body_bytes=config.MAX_BODY_BYTES.get(), upstreams=upstreams)
 
 
-def run_server(address: endpoints.HostAddress, tailnet: bool = False, expose: bool = False) -> None:
+def run_server(address: endpoints.HostAddress, tailnet: bool = False, expose: bool = False,
+               upstream_urls: tuple[str, ...] = ()) -> None:
     setup_logging()
     policy = Policy.load(*config.policy_file())
     tokens = TokenChecker(TokenStore(config.tokens_file()))
     binding = bind(address, tailnet=tailnet, expose=expose, policy=policy,
                    tokens=tokens.active_count())
     try:
-        parts = build_parts()
+        parts = build_parts(upstream_urls)
         gate = Gate.from_settings(policy, tokens, bind_host=address.host)
         parts.middleware.append(Middleware(Guard, gate=gate, render_error=error_response))
         parts.on_startup.append(gate.start)
         parts.on_shutdown.append(gate.close)
+        if parts.upstreams:  # inside the guard: only admitted callers are forwarded
+            parts.middleware.append(Middleware(
+                MeshRouting, upstreams=parts.upstreams, store=parts.store,
+                max_body_bytes=parts.max_body_bytes, node_id=new_node_id()))
+            parts.on_startup.append(parts.upstreams.start)
+            parts.on_shutdown.append(parts.upstreams.close)
+            log.info("upstreams: %s", ", ".join(
+                f"{upstream.name} ({upstream.settings.url})" for upstream in parts.upstreams.all))
         app = create_app(parts)
         log.info("homeport %s listening on %s: reachable by %s", __version__,
                  ", ".join(binding.shown), binding.audience)

@@ -31,6 +31,7 @@ from homeport.api.truncation import TruncationHeader
 from homeport.asgi import StatusRecordingSend
 from homeport.engine.service import Engine
 from homeport.errors import HomeportError
+from homeport.mesh.upstreams import Upstreams
 from homeport.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class AppParts:
     store: ModelStore
     engine: Engine
     max_body_bytes: int
+    upstreams: Upstreams | None = None
     middleware: list[Middleware] = field(default_factory=list)
     routes: list[BaseRoute] = field(default_factory=list)
     on_startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -94,7 +96,8 @@ async def _run_hooks(hooks: list[Callable[[], Awaitable[None]]]) -> None:
 
 
 def create_app(parts: AppParts) -> Starlette:
-    state = AppState(store=parts.store, engine=parts.engine, max_body_bytes=parts.max_body_bytes)
+    state = AppState(store=parts.store, engine=parts.engine, max_body_bytes=parts.max_body_bytes,
+                     upstreams=parts.upstreams)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

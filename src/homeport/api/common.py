@@ -14,6 +14,7 @@ from homeport.api.schemas import ToolCallIn
 from homeport.engine.parsing import ToolCall
 from homeport.engine.service import Engine
 from homeport.errors import BadRequestError
+from homeport.mesh.upstreams import Upstreams
 from homeport.net.caller import caller_of, record_of
 from homeport.store import ModelRecord, ModelStore
 from homeport.store.names import parse_name
@@ -30,6 +31,7 @@ class AppState:
     store: ModelStore
     engine: Engine
     max_body_bytes: int
+    upstreams: Upstreams | None = None  # other machines whose models are listed here too
 
 
 def state_of(request: Request) -> AppState:

@@ -49,6 +49,8 @@ from homeport.engine.service import (
     l2_normalize,
 )
 from homeport.errors import BadRequestError
+from homeport.mesh.catalogue import merged_listing
+from homeport.net.caller import caller_of
 from homeport.store import ModelRecord
 
 log = logging.getLogger(__name__)
@@ -247,9 +249,12 @@ async def version(request: Request) -> Response:
 
 
 async def tags(request: Request) -> Response:
-    records = visible(request, state_of(request).store.list_models())
+    state = state_of(request)
+    records = visible(request, state.store.list_models())
     records.sort(key=lambda record: record.modified_at, reverse=True)
-    return JSONResponse({"models": [model_summary(record) for record in records]})
+    local = [model_summary(record) for record in records]
+    return JSONResponse({"models": merged_listing(local, state.upstreams,
+                                                  caller_of(request.scope).grant.allows_model)})
 
 
 async def ps(request: Request) -> Response:

@@ -29,7 +29,14 @@ from homeport.api.access import (
     visible,
 )
 from homeport.api.body import read_json
-from homeport.api.common import AppState, incoming_tool_calls, resolve_model, state_of, tool_call_id
+from homeport.api.common import (
+    AppState,
+    incoming_tool_calls,
+    model_summary,
+    resolve_model,
+    state_of,
+    tool_call_id,
+)
 from homeport.api.errors import openai_error_body
 from homeport.api.streaming import SSE, StreamResponse, cancel_on_disconnect, sse_event
 from homeport.engine.parsing import ToolCall
@@ -41,6 +48,8 @@ from homeport.engine.service import (
     l2_normalize,
 )
 from homeport.errors import BadRequestError, ModelNotFoundError
+from homeport.mesh.catalogue import NODES_FIELD, merged_listing
+from homeport.net.caller import caller_of
 
 
 def _options(body: schemas.OpenAIChatRequest | schemas.OpenAICompletionRequest,
@@ -260,7 +269,13 @@ def _model_object(state: AppState, name: str, modified: float) -> dict[str, Any]
 async def list_models(request: Request) -> Response:
     state = state_of(request)
     records = visible(request, state.store.list_models())
-    data = [_model_object(state, r.name.display, r.modified_at.timestamp()) for r in records]
+    local = [model_summary(record) for record in records]
+    created = {record.name.display: record.modified_at.timestamp() for record in records}
+    data = []
+    for entry in merged_listing(local, state.upstreams, caller_of(request.scope).grant.allows_model):
+        item = _model_object(state, entry["name"], created.get(entry["name"], 0))
+        item[NODES_FIELD] = entry[NODES_FIELD]
+        data.append(item)
     return JSONResponse({"object": "list", "data": data})
 
 

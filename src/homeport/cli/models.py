@@ -48,14 +48,15 @@ def list_(endpoint: str | None) -> None:
         err_console.print("no models yet; pull one with `homeport pull NAME`", highlight=False)
         return
     table = Table(box=None, header_style="bold")
-    for column in ("NAME", "ID", "SIZE", "FAMILY", "PARAMS", "QUANT", "MODIFIED"):
+    for column in ("NAME", "ID", "SIZE", "FAMILY", "PARAMS", "QUANT", "MODIFIED", "WHERE"):
         table.add_column(column)
     for model in models:
         details = model.get("details", {})
+        nodes = model.get("homeport", {}).get("nodes", ["local"])  # an Ollama server: its own
         table.add_row(model["name"], model.get("digest", "")[:12],
                       format_bytes(model.get("size", 0)), details.get("family", ""),
                       details.get("parameter_size", ""), details.get("quantization_level", ""),
-                      _ago(model.get("modified_at", "")))
+                      _ago(model.get("modified_at", "")), ", ".join(nodes))
     console.print(table)
 
 

@@ -26,7 +26,10 @@ def _settings_help() -> str:
 @click.option("--expose", is_flag=True,
               help="Allow an address beyond loopback and the tailnet (such as 0.0.0.0); needs a "
                    "token or a policy file first.")
-def serve(host: str | None, tailnet: bool, expose: bool) -> None:
+@click.option("--upstream", "upstreams", multiple=True, metavar="URL",
+              help="Another homeport or Ollama server whose models this one lists and routes to "
+                   "(repeatable; also HOMEPORT_UPSTREAMS and [[upstream]] in config.toml).")
+def serve(host: str | None, tailnet: bool, expose: bool, upstreams: tuple[str, ...]) -> None:
     """Start the model server (Ollama and OpenAI APIs on port 11434).
 
     It listens on loopback unless told otherwise, and always says who can reach it. Callers other
@@ -37,4 +40,4 @@ def serve(host: str | None, tailnet: bool, expose: bool) -> None:
 
     address = endpoints.parse_host(host) if host else endpoints.bind_address()
     logging.getLogger(__name__).debug("binding %s", address)
-    run_server(address, tailnet=tailnet, expose=expose)
+    run_server(address, tailnet=tailnet, expose=expose, upstream_urls=upstreams)

@@ -1,0 +1,1 @@
+"""homeport across several machines: upstreams, the merged catalogue, routing and the proxy."""

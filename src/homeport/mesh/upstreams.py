@@ -1,0 +1,238 @@
+"""The other servers this node routes to: configured, probed, and kept fresh in the background.
+
+Upstreams come from ``serve --upstream URL``, ``HOMEPORT_UPSTREAMS`` and ``[[upstream]]`` tables
+in config.toml. A background task asks each one for ``/api/version`` (to tell homeport from Ollama
+when ``kind = "auto"``) and ``/api/tags`` every few seconds with short timeouts; a failure marks it
+down and spaces the next tries out (backoff), an answer marks it up again. Requests only read this
+state: nothing here ever runs on a request's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+
+from homeport import config
+from homeport.errors import ConfigError
+from homeport.secrets import check_reference, resolve_secret
+from homeport.store.names import is_valid_name, parse_name
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["auto", "homeport", "ollama"]
+KINDS: tuple[Kind, ...] = ("auto", "homeport", "ollama")
+PROBE_TIMEOUT = httpx.Timeout(3.0, connect=1.0)
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+# Connecting is quick or the machine is away; an answer may take as long as a model needs.
+FORWARD_TIMEOUT = httpx.Timeout(None, connect=2.0)
+MAX_LISTED_MODELS = 10_000  # an upstream's listing is held to this many entries
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """One upstream as configured: where, how to authenticate, what it is, how much preferred."""
+
+    name: str
+    url: str
+    token: str = ""  # a secret reference (env:NAME or cmd:COMMAND), never the secret
+    kind: Kind = "auto"
+    priority: int = 0  # higher is preferred
+    models: tuple[str, ...] = ("*",)  # globs: only these of its models are used
+
+
+def _checked_url(url: str, where: str) -> str:
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: {url!r} is not an http(s) URL such as http://desktop:11434")
+    return url.strip().rstrip("/")
+
+
+def name_from_url(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
+def _from_table(table: Mapping[str, Any], index: int) -> UpstreamConfig:
+    where = f"config.toml [[upstream]] #{index + 1}"
+    unknown = set(table) - {"url", "token", "kind", "priority", "models", "name"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+    url = _checked_url(str(table.get("url", "")), where)
+    kind = table.get("kind", "auto")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}")
+    priority = table.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise ConfigError(f"{where}: priority must be an integer")
+    models = table.get("models", ["*"])
+    if not isinstance(models, list) or not all(isinstance(glob, str) for glob in models):
+        raise ConfigError(f"{where}: models must be a list of name globs")
+    token = check_reference(table["token"], f"{where} token") if "token" in table else ""
+    return UpstreamConfig(name=str(table.get("name") or name_from_url(url)), url=url, token=token,
+                          kind=kind, priority=priority, models=tuple(models) or ("*",))
+
+
+def configured_upstreams(urls: Iterable[str] = ()) -> list[UpstreamConfig]:
+    """Every upstream from the command line, HOMEPORT_UPSTREAMS and config.toml, first wins on a
+    repeated URL; a ConfigError for a bad one (the server refuses to start rather than guess)."""
+    found: list[UpstreamConfig] = []
+    for url in [*urls, *config.UPSTREAMS.get()]:
+        checked = _checked_url(url, "upstream")
+        found.append(UpstreamConfig(name=name_from_url(checked), url=checked))
+    tables = config.read_config_file().get("upstream", [])
+    if not isinstance(tables, list):
+        raise ConfigError("config.toml: upstream must be [[upstream]] tables")
+    found.extend(_from_table(table, index) for index, table in enumerate(tables))
+    unique: dict[str, UpstreamConfig] = {}
+    for upstream in found:
+        unique.setdefault(upstream.url, upstream)
+    names = [upstream.name for upstream in unique.values()]
+    if len(set(names)) != len(names) or "local" in names:
+        raise ConfigError(f"upstream names must be distinct and not 'local': {', '.join(names)}")
+    return list(unique.values())
+
+
+def model_key(name: str) -> str:
+    """The name models are matched by across machines: its display form (``x`` is ``x:latest``)."""
+    return parse_name(name).display if is_valid_name(name) else name.lower()
+
+
+@dataclass
+class Upstream:
+    """One upstream's live state, written by the refresher (and by the proxy when it fails)."""
+
+    settings: UpstreamConfig
+    token: str = ""
+    kind: Kind = "auto"
+    up: bool = False
+    checked: bool = False  # asked at least once
+    down_since: float | None = None
+    last_error: str = ""
+    failures: int = 0
+    next_check: float = 0.0
+    in_flight: int = 0  # requests this node is forwarding to it now
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # model key → its /api/tags entry
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def has(self, key: str) -> bool:
+        return key in self.models
+
+    def mark_up(self, models: dict[str, dict[str, Any]]) -> None:
+        if not self.up:
+            log.info("upstream %s is up with %d models", self.name, len(models))
+        self.up, self.checked, self.models = True, True, models
+        self.down_since, self.last_error, self.failures = None, "", 0
+
+    def mark_down(self, error: str) -> None:
+        """Down until the refresher hears from it again, tried less often the longer it stays."""
+        if self.up or not self.checked:
+            log.warning("upstream %s is down: %s", self.name, error)
+        self.up, self.checked, self.last_error = False, True, error
+        self.down_since = self.down_since or time.monotonic()
+        self.failures += 1
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self.failures - 1))
+        self.next_check = time.monotonic() + delay
+
+
+def _listed_models(upstream: Upstream, body: Any) -> dict[str, dict[str, Any]]:
+    entries = body.get("models") if isinstance(body, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError("/api/tags did not answer a model list")
+    models: dict[str, dict[str, Any]] = {}
+    for entry in entries[:MAX_LISTED_MODELS]:
+        name = (entry.get("name") or entry.get("model")) if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name:
+            continue
+        key = model_key(name)
+        if any(fnmatch.fnmatchcase(key, glob.lower()) for glob in upstream.settings.models):
+            models[key] = entry
+    return models
+
+
+def _kind_of(body: Any) -> Kind:
+    if isinstance(body, dict) and "homeport" in body:
+        return "homeport"
+    if isinstance(body, dict) and isinstance(body.get("version"), str):
+        return "ollama"
+    raise ValueError("/api/version answered neither as homeport nor as Ollama")
+
+
+class Upstreams:
+    """Every upstream and the background task that keeps their state fresh."""
+
+    def __init__(self, settings: Iterable[UpstreamConfig], interval: float) -> None:
+        self.all = [Upstream(settings=item, kind=item.kind) for item in settings]
+        self.interval = interval
+        self._client: httpx.AsyncClient | None = None  # probes: short timeouts
+        self._forwarding: httpx.AsyncClient | None = None  # requests: as long as answers take
+        self._task: asyncio.Task[None] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.all)
+
+    def named(self, name: str) -> Upstream | None:
+        return next((upstream for upstream in self.all if upstream.name == name), None)
+
+    async def start(self) -> None:
+        for upstream in self.all:  # a reference that cannot be resolved stops the start, loudly
+            if upstream.settings.token:
+                upstream.token = resolve_secret(upstream.settings.token,
+                                                f"upstream {upstream.name} token")
+        if self.all:
+            self._client = httpx.AsyncClient(timeout=PROBE_TIMEOUT, trust_env=False)
+            self._forwarding = httpx.AsyncClient(timeout=FORWARD_TIMEOUT, trust_env=False,
+                                                 limits=httpx.Limits(max_connections=None))
+            self._task = asyncio.create_task(self._refresh_forever(), name="upstreams")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for client in (self._client, self._forwarding):
+            if client is not None:
+                await client.aclose()
+
+    def client(self) -> httpx.AsyncClient:
+        """The connection pool requests are forwarded through (after ``start``)."""
+        assert self._forwarding is not None, "upstreams not started"
+        return self._forwarding
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            now = time.monotonic()
+            due = [upstream for upstream in self.all if upstream.next_check <= now]
+            await asyncio.gather(*(self._refresh(upstream) for upstream in due))
+            await asyncio.sleep(min(BACKOFF_FIRST, self.interval))
+
+    async def _refresh(self, upstream: Upstream) -> None:
+        assert self._client is not None
+        base, headers = upstream.settings.url, upstream.headers()
+        try:
+            if upstream.settings.kind == "auto" or not upstream.checked:
+                version = await self._client.get(f"{base}/api/version", headers=headers)
+                version.raise_for_status()
+                kind = _kind_of(version.json())
+                upstream.kind = kind if upstream.settings.kind == "auto" else upstream.settings.kind
+            tags = await self._client.get(f"{base}/api/tags", headers=headers)
+            tags.raise_for_status()
+            upstream.mark_up(_listed_models(upstream, tags.json()))
+            upstream.next_check = time.monotonic() + self.interval
+        except (httpx.HTTPError, ValueError) as exc:
+            upstream.mark_down(str(exc) or type(exc).__name__)

@@ -1,0 +1,198 @@
+"""Several machines as one: three real servers on loopback, clients talking only to the one with
+no models (C), which lists and routes to A and B.
+
+    A: smollm2:135m, only-a          B: smollm2:135m, only-b (a distinct file)
+    C: no models, --upstream A --upstream B
+
+The tests that kill A come last (pytest runs them in file order).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from tests.conftest import MODEL
+from tests.support.models import bundled_gguf, distinct_copy, install_model
+from tests.support.server import ServerProcess, free_port
+
+SMALL = {"temperature": 0, "seed": 42, "num_predict": 8}
+ENV = {"HOMEPORT_CONTEXT_LENGTH": "2048", "HOMEPORT_UPSTREAM_REFRESH": "500ms"}
+# Greedy decoding makes this model repeat itself until the context (2048) is full: a stream that
+# cannot end before the client leaves (see test_concurrency).
+ENDLESS = {"messages": [{"role": "user", "content": "Write a haiku about ports"}],
+           "options": {"temperature": 0, "seed": 1, "num_predict": -1}}
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def listed(url: str) -> dict[str, list[str]]:
+    models = httpx.get(f"{url}/api/tags", timeout=10).json()["models"]
+    return {model["name"]: model["homeport"]["nodes"] for model in models}
+
+
+def node_name(server: ServerProcess) -> str:
+    return f"127.0.0.1:{server.port}"
+
+
+class Mesh:
+    def __init__(self, root: Path) -> None:
+        self.a = ServerProcess(root / "a", env=ENV)
+        self.b = ServerProcess(root / "b", env=ENV)
+        for server in (self.a, self.b):
+            install_model(server.home / "data" / "models", MODEL, bundled_gguf())
+        install_model(self.a.home / "data" / "models", "only-a", bundled_gguf())
+        install_model(self.b.home / "data" / "models", "only-b",
+                      distinct_copy(root, "only-b"))
+        self.c = ServerProcess(root / "c", env=ENV,
+                               args=("--upstream", self.a.url, "--upstream", self.b.url))
+
+    def start(self) -> None:
+        self.a.start()
+        self.b.start()
+        self.c.start()
+        # Every server records the bundled model when it starts; C is to have none.
+        httpx.request("DELETE", f"{self.c.url}/api/delete", json={"model": MODEL},
+                      timeout=30).raise_for_status()
+        expected = {"smollm2:135m", "only-a:latest", "only-b:latest"}
+        assert wait_for(lambda: set(listed(self.c.url)) == expected), listed(self.c.url)
+
+    def stop(self) -> None:
+        for server in (self.c, self.b, self.a):
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    nodes = Mesh(tmp_path_factory.mktemp("mesh"))
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+def test_one_list_names_every_machine(mesh: Mesh) -> None:
+    a, b = node_name(mesh.a), node_name(mesh.b)
+    # The official client reads the merged list (and ignores the extra field).
+    names = {model.model for model in ollama.Client(host=mesh.c.url).list().models}
+    assert names == {MODEL, "only-a:latest", "only-b:latest"}
+    nodes = {name: sorted(where) for name, where in listed(mesh.c.url).items()}
+    assert nodes == {MODEL: sorted([a, b]), "only-a:latest": [a], "only-b:latest": [b]}
+    ids = {model.id: model for model in openai.OpenAI(base_url=f"{mesh.c.url}/v1",
+                                                      api_key="x").models.list()}
+    assert set(ids) == {MODEL, "only-a:latest", "only-b:latest"}
+    assert (ids["only-b:latest"].model_extra or {})["homeport"] == {"nodes": [b]}
+    # A node lists its own models as local.
+    assert listed(mesh.a.url)["only-a:latest"] == ["local"]
+
+
+def test_show_chat_generate_embed_through_the_gateway(mesh: Mesh) -> None:
+    client = ollama.Client(host=mesh.c.url)
+    assert client.show("only-b").details.family == "llama"
+    reply = client.chat("only-a", messages=[{"role": "user", "content": "Hi"}], options=SMALL)
+    assert reply.message.role == "assistant"
+    assert reply.done
+    parts = list(client.chat("only-b", messages=[{"role": "user", "content": "Hi"}],
+                             options=SMALL, stream=True))
+    assert len(parts) > 1
+    assert parts[-1].done
+    assert parts[-1].eval_count
+    generated = client.generate("only-a", "The sky is", options=SMALL)
+    assert generated.done
+    assert generated.response
+    embedded = client.embed("only-b", input=["one", "two"])
+    assert len(embedded.embeddings) == 2
+    assert len(embedded.embeddings[0]) > 10
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.chat("nowhere", messages=[{"role": "user", "content": "Hi"}])
+    assert missing.value.status_code == 404
+
+
+def test_openai_stream_through_the_gateway(mesh: Mesh) -> None:
+    client = openai.OpenAI(base_url=f"{mesh.c.url}/v1", api_key="x")
+    stream = client.chat.completions.create(
+        model="only-b", messages=[{"role": "user", "content": "Hi"}], max_tokens=8,
+        temperature=0, stream=True)
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+
+
+def test_a_request_can_be_pinned_to_one_machine(mesh: Mesh) -> None:
+    body = {"model": "only-b", "prompt": "Hi", "stream": False, "options": SMALL}
+    with httpx.Client(base_url=mesh.c.url, timeout=120) as http:
+        assert http.post("/api/generate", json=body,
+                         headers={"X-Homeport-Node": node_name(mesh.b)}).status_code == 200
+        # A does not have only-b: pinned there, A itself answers that it does not.
+        on_a = http.post("/api/generate", json=body, headers={"X-Homeport-Node": node_name(mesh.a)})
+        assert on_a.status_code == 404
+        assert "not found" in on_a.json()["error"]
+        assert http.post("/api/generate", json=body,
+                         headers={"X-Homeport-Node": "local"}).status_code == 404
+        unknown = http.post("/api/generate", json=body, headers={"X-Homeport-Node": "attic"})
+        assert unknown.status_code == 400
+        assert "attic" in unknown.json()["error"]
+
+
+def _busy_slots(url: str) -> int:
+    models = httpx.get(f"{url}/api/ps", timeout=10).json()["models"]
+    return sum(model["slots"]["busy"] for model in models)
+
+
+def test_a_client_leaving_frees_the_upstream_slot(mesh: Mesh) -> None:
+    with httpx.Client(base_url=mesh.c.url, timeout=120) as http, \
+            http.stream("POST", "/api/chat", json={"model": "only-b", **ENDLESS}) as reply:
+        lines = reply.iter_lines()
+        for _ in range(3):
+            assert json.loads(next(lines))["done"] is False
+        assert _busy_slots(mesh.b.url) == 1
+    assert wait_for(lambda: _busy_slots(mesh.b.url) == 0, timeout=30), "B's slot still busy"
+
+
+def test_a_forwarding_loop_is_refused(tmp_path: Path) -> None:
+    port = free_port()
+    looping = ServerProcess(tmp_path / "loop", env=ENV, port=port,
+                            args=("--upstream", f"http://127.0.0.1:{port}"))
+    with looping:
+        httpx.request("DELETE", f"{looping.url}/api/delete", json={"model": MODEL},
+                      timeout=30).raise_for_status()
+        reply = httpx.post(f"{looping.url}/api/chat", timeout=60,
+                           headers={"X-Homeport-Node": f"127.0.0.1:{port}"},
+                           json={"model": MODEL, "messages": []})
+        assert reply.status_code == 508
+        assert "loop" in reply.json()["error"]
+        assert looping.answers()
+
+
+def test_failover_when_a_machine_is_killed_between_requests(mesh: Mesh) -> None:
+    client = ollama.Client(host=mesh.c.url)
+    mesh.a.stop(signal.SIGKILL)
+    # The next requests for the model on both machines are B's, with no error for the client.
+    for _ in range(2):
+        reply = client.chat(MODEL, messages=[{"role": "user", "content": "Hi"}], options=SMALL)
+        assert reply.done
+    # A model whose only machine is down: 503 naming it, with Retry-After.
+    reply = httpx.post(f"{mesh.c.url}/api/generate", timeout=60,
+                       json={"model": "only-a", "prompt": "Hi", "options": SMALL})
+    assert reply.status_code == 503
+    assert node_name(mesh.a) in reply.json()["error"]
+    assert int(reply.headers["retry-after"]) >= 1
+    # Once the gateway noticed, A's models leave the list and B's stay.
+    assert wait_for(lambda: listed(mesh.c.url) == {MODEL: [node_name(mesh.b)],
+                                                   "only-b:latest": [node_name(mesh.b)]})
