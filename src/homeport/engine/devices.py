@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import json
+import logging
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import llama_cpp
 from llama_cpp._ggml import libggml
 
+log = logging.getLogger(__name__)
 DISCOVERY_TIMEOUT = 60.0
 # enum ggml_backend_dev_type
 _DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
@@ -88,7 +90,11 @@ async def discover_devices() -> list[Device]:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    return parse_devices(output)
+    devices = parse_devices(output)
+    if process.returncode != 0 or not devices:
+        log.warning("listing the GPU devices failed (status %s): placing on the CPU only",
+                    process.returncode)
+    return devices
 
 
 def parse_devices(output: bytes) -> list[Device]:
