@@ -214,6 +214,10 @@ MEMORY_LIMIT = _register(Setting(
     ("HOMEPORT_MEMORY_LIMIT",), 0, _byte_size,
     "Memory models may use, e.g. 8GiB (default 0: what the system reports available)",
 ))
+GPU_OVERHEAD = _register(Setting(
+    ("HOMEPORT_GPU_OVERHEAD", "OLLAMA_GPU_OVERHEAD"), 0, _byte_size,
+    "Memory kept free on every GPU when placing layers, e.g. 512MiB (default 0)",
+))
 MAX_BODY_BYTES = _register(Setting(
     ("HOMEPORT_MAX_BODY_BYTES",), 64 * 1024**2, _byte_size,
     "Largest JSON request body accepted; larger gets 413 (default 64MiB)",

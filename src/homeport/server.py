@@ -54,6 +54,7 @@ def engine_settings() -> EngineSettings:
             max_queue=config.MAX_QUEUE.get(),
             default_keep_alive=config.KEEP_ALIVE.get(),
             memory_limit=config.MEMORY_LIMIT.get(),
+            gpu_overhead=config.GPU_OVERHEAD.get(),
             load_timeout=config.LOAD_TIMEOUT.get(),
         ),
         default_num_ctx=config.CONTEXT_LENGTH.get() or None,  # 0: chosen per model

@@ -267,7 +267,7 @@ async def ps(request: Request) -> Response:
         entry.update(
             size=runner.size,
             expires_at=rfc3339(runner.expires_at_wall()),
-            size_vram=0,
+            size_vram=runner.size_vram,
             context_length=runner.settings.n_ctx_per_seq,
             slots={"busy": runner.scheduler.busy_slots, "total": runner.settings.n_seq},
             queued=runner.scheduler.queued,

@@ -60,6 +60,18 @@ def list_(endpoint: str | None) -> None:
     console.print(table)
 
 
+def processor(size: int, size_vram: int) -> str:
+    """Where a loaded model sits, as ``ollama ps`` says it: 100% CPU, 100% GPU or 37%/63% CPU/GPU."""
+    if size_vram == 0:
+        return "100% CPU"
+    if size_vram == size:
+        return "100% GPU"
+    if size_vram > size or size == 0:
+        return "Unknown"
+    cpu_percent = round((size - size_vram) / size * 100)
+    return f"{cpu_percent}%/{100 - cpu_percent}% CPU/GPU"
+
+
 @click.command("ps")
 @endpoint_option
 def ps(endpoint: str | None) -> None:
@@ -67,12 +79,14 @@ def ps(endpoint: str | None) -> None:
     with client_for(endpoint) as client:
         models = client.running()
     table = Table(box=None, header_style="bold")
-    for column in ("NAME", "ID", "SIZE", "CONTEXT", "SLOTS", "UNTIL"):
+    for column in ("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "SLOTS", "UNTIL"):
         table.add_column(column)
     for model in models:
         slots = model.get("slots", {})
+        size, size_vram = int(model.get("size", 0)), int(model.get("size_vram", 0))
         table.add_row(model["name"], model.get("digest", "")[:12],
-                      format_bytes(model.get("size", 0)), str(model.get("context_length", "")),
+                      format_bytes(size), processor(size, size_vram),
+                      str(model.get("context_length", "")),
                       f"{slots.get('busy', 0)}/{slots.get('total', 0)}" if slots else "",
                       _until(model.get("expires_at", "")))
     console.print(table)

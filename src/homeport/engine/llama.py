@@ -19,6 +19,7 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
+from llama_cpp._ggml import libggml
 
 from homeport.errors import HomeportError, InvalidOptionError
 
@@ -56,10 +57,29 @@ class ContextSettings:
     n_threads: int = 0
     flash_attention: str = "auto"  # auto, on, off
     kv_cache_type: str = "f16"  # f16, q8_0, q4_0
+    num_gpu: int = -1  # layers on GPUs: -1 as many as fit (engine.placement), 0 none
 
     @property
     def n_ctx_total(self) -> int:
         return self.n_ctx_per_seq * self.n_seq
+
+
+@dataclass(frozen=True)
+class Offload:
+    """Where llama.cpp puts the layers (``engine.placement`` decides): ``n_gpu_layers`` of them
+    on GPUs, by index among the offload devices; the experts of the first ``cpu_expert_layers``
+    layers stay in host memory. The default keeps everything on the CPU."""
+
+    n_gpu_layers: int = 0
+    split_mode: str = "none"  # none: all on main_gpu; layer: in tensor_split's proportions
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = ()
+    cpu_expert_layers: int = 0
+
+    def expert_patterns(self) -> list[str]:
+        """llama.cpp tensor buffer override patterns (as ``--n-cpu-moe`` writes them)."""
+        return [rf"blk\.{layer}\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+                for layer in range(self.cpu_expert_layers)]
 
 
 @dataclass(frozen=True)
@@ -313,15 +333,54 @@ class Sampler:
             self._grammar = None
 
 
+_SPLIT_MODES = {"none": llama_cpp.LLAMA_SPLIT_MODE_NONE, "layer": llama_cpp.LLAMA_SPLIT_MODE_LAYER}
+
+
+class _BufferTypeOverride(ctypes.Structure):
+    """struct llama_model_tensor_buft_override (llama_cpp binds the field as a bare pointer)."""
+
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+_cpu_buffer_type = libggml.ggml_backend_cpu_buffer_type
+_cpu_buffer_type.restype = ctypes.c_void_p
+_cpu_buffer_type.argtypes = []
+
+
+def _set_offload(params: Any, offload: Offload) -> list[Any]:
+    """Fill ``params`` from ``offload``; returns the ctypes arrays it points to, which must live
+    as long as the load."""
+    params.n_gpu_layers = offload.n_gpu_layers
+    if offload.n_gpu_layers <= 0:
+        return []  # llama.cpp's defaults otherwise: split_mode none would need a main_gpu
+    params.split_mode = _SPLIT_MODES[offload.split_mode]
+    params.main_gpu = offload.main_gpu
+    kept: list[Any] = []
+    if offload.tensor_split:
+        split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(
+            *offload.tensor_split[:llama_cpp.LLAMA_MAX_DEVICES])
+        params.tensor_split = split
+        kept.append(split)
+    patterns = offload.expert_patterns()
+    if patterns:
+        overrides = (_BufferTypeOverride * (len(patterns) + 1))(
+            *(_BufferTypeOverride(pattern.encode(), _cpu_buffer_type()) for pattern in patterns))
+        params.tensor_buft_overrides = ctypes.addressof(overrides)
+        kept.append(overrides)
+    return kept
+
+
 class LlamaModel:
     """A loaded model and its generation context (``n_seq`` sequences of ``n_ctx_per_seq``)."""
 
-    def __init__(self, path: Path, settings: ContextSettings) -> None:
+    def __init__(self, path: Path, settings: ContextSettings,
+                 offload: Offload | None = None) -> None:
         _init_backend()
         self.path = path
         self.settings = settings
         model_params = llama_cpp.llama_model_default_params()
         model_params.use_mmap = True
+        self._offload_arrays = _set_offload(model_params, offload or Offload())
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
         if not self.model:
             raise EngineError("llama.cpp could not load the model file")

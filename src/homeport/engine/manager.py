@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from homeport import metrics
+from homeport.engine.devices import discover_devices
 from homeport.engine.llama import ContextSettings, LlamaModel
-from homeport.engine.memory import available_memory, estimate_model_bytes
+from homeport.engine.memory import available_memory
+from homeport.engine.placement import Placement, model_needs, place
 from homeport.engine.runner import ModelLoadError, RunnerClient
 from homeport.engine.vocabulary import Vocabulary
 from homeport.errors import HomeportError, ModelTooLargeError, ServerBusyError
@@ -43,7 +45,8 @@ class ManagerSettings:
     num_parallel: int
     max_queue: int
     default_keep_alive: float
-    memory_limit: int = 0  # 0: what the system reports available
+    memory_limit: int = 0  # 0: what the system reports available (host memory)
+    gpu_overhead: int = 0  # bytes kept free on every GPU
     load_timeout: float = 300.0
 
 
@@ -55,7 +58,7 @@ class Runner:
     settings: ContextSettings
     model: LlamaModel  # vocabulary only: the weights live in the runner process
     scheduler: RunnerClient
-    size: int
+    placement: Placement
     load_seconds: float
     keep_alive: float
     active: int = 0
@@ -66,6 +69,19 @@ class Runner:
     @property
     def name(self) -> str:
         return self.record.name.display
+
+    @property
+    def size(self) -> int:
+        """Bytes the model takes on every device together."""
+        return self.placement.total_bytes
+
+    @property
+    def size_vram(self) -> int:
+        return self.placement.gpu_bytes
+
+    @property
+    def host_size(self) -> int:
+        return self.placement.host_bytes
 
     def expires_at_wall(self) -> datetime:
         """When this model will unload, as Ollama's /api/ps shows it."""
@@ -189,10 +205,14 @@ class ModelManager:
     async def _load(self, record: ModelRecord, settings: ContextSettings,
                     keep_alive: float | None) -> Runner:
         self._check_load_failures(record, settings)
-        need = estimate_model_bytes(record.gguf, settings)
+        placement = place(model_needs(record.gguf, settings), await discover_devices(),
+                          settings.num_gpu, self.settings.gpu_overhead)
+        log.info("placing %s: %s", record.name.display, placement.describe())
+        need = placement.host_bytes
         await self._make_room(record, need)
         started = time.perf_counter()
-        client = RunnerClient(record.model_path, settings, record.name.display)
+        client = RunnerClient(record.model_path, settings, record.name.display,
+                              placement.offload)
         try:
             await asyncio.wait_for(client.start(), timeout=self.settings.load_timeout)
             # Only once the runner loaded the whole file: a file that crashes llama.cpp has
@@ -209,7 +229,8 @@ class ModelManager:
                     f"{self.settings.load_timeout:.0f}s") from None
             raise
         runner = Runner(
-            record=record, settings=settings, model=vocabulary, scheduler=client, size=need,
+            record=record, settings=settings, model=vocabulary, scheduler=client,
+            placement=placement,
             load_seconds=time.perf_counter() - started,
             keep_alive=self.settings.default_keep_alive if keep_alive is None else keep_alive,
         )
@@ -218,7 +239,7 @@ class ModelManager:
         metrics.LOADED_MODELS.set(len(self.runners))
         log.info("loaded %s (num_ctx %d x %d slots, %s K/V cache, ~%s) in %.2fs", runner.name,
                  settings.n_ctx_per_seq, settings.n_seq, settings.kv_cache_type,
-                 format_bytes(need), runner.load_seconds)
+                 format_bytes(runner.size), runner.load_seconds)
         return runner
 
     def _check_load_failures(self, record: ModelRecord, settings: ContextSettings) -> None:
@@ -252,7 +273,7 @@ class ModelManager:
 
     def _budget(self) -> int:
         """Bytes all loaded models together may use."""
-        loaded = sum(runner.size for runner in self.runners)
+        loaded = sum(runner.host_size for runner in self.runners)
         if self.settings.memory_limit:
             return self.settings.memory_limit
         return available_memory() + loaded
@@ -264,10 +285,10 @@ class ModelManager:
             budget = self._budget()
             if need > budget:
                 raise ModelTooLargeError(
-                    f"model '{record.name.display}' needs {format_bytes(need)} of memory "
+                    f"model '{record.name.display}' needs {format_bytes(need)} of host memory "
                     f"(weights and context) but only {format_bytes(budget)} is available; "
                     "try a smaller num_ctx or a smaller model")
-            used = sum(runner.size for runner in self.runners)
+            used = sum(runner.host_size for runner in self.runners)
             if len(self.runners) < self.settings.max_loaded and used + need <= budget:
                 return
             idle = sorted((r for r in self.runners if r.active == 0), key=lambda r: r.last_used)

@@ -10,7 +10,7 @@ from homeport.store.gguf import GGUFInfo
 GIB = 1024**3
 # Compute buffers, logits and allocator slack beyond weights and KV cache; measured at roughly
 # 40-120 MiB for small models at n_batch 512, so this errs on the generous side.
-_OVERHEAD_BYTES = 160 * 1024**2
+HOST_OVERHEAD_BYTES = 160 * 1024**2
 
 
 # Ollama's default context by (V)RAM: 4k below 23 GiB, 32k below 47 GiB, 256k above.
@@ -23,17 +23,30 @@ def _kv_bytes_per_token(info: GGUFInfo, kv_cache_type: str) -> float:
     return info.kv_cache_bytes_per_token() * KV_CACHE_SIZE_FACTOR[kv_cache_type]
 
 
+def vocab_size(info: GGUFInfo) -> int:
+    vocab = info.arch_value("vocab_size")
+    return vocab if isinstance(vocab, int) else 32000
+
+
+def logits_bytes(info: GGUFInfo, n_seq: int) -> int:
+    """The f32 logits of one token per slot, and one more row."""
+    return vocab_size(info) * 4 * (n_seq + 1)
+
+
+def kv_cache_bytes(info: GGUFInfo, settings: ContextSettings) -> int:
+    """K/V cache for every slot's context, all layers together."""
+    return int(settings.n_ctx_total * _kv_bytes_per_token(info, settings.kv_cache_type))
+
+
 def _fixed_bytes(info: GGUFInfo, n_seq: int) -> int:
     """What a loaded model costs whatever its context: weights, logits and overhead."""
-    vocab = info.metadata.get(f"{info.architecture}.vocab_size")
-    vocab_size = vocab if isinstance(vocab, int) else 32000
-    return info.file_size + vocab_size * 4 * (n_seq + 1) + _OVERHEAD_BYTES
+    return info.file_size + logits_bytes(info, n_seq) + HOST_OVERHEAD_BYTES
 
 
 def estimate_model_bytes(info: GGUFInfo, settings: ContextSettings) -> int:
-    """Weights (the file) + KV cache for every slot + logits + fixed overhead."""
-    kv_cache = int(settings.n_ctx_total * _kv_bytes_per_token(info, settings.kv_cache_type))
-    return _fixed_bytes(info, settings.n_seq) + kv_cache
+    """Weights (the file) + KV cache for every slot + logits + fixed overhead, all in host memory
+    (``placement`` says how much of it a GPU takes instead)."""
+    return _fixed_bytes(info, settings.n_seq) + kv_cache_bytes(info, settings)
 
 
 def choose_context_length(trained_context: int, memory: int, fixed_bytes: int,

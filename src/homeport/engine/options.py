@@ -36,6 +36,7 @@ class ModelOptions:
     num_ctx: int = 0  # 0: the server default (HOMEPORT_CONTEXT_LENGTH, else chosen by memory)
     num_batch: int = 512
     num_thread: int = 0  # 0: one per core
+    num_gpu: int = -1  # layers on GPUs: -1 as many as fit, 0 none (engine.placement)
     # per request
     num_keep: int = 4
     num_predict: int = -1
@@ -54,9 +55,9 @@ class ModelOptions:
 
 _INT_FIELDS = {f.name for f in fields(ModelOptions) if f.type in ("int", int)}
 _FLOAT_FIELDS = {f.name for f in fields(ModelOptions) if f.type in ("float", float)}
-# Accepted for compatibility, with no effect on a CPU llama.cpp engine.
+# Accepted for compatibility, with no effect.
 _IGNORED = {
-    "num_gpu": "integer", "main_gpu": "integer", "use_mmap": "boolean", "use_mlock": "boolean",
+    "main_gpu": "integer", "use_mmap": "boolean", "use_mlock": "boolean",
     "numa": "boolean", "low_vram": "boolean", "vocab_only": "boolean", "f16_kv": "boolean",
     "penalize_newline": "boolean", "mirostat": "integer", "mirostat_tau": "number",
     "mirostat_eta": "number", "tfs_z": "number",
@@ -140,10 +141,11 @@ def resolve_options(
     model_context_length: int,
     max_num_ctx: int | None = None,
     max_threads: int = INT32_MAX,
+    model_layers: int = INT32_MAX,
 ) -> ModelOptions:
     """Defaults ← Modelfile parameters ← request options, with num_ctx filled in, and every number
-    held to what the model (``model_context_length``), the caller (``max_num_ctx``) and the
-    machine (``max_threads``) allow."""
+    held to what the model (``model_context_length``, ``model_layers`` as num_gpu counts them),
+    the caller (``max_num_ctx``) and the machine (``max_threads``) allow."""
     options = apply_options(apply_options(ModelOptions(), model_parameters), request_options)
     num_ctx = options.num_ctx if options.num_ctx > 0 else default_num_ctx
     if max_num_ctx is not None:
@@ -155,6 +157,7 @@ def resolve_options(
         num_ctx=num_ctx,
         num_batch=_clamp(options.num_batch, *NUM_BATCH_RANGE),
         num_thread=_clamp(options.num_thread, 0, max_threads),
+        num_gpu=_clamp(options.num_gpu, -1, model_layers),  # any negative: automatic
         num_keep=_clamp(options.num_keep, -1, num_ctx),
         num_predict=max(options.num_predict, -1),
         top_k=max(options.top_k, 0),  # 0: off; llama.cpp takes the least of k and the vocabulary

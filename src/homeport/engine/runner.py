@@ -28,7 +28,7 @@ from typing import Any
 from prometheus_client import Gauge
 
 from homeport import metrics
-from homeport.engine.llama import ContextSettings, EngineError
+from homeport.engine.llama import ContextSettings, EngineError, Offload
 from homeport.engine.runner_protocol import HEADER, MetricOp, body_size, frame, parse
 from homeport.engine.scheduler import EmbeddingJob, Failed, Finished, Job
 from homeport.errors import BadRequestError, HomeportError
@@ -71,9 +71,11 @@ def _level_of(line: str) -> int:
 class RunnerClient:
     """One runner process; see the module docstring."""
 
-    def __init__(self, path: Path, settings: ContextSettings, label: str) -> None:
+    def __init__(self, path: Path, settings: ContextSettings, label: str,
+                 offload: Offload | None = None) -> None:
         self.path = path
         self.settings = settings
+        self.offload = offload or Offload()
         self.label = label
         self.on_exit: Callable[[bool], None] | None = None  # called with "died before working"
         self.alive = False
@@ -115,7 +117,7 @@ class RunnerClient:
             theirs.close()
         self._stderr_task = asyncio.create_task(self._relay_stderr())
         self._reader, self._writer = await asyncio.open_unix_connection(sock=ours)
-        self._send("load", (self.path, self.settings))
+        self._send("load", (self.path, self.settings, self.offload))
         try:
             kind, payload, ops = await self._receive()
         except (EOFError, OSError):

@@ -200,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     channel = Channel(socket.socket(fileno=args.fd))
     forward_metrics(channel)
-    kind, (path, settings) = channel.receive()
+    kind, (path, settings, offload) = channel.receive()
     assert kind == "load"
     try:
-        model = LlamaModel(path, settings)
+        model = LlamaModel(path, settings, offload)
     except HomeportError as exc:
         channel.send("failed", exc)
         return 1

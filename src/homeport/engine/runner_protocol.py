@@ -5,7 +5,8 @@ here (nothing else can write to the channel). Each message is ``(kind, payload)`
 and ``(kind, payload, metric_ops)`` from the runner:
 
     server → runner                          runner → server
-    load    (model path, ContextSettings)    ready    None
+    load    (model path, ContextSettings,    ready    None
+             Offload)
     submit  (job id, prompt, sampling,       failed   the HomeportError the load raised
              num_predict, stop)              events   [(job id, TextChunk | Finished | Failed,
     cancel  job id                                      tokens generated since, admitted)]

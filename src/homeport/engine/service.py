@@ -247,6 +247,7 @@ class Engine:
             n_threads=options.num_thread or self.settings.num_threads,
             flash_attention=self.settings.flash_attention,
             kv_cache_type=self.settings.kv_cache_type,
+            num_gpu=options.num_gpu,
         )
 
     def default_num_ctx(self, record: ModelRecord) -> int:
@@ -262,7 +263,8 @@ class Engine:
                     max_num_ctx: int | None = None) -> ModelOptions:
         return resolve_options(record.parameters, request_options, self.default_num_ctx(record),
                                record.gguf.context_length, max_num_ctx,
-                               max_threads=default_threads())
+                               max_threads=default_threads(),
+                               model_layers=record.gguf.block_count + 1)
 
     # --- load / unload -------------------------------------------------------------------------
 
