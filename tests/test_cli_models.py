@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import httpx
 import pexpect
 
 from tests.conftest import MODEL
 from tests.support.server import PROJECT_SRC, free_port
+from tests.support.waiting import wait_for
 
 
 def homeport(*args: str, endpoint: str | None, input_text: str | None = None,
@@ -122,20 +121,12 @@ def test_run_flags_as_ollama_run_has_them(base_url: str) -> None:
     assert kept.returncode == 0, kept.stderr
     assert short in running.stdout
     # keepalive 0: unloaded once the answer is done (a step after the run has printed it)
-    assert _wait_until(lambda: short not in homeport("ps", endpoint=base_url).stdout)
+    assert wait_for(lambda: short not in homeport("ps", endpoint=base_url).stdout)
     refused = homeport("run", short, "hi", "--think", "true", endpoint=base_url)
     assert refused.returncode == 1
     assert "does not support thinking" in refused.stderr
     httpx.request("DELETE", f"{base_url}/api/delete", json={"model": short}, timeout=30)
 
-
-def _wait_until(condition: Callable[[], bool], limit: float = 60) -> bool:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 def test_interactive_set_show_and_multiline(base_url: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import MODEL
 from tests.support.metrics import value
 from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for
 
 PROMPTS = [
     "Write a haiku about ports.", "Name three rivers in Europe.", "What is 2+2? Explain.",
@@ -71,14 +72,6 @@ def _busy_slots(url: str) -> int:
     return sum(model["slots"]["busy"] for model in models)
 
 
-def _wait_for(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
 
 # Greedy decoding makes this small model repeat itself until the context is full (it was checked
 # to produce over 4000 tokens without an end-of-generation token): a stream that does not end.
@@ -96,7 +89,7 @@ def test_disconnect_mid_stream_frees_the_slot(one_slot: ServerProcess) -> None:
                 assert json.loads(next(lines))["done"] is False
             assert _busy_slots(url) == 1
         # the response is closed: the server must notice and free the slot within a step or two
-        assert _wait_for(lambda: _busy_slots(url) == 0, timeout=5), "slot still busy"
+        assert wait_for(lambda: _busy_slots(url) == 0, timeout=5), "slot still busy"
         generated = value(url, "homeport_generated_tokens_total", model=MODEL)
         time.sleep(0.5)
         assert value(url, "homeport_generated_tokens_total", model=MODEL) == generated
@@ -121,9 +114,9 @@ def test_queued_request_whose_client_left_never_runs(one_slot: ServerProcess) ->
                         "model": MODEL, "prompt": "queued prompt", "options": {"num_predict": 4}
                     }) as queued:
                 assert queued.status_code == 200
-                assert _wait_for(lambda: value(url, "homeport_queue_depth") == 1, timeout=5)
-            assert _wait_for(lambda: value(url, "homeport_queue_depth") == 0, timeout=5)
-        assert _wait_for(lambda: _busy_slots(url) == 0, timeout=5)
+                assert wait_for(lambda: value(url, "homeport_queue_depth") == 1, timeout=5)
+            assert wait_for(lambda: value(url, "homeport_queue_depth") == 0, timeout=5)
+        assert wait_for(lambda: _busy_slots(url) == 0, timeout=5)
         # Only the first request ever produced a token.
         assert value(url, first_tokens, model=MODEL) == before + 1
 
@@ -141,7 +134,7 @@ def test_queue_full_is_503_with_retry_after(tmp_path: Path) -> None:
         with httpx.Client(base_url=process.url, timeout=60) as second, \
                 second.stream("POST", "/api/chat", json=ENDLESS) as waiting:
             assert waiting.status_code == 200
-            assert _wait_for(lambda: value(process.url, "homeport_queue_depth") == 1, timeout=30)
+            assert wait_for(lambda: value(process.url, "homeport_queue_depth") == 1, timeout=30)
             third = httpx.post(f"{process.url}/api/chat", timeout=60, json={
                 "model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
             assert third.status_code == 503

@@ -10,22 +10,11 @@ import httpx
 import pytest
 
 from tests.support.metrics import value
-from tests.support.models import bundled_gguf, install_model
+from tests.support.models import distinct_copy, install_model
 from tests.support.server import ServerProcess
 
 OPTIONS = {"temperature": 0, "seed": 3, "num_predict": 8}
 
-
-def _distinct_copy(directory: Path, name: str) -> Path:
-    """The bundled model under another general.name: a different file, so a separate runner."""
-    import subprocess
-    import sys
-
-    target = directory / f"{name}.gguf"
-    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(bundled_gguf()),
-                    str(target), "--general-name", name, "--force"],
-                   check=True, capture_output=True, timeout=300)
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +23,7 @@ def server3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
     files = home / "files"
     files.mkdir()
     for name in ("alpha", "beta", "gamma"):
-        install_model(home / "data" / "models", f"{name}:latest", _distinct_copy(files, name))
+        install_model(home / "data" / "models", f"{name}:latest", distinct_copy(files, name))
     env = {"HOMEPORT_MAX_LOADED_MODELS": "2", "HOMEPORT_NUM_PARALLEL": "2",
            "HOMEPORT_CONTEXT_LENGTH": "512"}
     with ServerProcess(home, env=env) as process:

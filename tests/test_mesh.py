@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,6 +22,7 @@ import pytest
 from tests.conftest import MODEL
 from tests.support.models import bundled_gguf, distinct_copy, install_model
 from tests.support.server import ServerProcess, free_port
+from tests.support.waiting import wait_for
 
 SMALL = {"temperature": 0, "seed": 42, "num_predict": 8}
 ENV = {"HOMEPORT_CONTEXT_LENGTH": "2048", "HOMEPORT_UPSTREAM_REFRESH": "500ms"}
@@ -31,14 +31,6 @@ ENV = {"HOMEPORT_CONTEXT_LENGTH": "2048", "HOMEPORT_UPSTREAM_REFRESH": "500ms"}
 ENDLESS = {"messages": [{"role": "user", "content": "Write a haiku about ports"}],
            "options": {"temperature": 0, "seed": 1, "num_predict": -1}}
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def listed(url: str) -> dict[str, list[str]]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from tests.conftest import MODEL
 from tests.support.metrics import value
 from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for
 
 RELOADING = "load-time options changed"
 # Greedy decoding makes this small model repeat itself without an end-of-generation token (see
@@ -30,14 +30,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with ServerProcess(tmp_path_factory.mktemp("reload"), env=env) as process:
         yield process
 
-
-def _wait_for(condition: Callable[[], bool], limit: float = 120) -> bool:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _abandoned_chat(url: str, body: dict[str, object]) -> socket.socket:
@@ -67,13 +59,13 @@ def test_an_abandoned_reload_leaves_one_copy(server: ServerProcess) -> None:
             reload = _abandoned_chat(url, {
                 "model": MODEL, "messages": [{"role": "user", "content": "hi"}],
                 "options": {"num_ctx": OTHER_CTX, "num_predict": 4}})
-            assert _wait_for(lambda: server.log().count(RELOADING) > reloads)
+            assert wait_for(lambda: server.log().count(RELOADING) > reloads, timeout=120)
             reload.close()  # ...and its client gives up meanwhile
             assert value(url, "homeport_busy_slots", model=MODEL) == 1, "the stream still runs"
             assert len(_copies(url)) == 1
         # The stream's client goes too: the old copy, which no request can reach, is unloaded
         # rather than kept for its keep_alive (forever here).
-        assert _wait_for(lambda: _copies(url) == [])
+        assert wait_for(lambda: _copies(url) == [], timeout=120)
         reply = http.post("/api/chat", json={
             "model": MODEL, "stream": False, "messages": [{"role": "user", "content": "hi"}],
             "options": {"num_ctx": OTHER_CTX, "num_predict": 4, "temperature": 0}})

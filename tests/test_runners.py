@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -17,6 +16,7 @@ from tests.conftest import MODEL
 from tests.support.metrics import value
 from tests.support.models import distinct_copy, install_model
 from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for
 
 OTHER = "alpha:latest"
 # Greedy decoding makes this small model repeat itself until the context is full (over 4000
@@ -46,15 +46,6 @@ def gone(pid: int) -> bool:
     except psutil.NoSuchProcess:
         return True
 
-
-def wait_for(condition: object, timeout: float = 30.0) -> bool:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def loaded(url: str) -> dict[str, dict[str, object]]:

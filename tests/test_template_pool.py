@@ -6,8 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ from homeport.engine.template_process import TemplateRenderer, default_pool_size
 from homeport.engine.templates import TemplateRenderError
 from tests.conftest import MODEL
 from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for
 
 # Spins for 10^10 steps, but only for a message that says "spin": /api/create's trial render
 # (of "hello") passes, and each chat decides whether its render is slow.
@@ -60,14 +60,6 @@ def _spinning_children(server_pid: int) -> list[int]:
     return found
 
 
-def _wait_for(condition: Callable[[], bool], limit: float = 300) -> bool:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
 
 def _chat(url: str, model: str, content: str) -> httpx.Response:
     return httpx.post(f"{url}/api/chat", timeout=600, json={
@@ -80,7 +72,7 @@ def test_slow_templates_do_not_hold_up_other_chats(server: ServerProcess) -> Non
     slow_count = default_pool_size() - 1  # every child but one stuck on a slow template
     with concurrent.futures.ThreadPoolExecutor(slow_count) as pool:
         slow = [pool.submit(_chat, server.url, "spinner", "spin") for _ in range(slow_count)]
-        assert _wait_for(lambda: len(_spinning_children(server.process.pid)) == slow_count)
+        assert wait_for(lambda: len(_spinning_children(server.process.pid)) == slow_count, timeout=300)
         ordinary = _chat(server.url, MODEL, "hi")
         assert ordinary.status_code == 200, ordinary.text
         assert ordinary.json()["done"] is True
