@@ -227,8 +227,8 @@ def test_generate_and_options(gateway: str) -> None:
 def test_format_json_gives_json(gateway: str) -> None:
     reply = ollama.Client(host=gateway).chat(
         ALIAS, messages=[{"role": "user", "content": "Give a JSON object with a name"}],
-        format="json", options={**GREEDY, "num_predict": 40})
-    assert reply.done_reason == "stop"
+        format="json", options={**GREEDY, "num_predict": 200})
+    assert reply.done_reason == "stop", reply.message.content
     assert isinstance(json.loads(reply.message.content or ""), dict)
 
 

@@ -269,6 +269,12 @@ class Upstreams:
                 tags.raise_for_status()
                 upstream.mark_up(_listed_models(upstream, tags.json()))
             upstream.next_check = time.monotonic() + self.interval
+        except httpx.ReadTimeout:
+            # Connected but slow to answer: busy, not away (a one-slot server such as
+            # llama-cpp-python's lists its models only between two answers). Asked again later.
+            if not upstream.up:
+                upstream.mark_down("ReadTimeout")
+            upstream.next_check = time.monotonic() + self.interval
         except (httpx.HTTPError, ValueError) as exc:
             upstream.mark_down(str(exc) or type(exc).__name__)
 
