@@ -136,7 +136,8 @@ def test_show_and_errors_from_what_the_upstream_tells() -> None:
 # --- through a real OpenAI-compatible server --------------------------------------------------
 
 class OpenAIServer:
-    """llama-cpp-python's OpenAI-compatible server on a free loopback port."""
+    """llama-cpp-python's OpenAI-compatible server on a free loopback port. By default it cuts a
+    stream short when another request arrives (the gateway's background listing would): off."""
 
     def __init__(self, log_path: Path) -> None:
         self.port = free_port()
@@ -145,7 +146,8 @@ class OpenAIServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf()),
              "--model_alias", ALIAS, "--host", "127.0.0.1", "--port", str(self.port),
-             "--n_ctx", "2048", "--embedding", "true", "--verbose", "false"],
+             "--n_ctx", "2048", "--embedding", "true", "--verbose", "false",
+             "--interrupt_requests", "false"],
             stdout=self.log, stderr=subprocess.STDOUT)
 
     def answers(self) -> bool:
@@ -199,13 +201,16 @@ def test_chat_streamed_equals_chat_whole(gateway: str) -> None:
     whole = client.chat(ALIAS, messages=STORY, options=GREEDY)
     assert whole.done
     assert whole.message.content
-    assert whole.eval_count == 12 and whole.done_reason == "length"
+    assert whole.eval_count == 12
+    assert whole.done_reason == "length"
     assert whole.prompt_eval_count
     parts = list(client.chat(ALIAS, messages=STORY, options=GREEDY, stream=True))
     assert len(parts) > 2
-    assert parts[-1].done and not any(part.done for part in parts[:-1])
+    assert parts[-1].done
+    assert not any(part.done for part in parts[:-1])
     assert "".join(part.message.content or "" for part in parts) == whole.message.content
-    assert parts[-1].eval_count and parts[-1].eval_count <= 12
+    assert parts[-1].eval_count
+    assert parts[-1].eval_count <= 12
     assert parts[-1].done_reason == "length"
     assert parts[-1].total_duration
 
@@ -213,15 +218,18 @@ def test_chat_streamed_equals_chat_whole(gateway: str) -> None:
 def test_generate_and_options(gateway: str) -> None:
     client = ollama.Client(host=gateway)
     generated = client.generate(ALIAS, "The sky is", options={**GREEDY, "num_predict": 4})
-    assert generated.done and generated.response
-    assert generated.eval_count is not None and generated.eval_count <= 4
+    assert generated.done
+    assert generated.response
+    assert generated.eval_count is not None
+    assert generated.eval_count <= 4
     unstopped = client.generate(ALIAS, "Count: 1, 2, 3,", options=GREEDY).response
     stop = unstopped.strip()[:2]  # a string the unstopped answer contains
     stopped = client.generate(ALIAS, "Count: 1, 2, 3,", options={**GREEDY, "stop": [stop]})
     assert stop not in stopped.response
     assert len(stopped.response) < len(unstopped)
     raw = client.generate(ALIAS, "The sky is", raw=True, options={**GREEDY, "num_predict": 4})
-    assert raw.done and raw.response
+    assert raw.done
+    assert raw.response
 
 
 def test_format_json_gives_json(gateway: str) -> None:
@@ -265,7 +273,8 @@ def test_openai_routes_pass_through(gateway: str) -> None:
     reply = client.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": "Hi"}],
                                            max_tokens=6, temperature=0)
     assert reply.choices[0].message.content
-    assert reply.usage is not None and reply.usage.completion_tokens <= 6
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens <= 6
     chunks = list(client.chat.completions.create(
         model=ALIAS, messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0,
         stream=True))
