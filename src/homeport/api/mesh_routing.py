@@ -21,13 +21,15 @@ from collections.abc import AsyncIterator
 
 import httpx
 from starlette.datastructures import Headers
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from homeport.api.body import parse_json_text
 from homeport.api.errors import anthropic_error_body, error_response, is_anthropic_path, is_openai_path
 from homeport.api.streaming import StreamResponse
 from homeport.errors import HomeportError
+from homeport.mesh import openai_upstream
+from homeport.mesh.openai_upstream import BadRequest, Requests
 from homeport.mesh.proxy import VIA_HEADER, AllFailed, Forwarded, forward
 from homeport.mesh.router import Local, Remote, Unavailable, UnknownNode, choose
 from homeport.mesh.upstreams import Upstreams, model_key
@@ -108,33 +110,68 @@ class MeshRouting:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, decision: Remote,
                        body: bytes, via: list[str]) -> None:
-        headers = Headers(scope=scope)
-        try:
-            answer = await forward(self.upstreams.client(), decision.candidates, "POST", scope["path"],
-                                   headers, body, ", ".join([*via, self.node_id]))
-        except AllFailed as exc:
-            await self._unavailable(scope, receive, send, record_of(scope).model, exc.names, 1)
+        headers, path, model = Headers(scope=scope), scope["path"], record_of(scope).model
+        key = model_key(model)
+        # An OpenAI-compatible server answers any model name with the one it has: only those
+        # that list the model are asked.
+        candidates = tuple(upstream for upstream in decision.candidates
+                           if upstream.kind != "openai" or key in upstream.native)
+        if not candidates:
+            await self._error(scope, receive, send, 404, f"model '{model}' not found on "
+                              f"{', '.join(upstream.name for upstream in decision.candidates)}")
             return
-        log.debug("%s for %s forwarded to %s", scope["path"], record_of(scope).model,
-                  answer.upstream.name)
-        response = StreamResponse(self._relay(answer, scope["path"]),
-                                  answer.response.headers.get("content-type", "application/json"),
-                                  headers=answer.headers())
+        if path == "/api/show" and candidates[0].kind == "openai":
+            await JSONResponse(openai_upstream.show_answer(candidates[0].native[key]))(
+                scope, receive, send)
+            return
+        data = parse_json_text(body.decode("utf-8", errors="replace"))
+        requests = Requests(path, body, data if isinstance(data, dict) else {}, key)
+        try:
+            answer = await forward(self.upstreams.client(), candidates, "POST", requests,
+                                   headers, ", ".join([*via, self.node_id]))
+        except AllFailed as exc:
+            await self._unavailable(scope, receive, send, model, exc.names, 1)
+            return
+        except BadRequest as exc:
+            await self._error(scope, receive, send, 400, str(exc))
+            return
+        log.debug("%s for %s forwarded to %s", path, model, answer.upstream.name)
+        translated = requests.translated.get(answer.upstream.name)
+        if translated is None:
+            response = StreamResponse(self._relay(answer, answer.chunks(), path),
+                                      answer.response.headers.get("content-type",
+                                                                  "application/json"),
+                                      headers=answer.headers())
+        elif answer.response.status_code >= 400:  # the upstream's error, in Ollama's shape
+            status = answer.response.status_code
+            try:
+                text = await answer.response.aread()
+            finally:
+                await answer.close()
+            await self._error(scope, receive, send, status, openai_upstream.error_message(
+                status, text[:openai_upstream.MAX_ERROR_BYTES]))
+            return
+        else:
+            body_chunks = openai_upstream.translated_body(path, model, translated, answer.response)
+            response = StreamResponse(
+                self._relay(answer, body_chunks, path),
+                "application/x-ndjson" if translated.stream else "application/json")
         response.status_code = answer.response.status_code
         await response(scope, receive, send)
 
     @staticmethod
-    async def _relay(answer: Forwarded, path: str) -> AsyncIterator[bytes]:
-        chunks = answer.chunks()
+    async def _relay(answer: Forwarded, body: AsyncIterator[bytes],
+                     path: str) -> AsyncIterator[bytes]:
         try:
-            async for chunk in chunks:
+            async for chunk in body:
                 yield chunk
-        except httpx.HTTPError as exc:
-            answer.upstream.mark_down(f"{type(exc).__name__} during an answer")
+        except (httpx.HTTPError, ValueError) as exc:
+            if isinstance(exc, httpx.HTTPError):
+                answer.upstream.mark_down(f"{type(exc).__name__} during an answer")
             yield _error_record(path, f"upstream {answer.upstream.name} failed during the "
                                       f"answer: {type(exc).__name__}")
         finally:
-            await chunks.aclose()  # the client left: the upstream request ends now
+            await answer.close()  # the client left: the upstream request ends now
 
     def _here(self, model: str) -> bool:
         try:

@@ -10,8 +10,8 @@ elsewhere.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -38,6 +38,14 @@ class Forwarded:
 
     upstream: Upstream
     response: httpx.Response
+    closed: bool = field(default=False, init=False)
+
+    async def close(self) -> None:
+        """Ends the upstream request (once), whether or not its body was read."""
+        if not self.closed:
+            self.closed = True
+            await self.response.aclose()
+            self.upstream.in_flight -= 1
 
     def headers(self) -> dict[str, str]:
         return {name: value for name, value in self.response.headers.items()
@@ -50,8 +58,7 @@ class Forwarded:
             async for chunk in self.response.aiter_raw():
                 yield chunk
         finally:
-            await self.response.aclose()
-            self.upstream.in_flight -= 1
+            await self.close()
 
 
 def forwarded_headers(incoming: Mapping[str, str], upstream: Upstream, via: str) -> dict[str, str]:
@@ -64,11 +71,15 @@ def forwarded_headers(incoming: Mapping[str, str], upstream: Upstream, via: str)
     return headers
 
 
+Prepare = Callable[[Upstream], tuple[str, bytes]]  # the path and body one upstream is sent
+
+
 async def forward(client: httpx.AsyncClient, candidates: tuple[Upstream, ...], method: str,
-                  path: str, incoming: Mapping[str, str], body: bytes, via: str) -> Forwarded:
+                  prepare: Prepare, incoming: Mapping[str, str], via: str) -> Forwarded:
     """The first candidate's streamed answer; AllFailed when none could be reached."""
     failed: list[str] = []
     for upstream in candidates:
+        path, body = prepare(upstream)
         request = client.build_request(method, upstream.settings.url + path, content=body,
                                        headers=forwarded_headers(incoming, upstream, via))
         upstream.in_flight += 1

@@ -2,7 +2,9 @@
 
 Upstreams come from ``serve --upstream URL``, ``HOMEPORT_UPSTREAMS`` and ``[[upstream]]`` tables
 in config.toml. A background task asks each one for ``/api/version`` (to tell homeport from Ollama
-when ``kind = "auto"``) and ``/api/tags`` every few seconds with short timeouts; a failure marks it
+when ``kind = "auto"``; a server answering neither but listing ``/v1/models`` is OpenAI-compatible:
+vLLM, llama-server, LM Studio, SGLang) and its model list every few seconds with short timeouts;
+a failure marks it
 down and spaces the next tries out (backoff), an answer marks it up again. Requests only read this
 state: nothing here ever runs on a request's path.
 """
@@ -28,8 +30,8 @@ from homeport.store.names import is_valid_name, parse_name
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["auto", "homeport", "ollama"]
-KINDS: tuple[Kind, ...] = ("auto", "homeport", "ollama")
+Kind = Literal["auto", "homeport", "ollama", "openai"]
+KINDS: tuple[Kind, ...] = ("auto", "homeport", "ollama", "openai")
 PROBE_TIMEOUT = httpx.Timeout(3.0, connect=1.0)
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
@@ -122,6 +124,9 @@ class Upstream:
     next_check: float = 0.0
     in_flight: int = 0  # requests this node is forwarding to it now
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # model key → its /api/tags entry
+    # An OpenAI-compatible upstream's own /v1/models entries by model key: the id it is asked for
+    # (which need not be a valid model name) and whatever it tells of the model.
+    native: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -150,6 +155,10 @@ class Upstream:
         self.next_check = time.monotonic() + delay
 
 
+def _wanted(upstream: Upstream, key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, glob.lower()) for glob in upstream.settings.models)
+
+
 def _listed_models(upstream: Upstream, body: Any) -> dict[str, dict[str, Any]]:
     entries = body.get("models") if isinstance(body, dict) else None
     if not isinstance(entries, list):
@@ -160,9 +169,32 @@ def _listed_models(upstream: Upstream, body: Any) -> dict[str, dict[str, Any]]:
         if not isinstance(name, str) or not name:
             continue
         key = model_key(name)
-        if any(fnmatch.fnmatchcase(key, glob.lower()) for glob in upstream.settings.models):
+        if _wanted(upstream, key):
             models[key] = entry
     return models
+
+
+def _openai_models(upstream: Upstream, body: Any) -> dict[str, dict[str, Any]]:
+    """An OpenAI-compatible ``/v1/models`` answer's entries by model key."""
+    entries = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError("/v1/models did not answer a model list")
+    models: dict[str, dict[str, Any]] = {}
+    for entry in entries[:MAX_LISTED_MODELS]:
+        model_id = entry.get("id") if isinstance(entry, dict) else None
+        if isinstance(model_id, str) and model_id and _wanted(upstream, model_key(model_id)):
+            models[model_key(model_id)] = entry
+    return models
+
+
+def _tags_entry(native: dict[str, Any]) -> dict[str, Any]:
+    """What ``/api/tags`` shows of a model an OpenAI-compatible server lists (it tells no more)."""
+    created = native.get("created")
+    modified = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+                if isinstance(created, int) and created > 0 else "1970-01-01T00:00:00Z")
+    return {"name": native["id"], "model": native["id"], "modified_at": modified, "size": 0,
+            "digest": "", "details": {"format": "", "family": "", "families": None,
+                                      "parameter_size": "", "quantization_level": ""}}
 
 
 def _kind_of(body: Any) -> Kind:
@@ -226,13 +258,41 @@ class Upstreams:
         base, headers = upstream.settings.url, upstream.headers()
         try:
             if upstream.settings.kind == "auto" or not upstream.checked:
-                version = await self._client.get(f"{base}/api/version", headers=headers)
-                version.raise_for_status()
-                kind = _kind_of(version.json())
-                upstream.kind = kind if upstream.settings.kind == "auto" else upstream.settings.kind
-            tags = await self._client.get(f"{base}/api/tags", headers=headers)
-            tags.raise_for_status()
-            upstream.mark_up(_listed_models(upstream, tags.json()))
+                upstream.kind = await self._probe_kind(upstream)
+            if upstream.kind == "openai":
+                listing = await self._client.get(f"{base}/v1/models", headers=headers)
+                listing.raise_for_status()
+                upstream.native = _openai_models(upstream, listing.json())
+                upstream.mark_up({key: _tags_entry(entry) for key, entry in upstream.native.items()})
+            else:
+                tags = await self._client.get(f"{base}/api/tags", headers=headers)
+                tags.raise_for_status()
+                upstream.mark_up(_listed_models(upstream, tags.json()))
+            upstream.next_check = time.monotonic() + self.interval
+        except httpx.ReadTimeout:
+            # Connected but slow to answer: busy, not away (a one-slot server such as
+            # llama-cpp-python's lists its models only between two answers). Asked again later.
+            if not upstream.up:
+                upstream.mark_down("ReadTimeout")
             upstream.next_check = time.monotonic() + self.interval
         except (httpx.HTTPError, ValueError) as exc:
             upstream.mark_down(str(exc) or type(exc).__name__)
+
+    async def _probe_kind(self, upstream: Upstream) -> Kind:
+        """The configured kind, or for ``auto`` what ``/api/version`` (homeport, Ollama) or else
+        ``/v1/models`` (an OpenAI-compatible server) says it is."""
+        if upstream.settings.kind != "auto":
+            return upstream.settings.kind
+        assert self._client is not None
+        base, headers = upstream.settings.url, upstream.headers()
+        try:
+            version = await self._client.get(f"{base}/api/version", headers=headers)
+            version.raise_for_status()
+            return _kind_of(version.json())
+        except httpx.TransportError:
+            raise  # not reachable at all: asking another path will not help
+        except (httpx.HTTPError, ValueError):
+            listing = await self._client.get(f"{base}/v1/models", headers=headers)
+            listing.raise_for_status()
+            _openai_models(upstream, listing.json())  # a ValueError unless it lists models
+            return "openai"
