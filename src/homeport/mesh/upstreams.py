@@ -121,6 +121,7 @@ class Upstream:
     failures: int = 0
     next_check: float = 0.0
     in_flight: int = 0  # requests this node is forwarding to it now
+    round_trip: float | None = None  # seconds the last answered probe took
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # model key → its /api/tags entry
 
     @property
@@ -224,6 +225,7 @@ class Upstreams:
     async def _refresh(self, upstream: Upstream) -> None:
         assert self._client is not None
         base, headers = upstream.settings.url, upstream.headers()
+        started = time.monotonic()
         try:
             if upstream.settings.kind == "auto" or not upstream.checked:
                 version = await self._client.get(f"{base}/api/version", headers=headers)
@@ -233,6 +235,7 @@ class Upstreams:
             tags = await self._client.get(f"{base}/api/tags", headers=headers)
             tags.raise_for_status()
             upstream.mark_up(_listed_models(upstream, tags.json()))
+            upstream.round_trip = time.monotonic() - started
             upstream.next_check = time.monotonic() + self.interval
         except (httpx.HTTPError, ValueError) as exc:
             upstream.mark_down(str(exc) or type(exc).__name__)
