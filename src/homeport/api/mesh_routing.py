@@ -111,7 +111,8 @@ class MeshRouting:
         headers = Headers(scope=scope)
         try:
             answer = await forward(self.upstreams.client(), decision.candidates, "POST", scope["path"],
-                                   headers, body, ", ".join([*via, self.node_id]))
+                                   headers, body, ", ".join([*via, self.node_id]),
+                                   caller_of(scope).identity)
         except AllFailed as exc:
             await self._unavailable(scope, receive, send, record_of(scope).model, exc.names, 1)
             return
