@@ -14,6 +14,7 @@ from homeport import __version__, config, endpoints
 from homeport.api.app import AppParts, create_app
 from homeport.api.errors import error_response
 from homeport.api.mesh_routing import MeshRouting, new_node_id
+from homeport.api.no_engine import RefuseLocalModels
 from homeport.engine.manager import ManagerSettings
 from homeport.engine.service import Engine, EngineSettings
 from homeport.mesh.upstreams import Upstreams, configured_upstreams
@@ -65,8 +66,8 @@ def engine_settings() -> EngineSettings:
     )
 
 
-def build_parts(upstream_urls: tuple[str, ...] = ()) -> AppParts:
-    store = open_store()
+def build_parts(upstream_urls: tuple[str, ...] = (), no_engine: bool = False) -> AppParts:
+    store = open_store(with_bundled=not no_engine)
     if not config.NOPRUNE.get():
         try:
             prune(store)
@@ -74,18 +75,19 @@ def build_parts(upstream_urls: tuple[str, ...] = ()) -> AppParts:
             log.warning("the model store was not tidied: %s", exc)
     upstreams = Upstreams(configured_upstreams(upstream_urls), config.UPSTREAM_REFRESH.get())
     return AppParts(store=store, engine=Engine(engine_settings()),
-                    max_body_bytes=config.MAX_BODY_BYTES.get(), upstreams=upstreams)
+                    max_body_bytes=config.MAX_BODY_BYTES.get(), upstreams=upstreams,
+                    engine_enabled=not no_engine)
 
 
 def run_server(address: endpoints.HostAddress, tailnet: bool = False, expose: bool = False,
-               upstream_urls: tuple[str, ...] = ()) -> None:
+               upstream_urls: tuple[str, ...] = (), no_engine: bool = False) -> None:
     setup_logging()
     policy = Policy.load(*config.policy_file())
     tokens = TokenChecker(TokenStore(config.tokens_file()))
     binding = bind(address, tailnet=tailnet, expose=expose, policy=policy,
                    tokens=tokens.active_count())
     try:
-        parts = build_parts(upstream_urls)
+        parts = build_parts(upstream_urls, no_engine)
         gate = Gate.from_settings(policy, tokens, bind_host=address.host)
         parts.middleware.append(Middleware(Guard, gate=gate, render_error=error_response))
         parts.on_startup.append(gate.start)
@@ -98,6 +100,9 @@ def run_server(address: endpoints.HostAddress, tailnet: bool = False, expose: bo
             parts.on_shutdown.append(parts.upstreams.close)
             log.info("upstreams: %s", ", ".join(
                 f"{upstream.name} ({upstream.settings.url})" for upstream in parts.upstreams.all))
+        if no_engine:  # innermost: what the routing did not forward would be served here
+            parts.middleware.append(Middleware(RefuseLocalModels))
+            log.info("no engine: this node serves no models itself, it only forwards")
         app = create_app(parts)
         log.info("homeport %s listening on %s: reachable by %s", __version__,
                  ", ".join(binding.shown), binding.audience)

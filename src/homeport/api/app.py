@@ -21,6 +21,7 @@ from homeport import metrics
 from homeport.api import (
     anthropic_routes,
     model_routes,
+    node_routes,
     ollama_routes,
     openai_routes,
     responses_routes,
@@ -84,6 +85,7 @@ class AppParts:
     engine: Engine
     max_body_bytes: int
     upstreams: Upstreams | None = None
+    engine_enabled: bool = True  # False: a gateway node (serve --no-engine), nothing runs here
     middleware: list[Middleware] = field(default_factory=list)
     routes: list[BaseRoute] = field(default_factory=list)
     on_startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -101,13 +103,15 @@ def create_app(parts: AppParts) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await parts.engine.start()
+        if parts.engine_enabled:
+            await parts.engine.start()
         await _run_hooks(parts.on_startup)
         try:
             yield
         finally:
             try:
-                await parts.engine.close()
+                if parts.engine_enabled:
+                    await parts.engine.close()
             finally:
                 await _run_hooks(parts.on_shutdown)  # the guard's flushes the audit log
 
@@ -120,6 +124,7 @@ def create_app(parts: AppParts) -> Starlette:
         routes=[
             *ollama_routes.routes,
             *model_routes.routes,
+            *node_routes.routes,
             *openai_routes.routes,
             *anthropic_routes.routes,
             *responses_routes.routes,

@@ -128,7 +128,8 @@ class MeshRouting:
         requests = Requests(path, body, data if isinstance(data, dict) else {}, key)
         try:
             answer = await forward(self.upstreams.client(), candidates, "POST", requests,
-                                   headers, ", ".join([*via, self.node_id]))
+                                   headers, ", ".join([*via, self.node_id]),
+                                   caller_of(scope).identity)
         except AllFailed as exc:
             await self._unavailable(scope, receive, send, model, exc.names, 1)
             return

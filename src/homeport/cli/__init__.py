@@ -46,6 +46,7 @@ def _register() -> None:
         edit,
         history,
         models,
+        nodes,
         nvim,
         run,
         serve,
@@ -61,6 +62,7 @@ def _register() -> None:
     main.add_command(edit.edit)
     main.add_command(history.history)
     main.add_command(config_cmd.config_cmd)
+    main.add_command(nodes.nodes)
     main.add_command(nvim.nvim)
     main.add_command(doctor.doctor)
     main.add_command(token.token)

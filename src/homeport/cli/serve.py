@@ -29,7 +29,11 @@ def _settings_help() -> str:
 @click.option("--upstream", "upstreams", multiple=True, metavar="URL",
               help="Another homeport or Ollama server whose models this one lists and routes to "
                    "(repeatable; also HOMEPORT_UPSTREAMS and [[upstream]] in config.toml).")
-def serve(host: str | None, tailnet: bool, expose: bool, upstreams: tuple[str, ...]) -> None:
+@click.option("--no-engine", is_flag=True,
+              help="A gateway: serve no models here (nor the bundled one), only forward to the "
+                   "upstreams.")
+def serve(host: str | None, tailnet: bool, expose: bool, upstreams: tuple[str, ...],
+          no_engine: bool) -> None:
     """Start the model server (Ollama and OpenAI APIs on port 11434).
 
     It listens on loopback unless told otherwise, and always says who can reach it. Callers other
@@ -40,4 +44,5 @@ def serve(host: str | None, tailnet: bool, expose: bool, upstreams: tuple[str, .
 
     address = endpoints.parse_host(host) if host else endpoints.bind_address()
     logging.getLogger(__name__).debug("binding %s", address)
-    run_server(address, tailnet=tailnet, expose=expose, upstream_urls=upstreams)
+    run_server(address, tailnet=tailnet, expose=expose, upstream_urls=upstreams,
+               no_engine=no_engine)

@@ -141,6 +141,10 @@ class HomeportClient:
     def list_models(self) -> list[dict[str, Any]]:
         return list(self._json("GET", "/api/tags").get("models", []))
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """The server's upstreams and their state (homeport only: Ollama has no such route)."""
+        return list(self._json("GET", "/api/homeport/nodes").get("nodes", []))
+
     def running(self) -> list[dict[str, Any]]:
         return list(self._json("GET", "/api/ps").get("models", []))
 

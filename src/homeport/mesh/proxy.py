@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from homeport.mesh.upstreams import Upstream
+from homeport.net.identify import FORWARDED_FOR_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,17 @@ class Forwarded:
             await self.close()
 
 
-def forwarded_headers(incoming: Mapping[str, str], upstream: Upstream, via: str) -> dict[str, str]:
+def forwarded_headers(incoming: Mapping[str, str], upstream: Upstream, via: str,
+                      caller: str = "") -> dict[str, str]:
     """What the upstream is sent: the body's description, this node's token for it (never the
-    caller's), and the nodes the request has passed through, this one last."""
+    caller's), the nodes the request has passed through, this one last, and the caller this node
+    admitted (a homeport upstream believes it only if its policy names this node a forwarder)."""
     headers = {name: incoming[name] for name in FORWARDED_HEADERS if name in incoming}
     headers.update(upstream.headers())
     headers["accept-encoding"] = "identity"  # the body is relayed as sent: never in a coding
     headers[VIA_HEADER] = via                # the caller did not ask for
+    if caller:
+        headers[FORWARDED_FOR_HEADER] = caller
     return headers
 
 
@@ -75,13 +80,14 @@ Prepare = Callable[[Upstream], tuple[str, bytes]]  # the path and body one upstr
 
 
 async def forward(client: httpx.AsyncClient, candidates: tuple[Upstream, ...], method: str,
-                  prepare: Prepare, incoming: Mapping[str, str], via: str) -> Forwarded:
+                  prepare: Prepare, incoming: Mapping[str, str], via: str,
+                  caller: str = "") -> Forwarded:
     """The first candidate's streamed answer; AllFailed when none could be reached."""
     failed: list[str] = []
     for upstream in candidates:
         path, body = prepare(upstream)
         request = client.build_request(method, upstream.settings.url + path, content=body,
-                                       headers=forwarded_headers(incoming, upstream, via))
+                                       headers=forwarded_headers(incoming, upstream, via, caller))
         upstream.in_flight += 1
         try:
             response = await client.send(request, stream=True)

@@ -123,6 +123,7 @@ class Upstream:
     failures: int = 0
     next_check: float = 0.0
     in_flight: int = 0  # requests this node is forwarding to it now
+    round_trip: float | None = None  # seconds the last answered probe took
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # model key → its /api/tags entry
     # An OpenAI-compatible upstream's own /v1/models entries by model key: the id it is asked for
     # (which need not be a valid model name) and whatever it tells of the model.
@@ -256,6 +257,7 @@ class Upstreams:
     async def _refresh(self, upstream: Upstream) -> None:
         assert self._client is not None
         base, headers = upstream.settings.url, upstream.headers()
+        started = time.monotonic()
         try:
             if upstream.settings.kind == "auto" or not upstream.checked:
                 upstream.kind = await self._probe_kind(upstream)
@@ -264,10 +266,12 @@ class Upstreams:
                 listing.raise_for_status()
                 upstream.native = _openai_models(upstream, listing.json())
                 upstream.mark_up({key: _tags_entry(entry) for key, entry in upstream.native.items()})
+                upstream.round_trip = time.monotonic() - started
             else:
                 tags = await self._client.get(f"{base}/api/tags", headers=headers)
                 tags.raise_for_status()
                 upstream.mark_up(_listed_models(upstream, tags.json()))
+                upstream.round_trip = time.monotonic() - started
             upstream.next_check = time.monotonic() + self.interval
         except httpx.ReadTimeout:
             # Connected but slow to answer: busy, not away (a one-slot server such as

@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 IDENTITY_HEADERS = frozenset({
     b"tailscale-user-login", b"tailscale-user-name", b"tailscale-user-profile-pic",
     b"tailscale-app-capabilities", b"x-webauth-user", b"x-webauth-name", b"x-webauth-email",
+    b"x-homeport-forwarded-for",
 })
+# The caller a homeport node forwards for; believed only from the policy's forwarders.
+FORWARDED_FOR_HEADER = "x-homeport-forwarded-for"
 _TOKEN_HOW = ("send `Authorization: Bearer <token>` with a token created on the server by "
               "`homeport token create NAME`")
 
@@ -119,7 +122,7 @@ class Identifier:
                 # never the proxy, whatever it says it forwards.
                 whois = await self._whois(_host_port(facts.client), memo)
                 if whois is not None:
-                    return self._tailnet(whois, "tailnet", policy, machine, record)
+                    return self._peer(whois, facts, policy, machine, record)
             if facts.forwarded_for:
                 return await self._proxied(facts, policy, machine, memo, record)
             return self._local(record)
@@ -145,7 +148,18 @@ class Identifier:
                 raise UnauthorizedError(f"invalid token: {_TOKEN_HOW}")
             raise UnauthorizedError(f"this server answers its tailnet, and others only with a "
                                     f"token: {_TOKEN_HOW}")
-        return self._tailnet(whois, "tailnet", policy, machine, record)
+        return self._peer(whois, facts, policy, machine, record)
+
+    def _peer(self, whois: WhoIs, facts: RequestFacts, policy: Policy, machine: MachineView,
+              record: RequestRecord) -> Caller:
+        """A tailnet peer, or the caller it forwards for when the policy names it a forwarder
+        (from anyone else the header is ignored: the peer is the caller)."""
+        forwarded = facts.headers.get(FORWARDED_FOR_HEADER, "").strip()[:256]
+        if not forwarded or forwarded == "local" or not policy.is_forwarder(whois):
+            return self._tailnet(whois, "tailnet", policy, machine, record)
+        record.identity, record.node, record.via = forwarded, whois.node_name, "forwarded"
+        grant = policy.forwarded_grant(forwarded, whois.node_name)
+        return Caller(kind="tailnet", identity=forwarded, node=whois.node_name, grant=grant)
 
     @staticmethod
     def _local(record: RequestRecord) -> Caller:

@@ -99,6 +99,7 @@ class Policy:
     origins: tuple[str, ...] = ()
     proxy: str | None = None
     has_file: bool = False
+    forwarders: tuple[str, ...] = ()  # homeport nodes believed about the caller they forward
 
     @classmethod
     def built_in(cls) -> Policy:
@@ -115,7 +116,8 @@ class Policy:
         return cls(source=source, defaults=defaults, rules=rules, owner=parsed.tailnet.owner,
                    capability=parsed.tailnet.capability,
                    hosts=tuple(host.lower() for host in parsed.http.hosts),
-                   origins=tuple(parsed.http.origins), proxy=parsed.serve.proxy, has_file=True)
+                   origins=tuple(parsed.http.origins), proxy=parsed.serve.proxy, has_file=True,
+                   forwarders=tuple(name.lower().rstrip(".") for name in parsed.tailnet.forwarders))
 
     @classmethod
     def load(cls, path: Path, required: bool) -> Policy:
@@ -156,6 +158,25 @@ class Policy:
         raise ForbiddenError(
             f"{login} (node {whois.node_name}) may not use this server: add "
             f'logins = ["{login}"] to an [[allow]] rule {POLICY_HINT}{also}')
+
+    def is_forwarder(self, whois: WhoIs) -> bool:
+        """Whether this peer is a homeport node whose forwarded caller is believed."""
+        if whois.tags:  # a tagged node is known by its tags alone
+            return any(tag.lower() in self.forwarders for tag in whois.tags)
+        return bool({whois.node_name.lower(), whois.Node.Name.lower().rstrip(".")}
+                    .intersection(self.forwarders))
+
+    def forwarded_grant(self, identity: str, forwarder: str) -> Grant:
+        """What a caller that a forwarder names (a login, or its tags) may do: only what an
+        [[allow]] rule grants it; no owner or capability check can be made about a name."""
+        tags = {tag for tag in identity.split(",") if tag.startswith("tag:")}
+        for rule in self.rules:
+            if (rule.tags.intersection(tags) if tags else identity.lower() in rule.logins):
+                return rule.grant
+        key = "tags" if tags else "logins"
+        raise ForbiddenError(
+            f"{identity} (forwarded by node {forwarder}) may not use this server: add "
+            f'{key} = ["{identity.split(",")[0]}"] to an [[allow]] rule {POLICY_HINT}')
 
     def _capability_grant(self, whois: WhoIs) -> Grant | None:
         if not self.capability or not whois.CapMap or self.capability not in whois.CapMap:

@@ -97,6 +97,8 @@ class RuleTable(LimitsTable):
 class TailnetTable(_Table):
     owner: bool = True
     capability: str | None = None
+    # Nodes whose X-Homeport-Forwarded-For is believed: "tag:NAME" or a node name.
+    forwarders: list[str] = []
 
     @field_validator("capability")
     @classmethod

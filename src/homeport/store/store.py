@@ -392,12 +392,14 @@ def _prune_empty_dirs(start: Path, stop: Path) -> None:
         current = current.parent
 
 
-def open_store() -> ModelStore:
-    """The store the settings describe, with the bundled model recorded in it."""
+def open_store(with_bundled: bool = True) -> ModelStore:
+    """The store the settings describe, with the bundled model recorded in it (unless a gateway
+    node, which serves no models itself, says not to)."""
     from homeport import config
     from homeport.store.bundled import bundled_model
 
     store = ModelStore(config.models_dir(), config.extra_store_dirs(),
                        bundled_model(config.data_dir() / "cache"))
-    store.ensure_bundled()
+    if with_bundled:
+        store.ensure_bundled()
     return store

@@ -1,0 +1,49 @@
+"""``GET /api/homeport/nodes``: this node's upstreams as the refresher last saw them (read-only;
+``homeport nodes`` prints it). Behind the guard like every route."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from homeport.api.common import rfc3339, state_of
+from homeport.mesh.upstreams import Upstream
+
+NODES_PATH = "/api/homeport/nodes"
+
+
+def _wall_clock(monotonic: float) -> str:
+    return rfc3339(datetime.fromtimestamp(time.time() - (time.monotonic() - monotonic), UTC))
+
+
+def node_summary(upstream: Upstream) -> dict[str, Any]:
+    # "unknown": not asked yet
+    state = "up" if upstream.up else "down" if upstream.checked else "unknown"
+    return {
+        "name": upstream.name,
+        "url": upstream.settings.url,
+        "kind": upstream.kind,
+        "state": state,
+        "down_since": (_wall_clock(upstream.down_since)
+                       if upstream.down_since is not None else None),
+        "last_error": upstream.last_error or None,
+        "round_trip_ms": (round(upstream.round_trip * 1000, 1)
+                          if upstream.round_trip is not None else None),
+        "models": len(upstream.models) if upstream.up else 0,
+        "in_flight": upstream.in_flight,
+        "priority": upstream.settings.priority,
+    }
+
+
+async def nodes(request: Request) -> JSONResponse:
+    upstreams = state_of(request).upstreams
+    return JSONResponse({"nodes": [node_summary(upstream)
+                                   for upstream in (upstreams.all if upstreams else [])]})
+
+
+routes = [Route(NODES_PATH, nodes, methods=["GET"])]

@@ -1,0 +1,118 @@
+"""A light gateway node and ``homeport nodes``: real processes on loopback.
+
+    A: the bundled smollm2:135m, a real engine
+    G: --no-engine --upstream A --upstream DEAD (a port nothing listens on)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import psutil
+import pytest
+
+from tests.conftest import MODEL
+from tests.support.cli import homeport
+from tests.support.server import ServerProcess, free_port, resident_bytes
+from tests.support.waiting import wait_for
+
+ENV = {"HOMEPORT_CONTEXT_LENGTH": "2048", "HOMEPORT_UPSTREAM_REFRESH": "500ms"}
+
+
+class Gateway:
+    def __init__(self, root: Path) -> None:
+        self.a = ServerProcess(root / "a", env=ENV)
+        self.dead_url = f"http://127.0.0.1:{free_port()}"
+        self.g = ServerProcess(root / "g", env=ENV,
+                               args=("--no-engine", "--upstream", self.a.url,
+                                     "--upstream", self.dead_url))
+        self.start_seconds = 0.0
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        found = httpx.get(f"{self.g.url}/api/homeport/nodes", timeout=10).json()["nodes"]
+        return {node["url"]: node for node in found}
+
+    def start(self) -> None:
+        self.a.start()
+        started = time.monotonic()
+        self.g.start()
+        self.start_seconds = time.monotonic() - started
+        assert wait_for(lambda: {node["state"] for node in self.nodes().values()}
+                        == {"up", "down"}), self.nodes()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    nodes = Gateway(tmp_path_factory.mktemp("gateway"))
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.g.stop()
+        nodes.a.stop()
+
+
+def test_nodes_endpoint_reports_each_upstream(gateway: Gateway) -> None:
+    nodes = gateway.nodes()
+    live, dead = nodes[gateway.a.url], nodes[gateway.dead_url]
+    assert live["state"] == "up"
+    assert live["kind"] == "homeport"
+    assert live["models"] == 1
+    assert live["round_trip_ms"] > 0
+    assert live["in_flight"] == 0
+    assert live["down_since"] is None
+    assert dead["state"] == "down"
+    assert dead["models"] == 0
+    assert dead["down_since"]
+    assert "connection" in dead["last_error"].lower()
+
+
+def test_homeport_nodes_command_names_both_with_their_states(gateway: Gateway) -> None:
+    result = homeport("nodes", "--endpoint", gateway.g.url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "URL", "KIND", "STATE", "ROUND", "TRIP", "MODELS", "LOAD"]
+    live = next(line for line in lines if gateway.a.url in line)
+    dead = next(line for line in lines if gateway.dead_url in line)
+    assert " up " in live
+    assert " ms " in live
+    assert "homeport" in live
+    assert " down since " in dead
+    assert "connection" in dead.lower()
+
+
+def test_gateway_lists_and_serves_the_upstreams_model_with_no_engine(gateway: Gateway) -> None:
+    tags = httpx.get(f"{gateway.g.url}/api/tags", timeout=10).json()["models"]
+    assert [(model["name"], model["homeport"]["nodes"]) for model in tags] == [
+        (MODEL, [f"127.0.0.1:{gateway.a.port}"])]  # the bundled model was not added here
+    client = ollama.Client(host=gateway.g.url)
+    answer = client.chat(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                         options={"temperature": 0, "seed": 42, "num_predict": 8})
+    assert answer.message.content
+    assert answer.done
+    assert httpx.get(f"{gateway.g.url}/api/ps", timeout=10).status_code == 200
+    # No engine started: no template renderer or runner process beside the server.
+    assert gateway.g.process is not None
+    process = psutil.Process(gateway.g.process.pid)
+    assert process.children(recursive=True) == []
+    print(f"\ngateway: started in {gateway.start_seconds:.2f}s, resident "
+          f"{resident_bytes(process.pid) / 2**20:.1f} MiB "
+          f"(upstream A: {resident_bytes(gateway.a.process.pid) / 2**20:.1f} MiB)"
+          if gateway.a.process else "")
+
+
+def test_gateway_refuses_a_model_it_would_have_to_run_itself(gateway: Gateway) -> None:
+    response = httpx.post(f"{gateway.g.url}/api/generate", timeout=10,
+                          json={"model": "nowhere:1b", "prompt": "Hi"})
+    assert response.status_code == 404
+    assert "--no-engine" in response.json()["error"]
+    pinned = httpx.post(f"{gateway.g.url}/v1/chat/completions", timeout=10,
+                        headers={"X-Homeport-Node": "local"},
+                        json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]})
+    assert pinned.status_code == 404
+    assert "--no-engine" in pinned.json()["error"]["message"]
