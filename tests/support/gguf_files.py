@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -18,9 +19,11 @@ CHATML = (
 
 
 def write_tiny_llama(path: Path, seed: int = 0, n_embd: int = 32, n_ff: int = 64,
-                     n_layer: int = 1) -> Path:
+                     n_layer: int = 1, rms_eps: float = 1e-5,
+                     norm_dtype: type[np.floating[Any]] = np.float32) -> Path:
     """A real, loadable llama model with random weights and a byte-level tokenizer: ~80 KB as it
-    is, 12 * n_ff * n_embd bytes more per layer when a test wants a bigger file."""
+    is, 12 * n_ff * n_embd bytes more per layer when a test wants a bigger file. ``rms_eps`` and
+    ``norm_dtype`` (the norm weights' type) make files that llama.cpp loads but cannot run."""
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name(f"tiny-{seed}")
@@ -30,7 +33,7 @@ def write_tiny_llama(path: Path, seed: int = 0, n_embd: int = 32, n_ff: int = 64
     writer.add_feed_forward_length(n_ff)
     writer.add_head_count(2)
     writer.add_head_count_kv(2)
-    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_layer_norm_rms_eps(rms_eps)
     writer.add_rope_dimension_count(n_embd // 2)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
@@ -48,7 +51,7 @@ def write_tiny_llama(path: Path, seed: int = 0, n_embd: int = 32, n_ff: int = 64
         writer.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
 
     def ones(name: str) -> None:
-        writer.add_tensor(name, np.ones(n_embd, dtype=np.float32))
+        writer.add_tensor(name, np.ones(n_embd, dtype=norm_dtype))
 
     weights("token_embd.weight", len(tokens), n_embd)
     ones("output_norm.weight")

@@ -109,6 +109,9 @@ class RunnerClient:
                 "--fd", str(theirs.fileno()), "--parent", str(os.getpid()),
                 "--model", self.label, "--log-level", str(logging.getLogger().getEffectiveLevel()),
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                # An abort's message is enough: ggml's backtrace attaches gdb to the dying
+                # runner, which takes seconds (minutes on a busy machine) and prints paths.
+                env={**os.environ, "GGML_NO_BACKTRACE": "1"},
                 stderr=asyncio.subprocess.PIPE, limit=STDERR_LINE_LIMIT)
         except BaseException:
             ours.close()

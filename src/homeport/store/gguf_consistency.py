@@ -2,7 +2,8 @@
 
 llama.cpp trusts a model's header: attention heads that do not divide into key/value heads, or
 more experts used than there are, end in a GGML_ASSERT that aborts the whole server (every
-stream of every model) rather than in an error. Everything here is read from the header alone,
+stream of every model) rather than in an error; so does a norm epsilon that is NaN or negative (a
+GGML_ASSERT on the first decode). Everything here is read from the header alone,
 so a bad file is a clear 400 at import, create, pull or load. Only what holds for every
 architecture llama.cpp knows is checked: values that are absent, or tensors a model does not
 have (fused QKV, MLA), are simply not compared.
@@ -10,6 +11,7 @@ have (fused QKV, MLA), are simply not compared.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -53,6 +55,7 @@ def check_consistency(metadata: Mapping[str, Any], tensors: Sequence[TensorInfo]
     _check_layers(metadata, arch, shapes)
     _check_experts(metadata, arch)
     _check_attention(metadata, arch, shapes)
+    _check_norm_epsilons(metadata, arch)
 
 
 def _check_layers(metadata: Mapping[str, Any], arch: str,
@@ -136,3 +139,12 @@ def _check_head_sizes(metadata: Mapping[str, Any], arch: str, n_head: int, n_hea
     if rope is not None and "k" in lengths and rope > lengths["k"]:
         raise _refuse(f"{arch}.rope.dimension_count ({rope}) is more than the key length "
                       f"({lengths['k']})")
+
+
+def _check_norm_epsilons(metadata: Mapping[str, Any], arch: str) -> None:
+    """ggml's norms assert ``eps >= 0``: NaN and negative values abort on the first decode."""
+    for key in (f"{arch}.attention.layer_norm_epsilon",
+                f"{arch}.attention.layer_norm_rms_epsilon"):
+        eps = metadata.get(key)
+        if isinstance(eps, float) and not (math.isfinite(eps) and eps >= 0):
+            raise _refuse(f"{key} is {eps}, not a finite number of at least 0")
