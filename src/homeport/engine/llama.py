@@ -384,13 +384,7 @@ class LlamaModel:
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
         if not self.model:
             raise EngineError("llama.cpp could not load the model file")
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
-        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self.model))
-        self.n_embd = int(llama_cpp.llama_model_n_embd(self.model))
-        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
-        self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
-        self.eos = int(llama_cpp.llama_vocab_eos(self.vocab))
+        self._read_vocabulary()
         threads = settings.n_threads or default_threads()
         self.ctx = self._new_context(
             n_ctx=settings.n_ctx_total, n_batch=settings.n_batch, n_seq=settings.n_seq,
@@ -400,6 +394,16 @@ class LlamaModel:
         self._threads = threads
         self._embed_ctx: Any = None
         self._embed_n_ctx = 0
+
+    def _read_vocabulary(self) -> None:
+        """What the text methods need from the loaded ``self.model``."""
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self.model))
+        self.n_embd = int(llama_cpp.llama_model_n_embd(self.model))
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
+        self.eos = int(llama_cpp.llama_vocab_eos(self.vocab))
 
     def _new_context(self, *, n_ctx: int, n_batch: int, n_seq: int, threads: int,
                      embeddings: bool, flash_attention: str = "auto",

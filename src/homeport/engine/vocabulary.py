@@ -22,12 +22,6 @@ class Vocabulary(LlamaModel):
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
             raise EngineError("llama.cpp could not read the model's vocabulary")
-        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
-        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self.model))
-        self.n_embd = int(llama_cpp.llama_model_n_embd(self.model))
-        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
-        self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
-        self.eos = int(llama_cpp.llama_vocab_eos(self.vocab))
+        self._read_vocabulary()
         self.ctx = None
         self._embed_ctx = None
