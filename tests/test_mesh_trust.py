@@ -18,9 +18,9 @@ import pytest
 
 from tests.conftest import MODEL
 from tests.support.fake_tailscaled import FakeTailscaled, Node
-from tests.support.netns import Lab, LabUnavailable, Peer
+from tests.support.netns import Lab, Peer
 from tests.support.server import ServerProcess
-from tests.support.tailnet import Reply, TailnetServer, audit_lines, wait_for_audit
+from tests.support.tailnet import Reply, TailnetServer, audit_lines, tailnet_lab, wait_for_audit
 
 FORWARDED_FOR = "X-Homeport-Forwarded-For"
 POLICY = """
@@ -41,18 +41,8 @@ CHAT = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Say
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab = Lab()
-    try:
-        lab.open()
-    except LabUnavailable as exc:
-        pytest.skip(f"network namespaces cannot be made here, tailnet tests skipped: {exc}")
-    try:
-        for name in ("alice", "gateway", "mallory"):
-            lab.add_tailnet_peer(name)
+    with tailnet_lab("alice", "gateway", "mallory") as lab:
         yield lab
-    finally:
-        lab.close()
-    assert not lab.leftovers(), "namespaces or links were left behind"
 
 
 def default_nodes(lab: Lab) -> list[Node]:

@@ -22,9 +22,9 @@ import pytest
 
 from tests.conftest import MODEL
 from tests.support.fake_tailscaled import FakeTailscaled, Node
-from tests.support.netns import Lab, LabUnavailable, Peer
+from tests.support.netns import Lab, Peer
 from tests.support.server import ServerProcess
-from tests.support.tailnet import TailnetServer, wait_for_audit
+from tests.support.tailnet import TailnetServer, tailnet_lab, wait_for_audit
 
 CAPABILITY = "example.com/cap/homeport"
 
@@ -45,19 +45,8 @@ proxy = "unix:{home / 'serve.sock'}"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    lab = Lab()
-    try:
-        lab.open()
-    except LabUnavailable as exc:
-        pytest.skip(f"network namespaces cannot be made here, tailnet tests skipped: {exc}")
-    try:
-        lab.add_tailnet_peer("alice")
-        lab.add_tailnet_peer("bob")
-        lab.add_lan_stranger()
+    with tailnet_lab("alice", "bob", lan_stranger=True) as lab:
         yield lab
-    finally:
-        lab.close()
-    assert not lab.leftovers(), "namespaces or links were left behind"
 
 
 def default_nodes(lab: Lab) -> list[Node]:

@@ -6,17 +6,21 @@ official ``ollama`` client (``peer_client.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.fake_tailscaled import FakeTailscaled
-from tests.support.netns import Lab, Peer
+from tests.support.netns import Lab, LabUnavailable, Peer
 from tests.support.server import ServerProcess
 
 PEER_CLIENT = str(Path(__file__).with_name("peer_client.py"))
@@ -123,3 +127,23 @@ def wait_for_audit(home: Path, **fields: Any) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise AssertionError(f"no audit line with {fields}: {audit_lines(home)[-5:]}")
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def tailnet_lab(*peers: str, lan_stranger: bool = False) -> Iterator[Lab]:
+    """A lab with these tailnet peers (and a LAN stranger), each in its own network namespace;
+    closed afterwards and checked for leftovers. Skips where namespaces cannot be made."""
+    lab = Lab()
+    try:
+        lab.open()
+    except LabUnavailable as exc:
+        pytest.skip(f"network namespaces cannot be made here, tailnet tests skipped: {exc}")
+    try:
+        for name in peers:
+            lab.add_tailnet_peer(name)
+        if lan_stranger:
+            lab.add_lan_stranger()
+        yield lab
+    finally:
+        lab.close()
+    assert not lab.leftovers(), "namespaces or links were left behind"
