@@ -210,6 +210,11 @@ KV_CACHE_TYPE = _register(Setting(
     "K/V cache type: f16, q8_0 (about half the memory) or q4_0 (about a quarter); "
     "quantized needs flash attention (default f16)",
 ))
+SPECULATION = _register(Setting(
+    ("HOMEPORT_SPECULATION",), True, _boolean,
+    "Speculative decoding: draft tokens from the request's own text (an edit's copied lines) and "
+    "verify them in one step; the answer is the same either way (default true)",
+))
 MEMORY_LIMIT = _register(Setting(
     ("HOMEPORT_MEMORY_LIMIT",), 0, _byte_size,
     "Memory models may use, e.g. 8GiB (default 0: what the system reports available)",

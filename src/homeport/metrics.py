@@ -17,6 +17,13 @@ PROMPTS_TRUNCATED = Counter(
     ["model"], registry=REGISTRY)
 GENERATED_TOKENS = Counter(
     "homeport_generated_tokens", "Tokens generated, by model", ["model"], registry=REGISTRY)
+DRAFTED_TOKENS = Counter(
+    "homeport_drafted_tokens", "Tokens drafted for speculative decoding, by model", ["model"],
+    registry=REGISTRY)
+DRAFT_ACCEPTED_TOKENS = Counter(
+    "homeport_draft_accepted_tokens",
+    "Drafted tokens the model confirmed (each saved one decode step), by model", ["model"],
+    registry=REGISTRY)
 TIME_TO_FIRST_TOKEN = Histogram(
     "homeport_time_to_first_token_seconds", "From submission to the first sampled token",
     ["model"], registry=REGISTRY,

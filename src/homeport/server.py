@@ -62,6 +62,7 @@ def engine_settings() -> EngineSettings:
         num_threads=config.NUM_THREADS.get(),
         flash_attention=flash_attention,
         kv_cache_type=kv_cache_type,
+        speculation=config.SPECULATION.get(),
         template_timeout=config.TEMPLATE_TIMEOUT.get(),
     )
 

@@ -127,7 +127,7 @@ class RunnerLoop:
         self.channel = channel
         self.jobs: dict[int, RunnerJob] = {}
         self.scheduler = Scheduler(model, model.settings.n_seq, model.settings.n_batch, label,
-                                   deliver=self._deliver)
+                                   deliver=self._deliver, speculation=model.settings.speculation)
 
     def _deliver(self, outbox: Outbox) -> None:
         events: list[tuple[int, Event, tuple[int, ...], bool]] = []

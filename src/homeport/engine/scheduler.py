@@ -6,6 +6,15 @@ request owns a slot (a llama.cpp sequence id). A slot keeps its KV cache when it
 a new request goes to the free slot sharing the longest token prefix with its prompt, so a chat whose
 history grows turn by turn evaluates only the new tokens.
 
+With speculation on, a running request's next token may bring a draft (``engine.drafting``): the
+tokens that followed the same few tokens earlier in its prompt or output. The draft is decoded in
+the same step, with logits at every position, and the request's own sampler samples them in order
+for as long as it picks exactly the drafted token; the first token it picks otherwise ends the
+draft, and the cells of the tokens it refused are dropped. Each emitted token is still sampled once,
+by the same sampler from the same logits, so greedy answers are unchanged and sampled ones keep their
+distribution (a draft is a single guess: accepting it exactly when the sample equals it is standard
+speculative acceptance).
+
 Requests arrive through ``submit`` from any thread. Their events are collected during a step and
 handed over once per step through ``deliver`` (one wake-up of the event loop per step, not one per
 token), which calls each job's ``sink`` there. ``Job.cancel`` frees the slot at the next step.
@@ -26,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from homeport import metrics
+from homeport.engine.drafting import DraftPolicy, NgramDrafter
 from homeport.engine.llama import Batch, EngineError, LlamaModel, Sampler, SamplingParams
 from homeport.engine.stops import StopFinder
 from homeport.errors import HomeportError
@@ -49,6 +59,8 @@ class GenerationStats:
     prompt_seconds: float
     eval_seconds: float
     tokens: tuple[int, ...] = ()
+    drafted: int = 0  # tokens drafted for this request, and of those, the ones the model confirmed
+    draft_accepted: int = 0
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,8 @@ class Job:
     first_token_at: float = 0.0
     last_token_at: float = 0.0
     cached: int = 0
+    drafted: int = 0
+    draft_accepted: int = 0
     _decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     _stops: StopFinder = field(init=False)
@@ -135,6 +149,8 @@ class Slot:
     cursor: int = 0  # next prompt token to evaluate
     next_token: int = -1  # sampled, to be decoded in the next step
     last_used: float = 0.0
+    drafter: NgramDrafter | None = None  # the running request's tokens, when speculating
+    policy: DraftPolicy = field(default_factory=DraftPolicy)
 
     @property
     def prefilling(self) -> bool:
@@ -149,6 +165,7 @@ class Part:
     tokens: list[int]
     start: int  # the position of the first token
     sample: bool  # whether to sample from the last token's logits
+    drafted: int = 0  # the last ``drafted`` tokens are a draft, each with its logits
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -163,7 +180,7 @@ class Scheduler:
     """Runs every request for one model; see the module docstring."""
 
     def __init__(self, model: LlamaModel, n_slots: int, n_batch: int, label: str,
-                 deliver: Deliver) -> None:
+                 deliver: Deliver, speculation: bool = False) -> None:
         self.model = model
         self._deliver = deliver
         self._outbox: Outbox = []
@@ -171,6 +188,7 @@ class Scheduler:
         self.slots = [Slot(seq_id) for seq_id in range(n_slots)]
         self.n_batch = n_batch
         self.label = label
+        self.speculation = speculation
         self.pending: deque[Job] = deque()
         self.embeddings: deque[EmbeddingJob] = deque()
         self._cond = threading.Condition()
@@ -281,11 +299,14 @@ class Scheduler:
         """This step's batch: every running request's next token, then prompt chunks in the room
         left, oldest request first; moves each slot's cache and cursor past its part."""
         parts: list[Part] = []
-        for slot in self.slots:
-            if slot.job is not None and not slot.prefilling:
-                parts.append(Part(slot, [slot.next_token], len(slot.cache), sample=True))
-                slot.cache.append(slot.next_token)
-        room = self.n_batch - len(parts)
+        decoding = [slot for slot in self.slots if slot.job is not None and not slot.prefilling]
+        room = self.n_batch - len(decoding)
+        for slot in decoding:
+            draft = self._draft(slot, room)
+            room -= len(draft)
+            tokens = [slot.next_token, *draft]
+            parts.append(Part(slot, tokens, len(slot.cache), sample=True, drafted=len(draft)))
+            slot.cache.extend(tokens)
         for slot in sorted((s for s in self.slots if s.prefilling),
                            key=lambda s: s.job.admitted_at if s.job else 0.0):
             if room <= 0:
@@ -303,18 +324,38 @@ class Scheduler:
             slot.cursor = end
         return parts
 
-    def _decode(self, parts: list[Part]) -> list[tuple[Slot, int]]:
-        """Decode ``parts`` in one batch; the slots to sample and their logits' batch indexes."""
+    def _draft(self, slot: Slot, room: int) -> list[int]:
+        """Tokens to verify after the slot's next token this step (none without speculation)."""
+        job = slot.job
+        if slot.drafter is None or job is None:
+            return []
+        # Room in the batch and the context, and no more than the request may still generate
+        # after the next token.
+        limit = min(room, self.n_ctx_per_seq - len(slot.cache) - 2)
+        if job.num_predict >= 0:
+            limit = min(limit, job.num_predict - len(job.generated) - 1)
+        if limit <= 0:
+            return []
+        allowed = slot.policy.allowed()
+        return slot.drafter.draft(min(limit, allowed)) if allowed else []
+
+    def _decode(self, parts: list[Part]) -> list[tuple[Part, list[int]]]:
+        """Decode ``parts`` in one batch; the parts to sample and their logits' batch indexes
+        (the last prompt token's, or the next token's and each drafted token's)."""
         batch = self._batch
         batch.clear()
-        outputs: list[tuple[Slot, int]] = []
+        outputs: list[tuple[Part, list[int]]] = []
         for part in parts:
             last = len(part.tokens) - 1
+            first_output = last - part.drafted
+            indexes = []
             for offset, token in enumerate(part.tokens):
-                index = batch.add(token, part.start + offset, part.slot.seq_id,
-                                  part.sample and offset == last)
+                wanted = part.sample and offset >= first_output
+                index = batch.add(token, part.start + offset, part.slot.seq_id, wanted)
+                if wanted:
+                    indexes.append(index)
             if part.sample:
-                outputs.append((part.slot, index))
+                outputs.append((part, indexes))
         self.model.decode(batch)
         return outputs
 
@@ -334,13 +375,43 @@ class Scheduler:
                 continue
             self._sample(outputs)
 
-    def _sample(self, outputs: list[tuple[Slot, int]]) -> None:
+    def _sample(self, outputs: list[tuple[Part, list[int]]]) -> None:
         now = time.perf_counter()
-        for slot, index in outputs:
-            assert slot.sampler is not None
-            self._accept(slot, slot.sampler.sample(self.model, index), now)
+        for part, indexes in outputs:
+            slot = part.slot
+            if not part.drafted:
+                assert slot.sampler is not None
+                self._accept(slot, slot.sampler.sample(self.model, indexes[0]), now)
+                continue
+            self._sample_draft(part, indexes, now)
 
-    def _accept(self, slot: Slot, token: int, now: float) -> None:
+    def _sample_draft(self, part: Part, indexes: list[int], now: float) -> None:
+        """Sample the next token and the draft's positions in order while the sampler picks the
+        drafted tokens; drop the cells of the drafted tokens it did not confirm."""
+        slot, job = part.slot, part.slot.job
+        assert slot.sampler is not None
+        assert job is not None
+        draft = part.tokens[1:]
+        del slot.cache[part.start + 1:]  # the draft's tokens count once confirmed
+        confirmed = 0
+        for position, index in enumerate(indexes):
+            token = slot.sampler.sample(self.model, index)
+            if not self._accept(slot, token, now):
+                break
+            if position == len(draft) or token != draft[position]:
+                break
+            slot.cache.append(token)
+            confirmed += 1
+        if not self.model.forget(slot.seq_id, len(slot.cache)):
+            raise EngineError("the cells of a refused draft could not be dropped")
+        job.drafted += len(draft)
+        job.draft_accepted += confirmed
+        slot.policy.record(len(draft), confirmed)
+        metrics.DRAFTED_TOKENS.labels(self.label).inc(len(draft))
+        metrics.DRAFT_ACCEPTED_TOKENS.labels(self.label).inc(confirmed)
+
+    def _accept(self, slot: Slot, token: int, now: float) -> bool:
+        """Take one sampled token; False when it ended the request."""
         job = slot.job
         assert job is not None
         if not job.first_token_at:
@@ -351,17 +422,20 @@ class Scheduler:
         job.last_token_at = now
         if self.model.is_end_of_generation(token):
             self._finish(slot, "stop")
-            return
+            return False
         job.generated.append(token)
+        if slot.drafter is not None:
+            slot.drafter.append(token)
         metrics.GENERATED_TOKENS.labels(self.label).inc()
         text = job._decoder.decode(self.model.token_bytes(token))
         if self._emit_text(job, text):
             self._finish(slot, "stop")
-            return
+            return False
         if 0 <= job.num_predict <= len(job.generated) or len(slot.cache) + 1 >= self.n_ctx_per_seq:
             self._finish(slot, "length")
-        else:
-            slot.next_token = token
+            return False
+        slot.next_token = token
+        return True
 
     def _emit_text(self, job: Job, text: str) -> bool:
         """Send text on, holding back what may be the start of a stop string; True on a stop."""
@@ -385,6 +459,8 @@ class Scheduler:
             prompt_seconds=(job.first_token_at or end) - job.admitted_at,
             eval_seconds=end - (job.first_token_at or end),
             tokens=tuple(job.prompt + job.generated),
+            drafted=job.drafted,
+            draft_accepted=job.draft_accepted,
         )
         self._release(slot)
         self._emit(job, Finished(reason, stats))
@@ -396,6 +472,7 @@ class Scheduler:
         if slot.job is not None:
             metrics.BUSY_SLOTS.labels(self.label).dec()
         slot.job = None
+        slot.drafter = None
         slot.last_used = time.perf_counter()
 
     def _drop_cancelled(self) -> None:
@@ -438,6 +515,9 @@ class Scheduler:
         slot.cache = slot.cache[:reuse]
         slot.sampler = job.sampler
         slot.job = job
+        if self.speculation:
+            slot.drafter = NgramDrafter(job.prompt)
+            slot.policy = DraftPolicy()
         slot.cursor = reuse
         job.cached = reuse
         job.admitted_at = time.perf_counter()

@@ -123,6 +123,7 @@ class EngineSettings:
     num_threads: int = 0
     flash_attention: str = "auto"
     kv_cache_type: str = "f16"
+    speculation: bool = True
     template_timeout: float = RENDER_TIMEOUT_SECONDS
 
 
@@ -180,9 +181,11 @@ class Generation:
                         yield Output(tool_calls=tuple(self._parser.tool_calls))
                     stats = event.stats
                     log.info(
-                        "%s: %d prompt tokens (%d from cache) in %.2fs, %d generated in %.2fs, %s",
+                        "%s: %d prompt tokens (%d from cache) in %.2fs, %d generated in %.2fs "
+                        "(%d drafted, %d accepted), %s",
                         self._runner.name, stats.prompt_tokens, stats.prompt_cached,
-                        stats.prompt_seconds, stats.generated, stats.eval_seconds, event.reason)
+                        stats.prompt_seconds, stats.generated, stats.eval_seconds, stats.drafted,
+                        stats.draft_accepted, event.reason)
                     yield Done(
                         reason=event.reason,
                         timings=Timings(
@@ -248,6 +251,7 @@ class Engine:
             flash_attention=self.settings.flash_attention,
             kv_cache_type=self.settings.kv_cache_type,
             num_gpu=options.num_gpu,
+            speculation=self.settings.speculation,
         )
 
     def default_num_ctx(self, record: ModelRecord) -> int:

@@ -1,0 +1,86 @@
+"""Draft tokens for speculative decoding, taken from the request's own tokens.
+
+An inline edit copies most of its prompt: once the model has written a few tokens of a line that
+is in the prompt, the tokens that followed them there are a good guess for what comes next. The
+scheduler appends such a draft after a slot's next token, decodes them all in one step (with the
+other slots' tokens), and keeps the drafted tokens for as long as the model would have sampled
+exactly them. Making a draft costs a dictionary lookup; a wrong one costs the extra positions of
+one batched decode, so the draft length adapts to how often drafts are taken, and drafting pauses
+for a while after several drafts in a row were refused outright.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NGRAM = 3  # how many of the latest tokens must match earlier ones for a draft
+DRAFT_START = 8
+DRAFT_MIN = 2
+DRAFT_MAX = 32
+MISSES_BEFORE_PAUSE = 3  # drafts in a row with no token taken
+PAUSE_START = 8  # steps without drafting after that; doubles while drafts keep missing
+PAUSE_MAX = 256
+
+
+class NgramDrafter:
+    """Finds the latest earlier occurrence of a sequence's last ``NGRAM`` tokens and drafts the
+    tokens that followed it."""
+
+    def __init__(self, tokens: list[int]) -> None:
+        self._tokens: list[int] = []
+        # n-gram -> the index of the token that followed its latest occurrence; an n-gram is
+        # indexed once a token follows it, so the sequence's own last n-gram is never its match.
+        self._follows: dict[tuple[int, ...], int] = {}
+        for token in tokens:
+            self.append(token)
+
+    def append(self, token: int) -> None:
+        tokens = self._tokens
+        if len(tokens) >= NGRAM:
+            self._follows[tuple(tokens[-NGRAM:])] = len(tokens)
+        tokens.append(token)
+
+    def draft(self, limit: int) -> list[int]:
+        """Up to ``limit`` tokens that followed the last n-gram the previous time it occurred."""
+        tokens = self._tokens
+        if limit <= 0 or len(tokens) < NGRAM:
+            return []
+        start = self._follows.get(tuple(tokens[-NGRAM:]))
+        if start is None:
+            return []
+        return tokens[start:start + limit]
+
+
+@dataclass
+class DraftPolicy:
+    """How long one request's next draft may be, from how its earlier drafts fared."""
+
+    length: int = DRAFT_START
+    misses: int = 0
+    paused_steps: int = 0
+    pause: int = PAUSE_START
+
+    def allowed(self) -> int:
+        """The longest draft to try this step (0: none), counting a paused step."""
+        if self.paused_steps > 0:
+            self.paused_steps -= 1
+            return 0
+        return self.length
+
+    def record(self, drafted: int, taken: int) -> None:
+        """Adapt to a draft of ``drafted`` tokens of which the first ``taken`` were right."""
+        if drafted == 0:
+            return
+        if taken == drafted:
+            self.length = min(DRAFT_MAX, self.length * 2)
+        else:
+            self.length = max(DRAFT_MIN, taken + 1)
+        if taken > 0:
+            self.misses = 0
+            self.pause = PAUSE_START
+            return
+        self.misses += 1
+        if self.misses >= MISSES_BEFORE_PAUSE:
+            self.misses = 0
+            self.paused_steps = self.pause
+            self.pause = min(PAUSE_MAX, self.pause * 2)

@@ -1,0 +1,92 @@
+"""Speculative decoding from the request's own text: drafts are made, taken, and change nothing.
+
+Two servers on freshly loaded models, one with speculation (the default) and one with
+HOMEPORT_SPECULATION=false, get the same greedy requests: an edit that copies code, an ordinary
+chat, and both at once beside a third stream (another batch composition). The answers must match
+token for token, and only the speculating server's /metrics count drafted and accepted tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL
+from tests.support.metrics import value
+from tests.support.server import ServerProcess
+
+REGION = "\n".join((Path(__file__).resolve().parents[1] / "src" / "homeport" / "engine"
+                    / "drafting.py").read_text().splitlines()[24:52])
+EDIT = {"model": MODEL, "raw": True, "stream": False,
+        "prompt": (f"<|im_start|>user\nRepeat this code exactly, with NGRAM renamed to N:\n"
+                   f"{REGION}<|im_end|>\n<|im_start|>assistant\n"),
+        "options": {"temperature": 0, "num_predict": 160}}
+CHAT = {"model": MODEL, "stream": False,
+        "messages": [{"role": "user", "content": "Name three rivers in Europe."}],
+        "options": {"temperature": 0, "num_predict": 64}}
+THIRD = {"model": MODEL, "stream": False,
+         "messages": [{"role": "user", "content": "Write a haiku about ports."}],
+         "options": {"temperature": 0, "num_predict": 64}}
+
+
+def _server(tmp_path_factory: pytest.TempPathFactory, speculation: str) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp(f"speculation-{speculation}"),
+                            env={"HOMEPORT_CONTEXT_LENGTH": "2048",
+                                 "HOMEPORT_SPECULATION": speculation})
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def speculating(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from _server(tmp_path_factory, "true")
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from _server(tmp_path_factory, "false")
+
+
+def _answers(url: str) -> dict[str, Any]:
+    """Each request alone on a freshly loaded model, then all three at once."""
+
+    async def post(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> Any:
+        reply = await http.post(path, json=body)
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    async def run() -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+            await post(http, "/api/generate", {"model": MODEL, "keep_alive": 0})
+            edit = await post(http, "/api/generate", EDIT)
+            chat = await post(http, "/api/chat", CHAT)
+            together = await asyncio.gather(post(http, "/api/generate", EDIT),
+                                            post(http, "/api/chat", CHAT),
+                                            post(http, "/api/chat", THIRD))
+        return {"edit": edit["response"], "chat": chat["message"]["content"],
+                "together": [together[0]["response"], together[1]["message"]["content"],
+                             together[2]["message"]["content"]]}
+
+    return asyncio.run(run())
+
+
+def _drafted(url: str) -> tuple[float, float]:
+    return (value(url, "homeport_drafted_tokens_total", model=MODEL),
+            value(url, "homeport_draft_accepted_tokens_total", model=MODEL))
+
+
+def test_greedy_answers_are_the_same_with_and_without_speculation(
+        speculating: ServerProcess, plain: ServerProcess) -> None:
+    with_drafts = _answers(speculating.url)
+    without = _answers(plain.url)
+    assert with_drafts == without
+    drafted, accepted = _drafted(speculating.url)
+    assert drafted > 0
+    assert 0 < accepted <= drafted
+    assert _drafted(plain.url) == (0, 0)
