@@ -222,19 +222,46 @@ def test_eight_streams_for_a_model_on_two_machines_spread_over_both(mesh: Mesh) 
     assert mesh.node(mesh.a)["in_flight"] == mesh.node(mesh.b)["in_flight"] == 0
 
 
-def test_a_forwarding_loop_is_refused(tmp_path: Path) -> None:
+def test_a_node_listed_as_its_own_upstream_is_skipped(tmp_path: Path) -> None:
+    """One HOMEPORT_UPSTREAMS for every machine names each machine too: a node finds its own id
+    in the upstream's /api/version and lists its models once, as local."""
     port = free_port()
-    looping = ServerProcess(tmp_path / "loop", env=ENV, port=port,
-                            args=("--upstream", f"http://127.0.0.1:{port}"))
-    with looping:
-        httpx.request("DELETE", f"{looping.url}/api/delete", json={"model": MODEL},
-                      timeout=30).raise_for_status()
-        reply = httpx.post(f"{looping.url}/api/chat", timeout=60,
+    itself = ServerProcess(tmp_path / "self", env=ENV, port=port,
+                           args=("--upstream", f"http://127.0.0.1:{port}"))
+    with itself:
+        def own_entry() -> dict[str, Any]:
+            nodes = httpx.get(f"{itself.url}/api/homeport/nodes", timeout=10).json()["nodes"]
+            return dict(nodes[0])
+
+        assert wait_for(lambda: own_entry()["state"] != "unknown"), own_entry()
+        assert own_entry()["state"] == "self"
+        assert own_entry()["models"] == 0
+        assert listed(itself.url) == {MODEL: ["local"]}
+        # Pinned to itself by its upstream name: served here, as if pinned to "local".
+        reply = httpx.post(f"{itself.url}/api/generate", timeout=120,
                            headers={"X-Homeport-Node": f"127.0.0.1:{port}"},
+                           json={"model": MODEL, "prompt": "Hi", "stream": False,
+                                 "options": SMALL})
+        assert reply.status_code == 200, reply.text
+
+
+def test_a_forwarding_loop_is_refused(tmp_path: Path) -> None:
+    """L2 forwards to L1 a request that already passed through L1 (as a loop A -> B -> A would
+    bring it back): L1 refuses it, and L2 relays the refusal."""
+    ports = (free_port(), free_port())
+    one, two = (ServerProcess(tmp_path / f"loop{index}", env=ENV, port=port,
+                              args=("--upstream", f"http://127.0.0.1:{other}"))
+                for index, (port, other) in enumerate([ports, ports[::-1]]))
+    with one, two:
+        one_id = httpx.get(f"{one.url}/api/version", timeout=10).headers["x-homeport-node-id"]
+        reply = httpx.post(f"{two.url}/api/chat", timeout=60,
+                           headers={"X-Homeport-Node": f"127.0.0.1:{one.port}",
+                                    "X-Homeport-Via": one_id},
                            json={"model": MODEL, "messages": []})
         assert reply.status_code == 508
         assert "loop" in reply.json()["error"]
-        assert looping.answers()
+        assert one.answers()
+        assert two.answers()
 
 
 def test_failover_when_a_machine_is_killed_between_requests(mesh: Mesh) -> None:
