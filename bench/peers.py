@@ -146,6 +146,13 @@ def llama_cpp_python_spec(settings: Settings, eog_tokens: list[int]) -> PeerSpec
 @contextlib.contextmanager
 def running(spec: PeerSpec, log_path: Path) -> Iterator[Endpoint]:
     """Start ``spec``, wait until it answers, and stop it on the way out, whatever happened."""
+    with running_process(spec, log_path):
+        yield spec.endpoint
+
+
+@contextlib.contextmanager
+def running_process(spec: PeerSpec, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``running``, giving the peer's process (for its memory, say)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(spec.command, env=spec.env, stdout=log,
@@ -153,7 +160,7 @@ def running(spec: PeerSpec, log_path: Path) -> Iterator[Endpoint]:
                                    start_new_session=True)
     try:
         _wait_ready(spec, process, log_path)
-        yield spec.endpoint
+        yield process
     finally:
         _stop(process)
 

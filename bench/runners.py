@@ -83,7 +83,8 @@ class InProcess:
             loop.call_soon_threadsafe(deliver_directly, outbox)
 
         self.scheduler = Scheduler(self.model, self.settings.n_seq, self.settings.n_batch,
-                                   "bench", deliver=deliver)
+                                   "bench", deliver=deliver,
+                                   speculation=self.settings.speculation)
 
     def submit(self, job: Job) -> None:
         job.sampler = Sampler(self.model, job.sampling)  # the runner builds it on its side

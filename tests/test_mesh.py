@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ollama
@@ -20,6 +22,7 @@ import openai
 import pytest
 
 from tests.conftest import MODEL
+from tests.support.metrics import value
 from tests.support.models import bundled_gguf, distinct_copy, install_model
 from tests.support.server import ServerProcess, free_port
 from tests.support.waiting import wait_for
@@ -67,6 +70,11 @@ class Mesh:
     def stop(self) -> None:
         for server in (self.c, self.b, self.a):
             server.stop()
+
+    def node(self, server: ServerProcess) -> dict[str, Any]:
+        """How the gateway C sees one upstream (GET /api/homeport/nodes)."""
+        found = httpx.get(f"{self.c.url}/api/homeport/nodes", timeout=10).json()["nodes"]
+        return next(node for node in found if node["url"] == server.url)
 
 
 @pytest.fixture(scope="module")
@@ -154,22 +162,106 @@ def test_a_client_leaving_frees_the_upstream_slot(mesh: Mesh) -> None:
         for _ in range(3):
             assert json.loads(next(lines))["done"] is False
         assert _busy_slots(mesh.b.url) == 1
+        assert mesh.node(mesh.b)["in_flight"] == 1
     assert wait_for(lambda: _busy_slots(mesh.b.url) == 0, timeout=30), "B's slot still busy"
+    assert mesh.node(mesh.b)["in_flight"] == 0
+
+
+def _served_chats(server: ServerProcess) -> float:
+    return value(server.url, "homeport_requests_total", route="/api/chat", status="200")
+
+
+def test_eight_streams_for_a_model_on_two_machines_spread_over_both(mesh: Mesh) -> None:
+    """Each stream holds its slot until all eight have their first token, so all eight are in
+    flight at the gateway at once: routing by load must have sent some to each machine (were
+    they all on one, its four slots would hold the other four in its queue)."""
+    before = {server.url: _served_chats(server) for server in (mesh.a, mesh.b)}
+    all_started = threading.Barrier(9, timeout=300)
+    leave = threading.Event()
+    failures: list[BaseException] = []
+
+    def one_stream() -> None:
+        try:
+            with httpx.Client(base_url=mesh.c.url, timeout=300) as http, \
+                    http.stream("POST", "/api/chat", json={"model": MODEL, **ENDLESS}) as reply:
+                assert reply.status_code == 200
+                lines = reply.iter_lines()  # held: dropping it would close the stream
+                assert json.loads(next(lines))["done"] is False
+                all_started.wait()
+                leave.wait(300)  # then the client leaves mid-stream
+                lines.close()
+        except BaseException as exc:  # reported by the test, after the threads end
+            failures.append(exc)
+            all_started.abort()
+
+    streams = [threading.Thread(target=one_stream) for _ in range(8)]
+    for stream in streams:
+        stream.start()
+    try:
+        all_started.wait()
+        in_flight = {server.url: mesh.node(server)["in_flight"] for server in (mesh.a, mesh.b)}
+        busy = {server.url: _busy_slots(server.url) for server in (mesh.a, mesh.b)}
+    finally:
+        leave.set()
+        for stream in streams:
+            stream.join(60)
+    assert not failures, failures
+    print(f"\n8 streams: in flight at the gateway {in_flight}, busy slots {busy}")
+    assert sum(in_flight.values()) == 8
+    assert min(in_flight.values()) >= 1, in_flight
+    assert min(busy.values()) >= 1, busy
+    # Every stream left: both machines free their slots and count the chats they served.
+    assert wait_for(lambda: _busy_slots(mesh.a.url) == 0 and _busy_slots(mesh.b.url) == 0)
+
+    def served() -> dict[str, float]:
+        return {server.url: _served_chats(server) - before[server.url]
+                for server in (mesh.a, mesh.b)}
+
+    assert wait_for(lambda: sum(served().values()) == 8), served()
+    assert min(served().values()) >= 1, served()
+    assert mesh.node(mesh.a)["in_flight"] == mesh.node(mesh.b)["in_flight"] == 0
+
+
+def test_a_node_listed_as_its_own_upstream_is_skipped(tmp_path: Path) -> None:
+    """One HOMEPORT_UPSTREAMS for every machine names each machine too: a node finds its own id
+    in the upstream's /api/version and lists its models once, as local."""
+    port = free_port()
+    itself = ServerProcess(tmp_path / "self", env=ENV, port=port,
+                           args=("--upstream", f"http://127.0.0.1:{port}"))
+    with itself:
+        def own_entry() -> dict[str, Any]:
+            nodes = httpx.get(f"{itself.url}/api/homeport/nodes", timeout=10).json()["nodes"]
+            return dict(nodes[0])
+
+        assert wait_for(lambda: own_entry()["state"] != "unknown"), own_entry()
+        assert own_entry()["state"] == "self"
+        assert own_entry()["models"] == 0
+        assert listed(itself.url) == {MODEL: ["local"]}
+        # Pinned to itself by its upstream name: served here, as if pinned to "local".
+        reply = httpx.post(f"{itself.url}/api/generate", timeout=120,
+                           headers={"X-Homeport-Node": f"127.0.0.1:{port}"},
+                           json={"model": MODEL, "prompt": "Hi", "stream": False,
+                                 "options": SMALL})
+        assert reply.status_code == 200, reply.text
 
 
 def test_a_forwarding_loop_is_refused(tmp_path: Path) -> None:
-    port = free_port()
-    looping = ServerProcess(tmp_path / "loop", env=ENV, port=port,
-                            args=("--upstream", f"http://127.0.0.1:{port}"))
-    with looping:
-        httpx.request("DELETE", f"{looping.url}/api/delete", json={"model": MODEL},
-                      timeout=30).raise_for_status()
-        reply = httpx.post(f"{looping.url}/api/chat", timeout=60,
-                           headers={"X-Homeport-Node": f"127.0.0.1:{port}"},
+    """L2 forwards to L1 a request that already passed through L1 (as a loop A -> B -> A would
+    bring it back): L1 refuses it, and L2 relays the refusal."""
+    ports = (free_port(), free_port())
+    one, two = (ServerProcess(tmp_path / f"loop{index}", env=ENV, port=port,
+                              args=("--upstream", f"http://127.0.0.1:{other}"))
+                for index, (port, other) in enumerate([ports, ports[::-1]]))
+    with one, two:
+        one_id = httpx.get(f"{one.url}/api/version", timeout=10).headers["x-homeport-node-id"]
+        reply = httpx.post(f"{two.url}/api/chat", timeout=60,
+                           headers={"X-Homeport-Node": f"127.0.0.1:{one.port}",
+                                    "X-Homeport-Via": one_id},
                            json={"model": MODEL, "messages": []})
         assert reply.status_code == 508
         assert "loop" in reply.json()["error"]
-        assert looping.answers()
+        assert one.answers()
+        assert two.answers()
 
 
 def test_failover_when_a_machine_is_killed_between_requests(mesh: Mesh) -> None:
@@ -188,3 +280,54 @@ def test_failover_when_a_machine_is_killed_between_requests(mesh: Mesh) -> None:
     # Once the gateway noticed, A's models leave the list and B's stay.
     assert wait_for(lambda: listed(mesh.c.url) == {MODEL: [node_name(mesh.b)],
                                                    "only-b:latest": [node_name(mesh.b)]})
+
+
+def test_a_machine_started_again_is_back_in_use_after_its_backoff(mesh: Mesh) -> None:
+    assert mesh.node(mesh.a)["state"] == "down"
+    mesh.a.start()
+    assert wait_for(lambda: mesh.node(mesh.a)["state"] == "up", timeout=90), mesh.node(mesh.a)
+    assert listed(mesh.c.url)["only-a:latest"] == [node_name(mesh.a)]
+    # only-a lives on A alone: an answer is A's.
+    reply = ollama.Client(host=mesh.c.url).generate("only-a", "The sky is", options=SMALL)
+    assert reply.done
+    assert reply.response
+
+
+def _kill_after_first_parts(server: ServerProcess, parts: Iterator[Any]) -> list[Any]:
+    """Reads three parts of a stream, SIGKILLs the machine answering it, reads on to the end."""
+    seen = [next(parts) for _ in range(3)]
+    server.stop(signal.SIGKILL)
+    seen.extend(parts)
+    return seen
+
+
+def test_a_machine_killed_mid_stream_ends_the_openai_stream_with_an_error_event(
+        mesh: Mesh) -> None:
+    if not mesh.a.alive():
+        mesh.a.start()
+    assert wait_for(lambda: mesh.node(mesh.a)["state"] == "up", timeout=90), mesh.node(mesh.a)
+    client = openai.OpenAI(base_url=f"{mesh.c.url}/v1", api_key="x", max_retries=0)
+    stream = client.chat.completions.create(
+        model="only-a", messages=ENDLESS["messages"], temperature=0, seed=1, stream=True)
+    with pytest.raises(openai.APIError) as failed:
+        _kill_after_first_parts(mesh.a, iter(stream))
+    assert f"upstream {node_name(mesh.a)} failed during the answer" in str(failed.value)
+    assert mesh.node(mesh.a)["in_flight"] == 0
+
+
+def test_a_machine_killed_mid_stream_ends_the_ollama_stream_with_an_error_record(
+        mesh: Mesh) -> None:
+    mesh.a.start()
+    assert wait_for(lambda: mesh.node(mesh.a)["state"] == "up", timeout=90), mesh.node(mesh.a)
+    client = ollama.Client(host=mesh.c.url)
+    parts = client.chat("only-a", messages=ENDLESS["messages"], options=ENDLESS["options"],
+                        stream=True)
+    with pytest.raises(ollama.ResponseError) as failed:
+        _kill_after_first_parts(mesh.a, parts)
+    assert f"upstream {node_name(mesh.a)} failed during the answer" in failed.value.error
+    # Never a second answer from elsewhere, and the gateway keeps serving: B answers the model
+    # both have, the machine that died is shown down.
+    reply = client.chat(MODEL, messages=[{"role": "user", "content": "Hi"}], options=SMALL)
+    assert reply.done
+    assert mesh.node(mesh.a)["state"] == "down"
+    assert mesh.node(mesh.a)["in_flight"] == 0

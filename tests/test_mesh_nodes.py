@@ -57,6 +57,26 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         nodes.a.stop()
 
 
+def llama_cpp_mapped(pid: int) -> bool:
+    """Whether llama.cpp's libraries are mapped into the process (it imported llama_cpp)."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return "libllama" in maps or "libggml" in maps
+
+
+def test_a_node_loads_llama_cpp_only_with_its_first_model(gateway: Gateway) -> None:
+    """A (an engine, the bundled model recorded but not loaded yet) and the gateway G: neither
+    has llama.cpp mapped; once A loaded a model for G's request, A has it and G still has not."""
+    assert gateway.a.process is not None
+    assert gateway.g.process is not None
+    assert not llama_cpp_mapped(gateway.a.process.pid)
+    assert not llama_cpp_mapped(gateway.g.process.pid)
+    answer = ollama.Client(host=gateway.g.url).generate(
+        model=MODEL, prompt="Hi", options={"temperature": 0, "num_predict": 2})
+    assert answer.done
+    assert llama_cpp_mapped(gateway.a.process.pid)
+    assert not llama_cpp_mapped(gateway.g.process.pid)
+
+
 def test_nodes_endpoint_reports_each_upstream(gateway: Gateway) -> None:
     nodes = gateway.nodes()
     live, dead = nodes[gateway.a.url], nodes[gateway.dead_url]

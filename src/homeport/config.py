@@ -276,6 +276,16 @@ UPSTREAM_REFRESH = _register(Setting(
     "How often each upstream's health and models are checked in the background (default 3s)",
     shown_default="3s",
 ))
+DISCOVER_PEERS = _register(Setting(
+    ("HOMEPORT_DISCOVER_PEERS",), True, _boolean,
+    "With `serve --tailnet`, route to the tailnet's online peers that answer as homeport or "
+    "Ollama on port 11434 (default true)",
+))
+PEER_DISCOVERY_INTERVAL = _register(Setting(
+    ("HOMEPORT_PEER_DISCOVERY_INTERVAL",), 30.0, _timeout_seconds,
+    "How often the tailnet's peers are looked for in the background (default 30s)",
+    shown_default="30s",
+))
 
 # --- files ------------------------------------------------------------------------------------
 # A path setting left unset is Path("") (the same Path as "."): its default location is used.

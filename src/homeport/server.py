@@ -17,11 +17,13 @@ from homeport.api.mesh_routing import MeshRouting, new_node_id
 from homeport.api.no_engine import RefuseLocalModels
 from homeport.engine.manager import ManagerSettings
 from homeport.engine.service import Engine, EngineSettings
+from homeport.mesh.discovery import PeerDiscovery
 from homeport.mesh.upstreams import Upstreams, configured_upstreams
 from homeport.net.binding import bind
 from homeport.net.connection import ConnectionLimits, h11_protocol
 from homeport.net.gate import Gate
 from homeport.net.guard import Guard
+from homeport.net.localapi import LocalAPI
 from homeport.net.policy import Policy
 from homeport.net.tokens import TokenChecker, TokenStore
 from homeport.store.prune import prune
@@ -74,7 +76,8 @@ def build_parts(upstream_urls: tuple[str, ...] = (), no_engine: bool = False) ->
             prune(store)
         except OSError as exc:  # tidying is a courtesy: it never keeps the server from starting
             log.warning("the model store was not tidied: %s", exc)
-    upstreams = Upstreams(configured_upstreams(upstream_urls), config.UPSTREAM_REFRESH.get())
+    upstreams = Upstreams(configured_upstreams(upstream_urls), config.UPSTREAM_REFRESH.get(),
+                          node_id=new_node_id())
     return AppParts(store=store, engine=Engine(engine_settings()),
                     max_body_bytes=config.MAX_BODY_BYTES.get(), upstreams=upstreams,
                     engine_enabled=not no_engine)
@@ -93,14 +96,25 @@ def run_server(address: endpoints.HostAddress, tailnet: bool = False, expose: bo
         parts.middleware.append(Middleware(Guard, gate=gate, render_error=error_response))
         parts.on_startup.append(gate.start)
         parts.on_shutdown.append(gate.close)
-        if parts.upstreams:  # inside the guard: only admitted callers are forwarded
+        discovery = (PeerDiscovery(LocalAPI(config.tailscaled_socket()), parts.upstreams,
+                                   config.PEER_DISCOVERY_INTERVAL.get())
+                     if tailnet and parts.upstreams is not None and config.DISCOVER_PEERS.get()
+                     else None)
+        if parts.upstreams is not None and (parts.upstreams or discovery is not None):
+            # inside the guard: only admitted callers are forwarded
             parts.middleware.append(Middleware(
                 MeshRouting, upstreams=parts.upstreams, store=parts.store,
-                max_body_bytes=parts.max_body_bytes, node_id=new_node_id()))
+                max_body_bytes=parts.max_body_bytes, node_id=parts.upstreams.node_id))
             parts.on_startup.append(parts.upstreams.start)
             parts.on_shutdown.append(parts.upstreams.close)
             log.info("upstreams: %s", ", ".join(
-                f"{upstream.name} ({upstream.settings.url})" for upstream in parts.upstreams.all))
+                f"{upstream.name} ({upstream.settings.url})" for upstream in parts.upstreams.all)
+                or "none configured")
+        if discovery is not None:  # after the upstreams start, before they close
+            parts.on_startup.append(discovery.start)
+            parts.on_shutdown.insert(len(parts.on_shutdown) - 1, discovery.close)
+            log.info("tailnet peers answering on port %d become upstreams (looked for every %gs)",
+                     discovery.port, discovery.interval)
         if no_engine:  # innermost: what the routing did not forward would be served here
             parts.middleware.append(Middleware(RefuseLocalModels))
             log.info("no engine: this node serves no models itself, it only forwards")

@@ -1,4 +1,5 @@
-"""A fake tailscaled: a real HTTP server on a Unix socket that speaks the LocalAPI's whois and status.
+"""A fake tailscaled: a real HTTP server on a Unix socket that speaks the LocalAPI's whois and status
+(with the netmap's peers unless asked with ``peers=false``).
 
 It answers with Tailscale's JSON shapes (``apitype.WhoIsResponse``, ``ipnstate.Status``), refuses
 requests whose Host is not ``local-tailscaled.sock`` or that carry an Origin (403, as tailscaled
@@ -56,6 +57,23 @@ class Node:
 
 
 @dataclass
+class Peer:
+    """Another node in the netmap, as status lists it (``ipnstate.PeerStatus``)."""
+
+    name: str
+    ips: list[str]
+    online: bool = True
+    tailnet_suffix: str = "tail1234.ts.net"  # another suffix: a node shared in from elsewhere
+    sharee: bool = False
+
+    def status(self) -> dict[str, Any]:
+        return {"ID": f"n{self.name}CNTRL", "HostName": self.name,
+                "DNSName": f"{self.name}.{self.tailnet_suffix}.", "OS": "linux",
+                "TailscaleIPs": list(self.ips), "Online": self.online,
+                "ShareeNode": self.sharee}
+
+
+@dataclass
 class FakeState:
     nodes: dict[str, Node] = field(default_factory=dict)
     whois_status: int = 200  # 404 or 500 make every whois fail that way
@@ -64,11 +82,15 @@ class FakeState:
     self_ips: list[str] = field(default_factory=list)
     self_user_id: int = 1
     tun: bool = True
+    peers: dict[str, Peer] = field(default_factory=dict)  # by name
     requests: list[tuple[str, str]] = field(default_factory=list)  # (path?query, Host)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, with_peers: bool = True) -> dict[str, Any]:
         running = self.backend_state == "Running"
+        peers = ({f"nodekey:{peer.name}": peer.status() for peer in list(self.peers.values())}
+                 if with_peers and running else None)
         return {
+            "Peer": peers,
             "Version": "1.90.0-fake",
             "TUN": self.tun,
             "BackendState": self.backend_state,
@@ -125,7 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         url = urlsplit(self.path)
         if url.path == "/localapi/v0/status":
-            self._send(200, state.status())
+            peers = parse_qs(url.query).get("peers", ["true"])[0] != "false"
+            self._send(200, state.status(with_peers=peers))
         elif url.path == "/localapi/v0/whois":
             addr = parse_qs(url.query).get("addr", [""])[0]
             if not addr:

@@ -22,8 +22,9 @@ def _wall_clock(monotonic: float) -> str:
 
 
 def node_summary(upstream: Upstream) -> dict[str, Any]:
-    # "unknown": not asked yet
-    state = "up" if upstream.up else "down" if upstream.checked else "unknown"
+    # "self": an upstream that is this node (listed once, as local); "unknown": not asked yet
+    state = ("self" if upstream.is_self else "up" if upstream.up
+             else "down" if upstream.checked else "unknown")
     return {
         "name": upstream.name,
         "url": upstream.settings.url,
@@ -37,6 +38,7 @@ def node_summary(upstream: Upstream) -> dict[str, Any]:
         "models": len(upstream.models) if upstream.up else 0,
         "in_flight": upstream.in_flight,
         "priority": upstream.settings.priority,
+        "discovered": upstream.discovered,
     }
 
 

@@ -50,6 +50,7 @@ from homeport.engine.service import (
 )
 from homeport.errors import BadRequestError
 from homeport.mesh.catalogue import merged_listing
+from homeport.mesh.upstreams import NODE_ID_HEADER
 from homeport.net.caller import caller_of
 from homeport.store import ModelRecord
 
@@ -245,7 +246,9 @@ async def root(request: Request) -> Response:
 async def version(request: Request) -> Response:
     from homeport import __version__
 
-    return JSONResponse({"version": OLLAMA_COMPAT_VERSION, "homeport": __version__})
+    upstreams = state_of(request).upstreams
+    node = {NODE_ID_HEADER: upstreams.node_id} if upstreams is not None and upstreams.node_id else {}
+    return JSONResponse({"version": OLLAMA_COMPAT_VERSION, "homeport": __version__}, headers=node)
 
 
 async def tags(request: Request) -> Response:

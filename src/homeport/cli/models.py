@@ -162,6 +162,3 @@ def rm(models: tuple[str, ...], endpoint: str | None) -> None:
         for model in models:
             client.delete(model)
             console.print(f"deleted '{model}'")
-
-
-commands = [list_, ps, show, cp, rm]

@@ -16,6 +16,8 @@ from homeport.cli.options import client_for, endpoint_option
 def _state(node: dict[str, Any]) -> str:
     if node.get("state") == "up":
         return "[green]up[/]"
+    if node.get("state") == "self":
+        return "this node (skipped)"
     if node.get("state") != "down":
         return "not asked yet"
     since = f" since {_ago(node['down_since'])}" if node.get("down_since") else ""

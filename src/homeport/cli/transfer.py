@@ -173,6 +173,3 @@ def import_(gguf_file: Path, model: str, system: str | None, parameters: tuple[s
     with client_for(endpoint) as client:
         create_from(client, model, modelfile, Path.cwd())
     err_console.print(f"imported {gguf_file.name} as '{model}'", highlight=False)
-
-
-commands = [pull, create, import_]

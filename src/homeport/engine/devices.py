@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import json
 import logging
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
-
-import llama_cpp
-from llama_cpp._ggml import libggml
 
 log = logging.getLogger(__name__)
 DISCOVERY_TIMEOUT = 60.0
@@ -37,20 +35,37 @@ class Device:
     description: str = ""
 
 
-def _bind(name: str, restype: Any, argtypes: list[Any]) -> Any:
-    function = getattr(libggml, name)
-    function.restype = restype
-    function.argtypes = argtypes
-    return function
+@dataclass(frozen=True)
+class _Registry:
+    """ggml's device registry functions, bound on first use: binding them loads llama.cpp, which
+    a server does only once it loads a model."""
+
+    count: Any
+    get: Any
+    name: Any
+    description: Any
+    type: Any
+    memory: Any
 
 
-_dev_count = _bind("ggml_backend_dev_count", ctypes.c_size_t, [])
-_dev_get = _bind("ggml_backend_dev_get", ctypes.c_void_p, [ctypes.c_size_t])
-_dev_name = _bind("ggml_backend_dev_name", ctypes.c_char_p, [ctypes.c_void_p])
-_dev_description = _bind("ggml_backend_dev_description", ctypes.c_char_p, [ctypes.c_void_p])
-_dev_type = _bind("ggml_backend_dev_type", ctypes.c_int, [ctypes.c_void_p])
-_dev_memory = _bind("ggml_backend_dev_memory", None, [
-    ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)])
+@functools.cache
+def _registry() -> _Registry:
+    from llama_cpp._ggml import libggml
+
+    def bind(name: str, restype: Any, argtypes: list[Any]) -> Any:
+        function = getattr(libggml, name)
+        function.restype = restype
+        function.argtypes = argtypes
+        return function
+
+    return _Registry(
+        count=bind("ggml_backend_dev_count", ctypes.c_size_t, []),
+        get=bind("ggml_backend_dev_get", ctypes.c_void_p, [ctypes.c_size_t]),
+        name=bind("ggml_backend_dev_name", ctypes.c_char_p, [ctypes.c_void_p]),
+        description=bind("ggml_backend_dev_description", ctypes.c_char_p, [ctypes.c_void_p]),
+        type=bind("ggml_backend_dev_type", ctypes.c_int, [ctypes.c_void_p]),
+        memory=bind("ggml_backend_dev_memory", None, [
+            ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]))
 
 
 def _text(raw: bytes | None) -> str:
@@ -59,21 +74,24 @@ def _text(raw: bytes | None) -> str:
 
 def list_devices() -> list[Device]:
     """Every device in ggml's registry, in registry order, with its memory now (in-process)."""
+    registry = _registry()
     devices = []
-    for index in range(int(_dev_count())):
-        handle = _dev_get(index)
+    for index in range(int(registry.count())):
+        handle = registry.get(index)
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        _dev_memory(handle, ctypes.byref(free), ctypes.byref(total))
+        registry.memory(handle, ctypes.byref(free), ctypes.byref(total))
         devices.append(Device(
-            name=_text(_dev_name(handle)),
-            type=_DEVICE_TYPES.get(int(_dev_type(handle)), "other"),
+            name=_text(registry.name(handle)),
+            type=_DEVICE_TYPES.get(int(registry.type(handle)), "other"),
             free=int(free.value), total=int(total.value),
-            description=_text(_dev_description(handle))))
+            description=_text(registry.description(handle))))
     return devices
 
 
 def gpu_build() -> bool:
     """Whether this llama.cpp can offload to a GPU at all."""
+    import llama_cpp
+
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 

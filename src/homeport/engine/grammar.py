@@ -20,8 +20,6 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from llama_cpp import llama_grammar
-
 from homeport.errors import InvalidOptionError
 
 MAX_SCHEMA_DEPTH = 64  # objects and arrays nested in the schema's JSON
@@ -42,6 +40,8 @@ _QUANTIFIER = re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
 def json_grammar(schema: dict[str, Any] | None) -> str:
     """GBNF for any JSON value (``format: "json"``) or for ``schema``; InvalidOptionError (a 400)
     for a schema that is too large or that the converter cannot express."""
+    from llama_cpp import llama_grammar  # loads llama.cpp: only for a request to run a model
+
     if schema is None:
         return str(llama_grammar.JSON_GBNF)
     check_schema(schema)

@@ -2,8 +2,9 @@
 
 Everything here calls llama-cpp-python's low-level ctypes bindings, which release the GIL while
 llama.cpp computes, so the event loop stays responsive while a scheduler thread decodes. Nothing
-outside ``engine/`` imports llama_cpp. A ``LlamaModel`` is used from one thread at a time: its
-scheduler's.
+outside ``engine/`` imports llama_cpp, and only what runs a model imports this module: a server
+that has loaded no model has not loaded llama.cpp (the settings types live in ``llama_types``).
+A ``LlamaModel`` is used from one thread at a time: its scheduler's.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,13 @@ import llama_cpp
 import numpy as np
 from llama_cpp._ggml import libggml
 
-from homeport.errors import HomeportError, InvalidOptionError
+from homeport.engine.llama_types import KV_CACHE_SIZE_FACTOR as KV_CACHE_SIZE_FACTOR
+from homeport.engine.llama_types import ContextSettings as ContextSettings
+from homeport.engine.llama_types import EngineError as EngineError
+from homeport.engine.llama_types import Offload as Offload
+from homeport.engine.llama_types import SamplingParams as SamplingParams
+from homeport.engine.llama_types import default_threads as default_threads
+from homeport.errors import InvalidOptionError
 
 log = logging.getLogger(__name__)
 
@@ -39,70 +44,6 @@ def _init_backend() -> None:
         logging.getLogger("llama-cpp-python").setLevel(level)
         llama_cpp.llama_backend_init()
         _backend_ready = True
-
-
-class EngineError(HomeportError):
-    """llama.cpp failed in a way the caller could not have prevented."""
-
-    status = 500
-
-
-@dataclass(frozen=True)
-class ContextSettings:
-    """Load-time settings: a change to any of them means a reload."""
-
-    n_ctx_per_seq: int
-    n_seq: int
-    n_batch: int = 512
-    n_threads: int = 0
-    flash_attention: str = "auto"  # auto, on, off
-    kv_cache_type: str = "f16"  # f16, q8_0, q4_0
-    num_gpu: int = -1  # layers on GPUs: -1 as many as fit (engine.placement), 0 none
-    speculation: bool = True  # draft tokens from the request's own text (engine.drafting)
-
-    @property
-    def n_ctx_total(self) -> int:
-        return self.n_ctx_per_seq * self.n_seq
-
-
-@dataclass(frozen=True)
-class Offload:
-    """Where llama.cpp puts the layers (``engine.placement`` decides): ``n_gpu_layers`` of them
-    on GPUs, by index among the offload devices; the experts of the first ``cpu_expert_layers``
-    layers stay in host memory. The default keeps everything on the CPU."""
-
-    n_gpu_layers: int = 0
-    split_mode: str = "none"  # none: all on main_gpu; layer: in tensor_split's proportions
-    main_gpu: int = 0
-    tensor_split: tuple[float, ...] = ()
-    cpu_expert_layers: int = 0
-
-    def expert_patterns(self) -> list[str]:
-        """llama.cpp tensor buffer override patterns (as ``--n-cpu-moe`` writes them)."""
-        return [rf"blk\.{layer}\.ffn_(up|down|gate|gate_up)_(ch|)exps"
-                for layer in range(self.cpu_expert_layers)]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.9
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int = -1
-    grammar: str | None = None
-
-
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class Batch:
@@ -144,8 +85,6 @@ _FLASH_ATTENTION = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
                     "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED}
 _KV_CACHE_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0,
                    "q4_0": llama_cpp.GGML_TYPE_Q4_0}
-# Bytes a cache type stores per value, relative to f16's two: blocks of 32 values with a scale.
-KV_CACHE_SIZE_FACTOR = {"f16": 1.0, "q8_0": 34 / 64, "q4_0": 18 / 64}
 
 # The grammar is applied to the best 64 candidates, then the best 512, 4096, then the rest: most
 # rejected free samples are settled by the first chunk or two, and few calls keep the worst case

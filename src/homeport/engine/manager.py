@@ -20,18 +20,20 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeport import metrics
 from homeport.engine.devices import discover_devices
-from homeport.engine.llama import ContextSettings, LlamaModel
+from homeport.engine.llama_types import ContextSettings
 from homeport.engine.memory import available_memory
 from homeport.engine.placement import Placement, model_needs, place
 from homeport.engine.runner import ModelLoadError, RunnerClient
-from homeport.engine.vocabulary import Vocabulary
 from homeport.errors import HomeportError, ModelTooLargeError, ServerBusyError
 from homeport.humanize import format_bytes
 from homeport.store import ModelRecord
+
+if TYPE_CHECKING:
+    from homeport.engine.llama import LlamaModel
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +218,10 @@ class ModelManager:
         try:
             await asyncio.wait_for(client.start(), timeout=self.settings.load_timeout)
             # Only once the runner loaded the whole file: a file that crashes llama.cpp has
-            # crashed the runner by now, never the server.
+            # crashed the runner by now, never the server. llama.cpp is loaded into the server
+            # with its first model's vocabulary, not before: a node that serves none stays light.
+            from homeport.engine.vocabulary import Vocabulary
+
             vocabulary = await asyncio.to_thread(Vocabulary, record.model_path)
         except BaseException as exc:
             # A caller that gives up (timeout, client gone) must not strand a runner.

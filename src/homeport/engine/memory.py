@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from homeport.engine.llama import KV_CACHE_SIZE_FACTOR, ContextSettings
+from homeport.engine.llama_types import KV_CACHE_SIZE_FACTOR, ContextSettings
 from homeport.store.gguf import GGUFInfo
 
 GIB = 1024**3

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 
 from homeport.engine.devices import Device
-from homeport.engine.llama import ContextSettings, Offload
+from homeport.engine.llama_types import ContextSettings, Offload
 from homeport.engine.memory import HOST_OVERHEAD_BYTES, kv_cache_bytes, logits_bytes, vocab_size
 from homeport.humanize import format_bytes
 from homeport.store.gguf import GGUFInfo

@@ -28,7 +28,7 @@ from typing import Any
 from prometheus_client import Gauge
 
 from homeport import metrics
-from homeport.engine.llama import ContextSettings, EngineError, Offload
+from homeport.engine.llama_types import ContextSettings, EngineError, Offload
 from homeport.engine.runner_protocol import HEADER, MetricOp, body_size, frame, parse
 from homeport.engine.scheduler import EmbeddingJob, Failed, Finished, Job
 from homeport.errors import BadRequestError, HomeportError

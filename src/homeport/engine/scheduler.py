@@ -32,13 +32,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from homeport import metrics
 from homeport.engine.drafting import DraftPolicy, NgramDrafter
-from homeport.engine.llama import Batch, EngineError, LlamaModel, Sampler, SamplingParams
+from homeport.engine.llama_types import EngineError, SamplingParams
 from homeport.engine.stops import StopFinder
 from homeport.errors import HomeportError
+
+if TYPE_CHECKING:  # the jobs and events are the server's too, which loads llama.cpp only later
+    from homeport.engine.llama import LlamaModel, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +184,8 @@ class Scheduler:
 
     def __init__(self, model: LlamaModel, n_slots: int, n_batch: int, label: str,
                  deliver: Deliver, speculation: bool = False) -> None:
+        from homeport.engine.llama import Batch  # where a model runs: llama.cpp is loaded
+
         self.model = model
         self._deliver = deliver
         self._outbox: Outbox = []

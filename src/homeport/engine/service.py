@@ -17,7 +17,7 @@ from typing import Any
 
 from homeport import metrics
 from homeport.engine.grammar import json_grammar
-from homeport.engine.llama import ContextSettings, Sampler, SamplingParams, default_threads
+from homeport.engine.llama_types import ContextSettings, SamplingParams, default_threads
 from homeport.engine.manager import ManagerSettings, ModelManager, Runner
 from homeport.engine.memory import available_memory, default_context_length
 from homeport.engine.options import ModelOptions, resolve_options
@@ -479,6 +479,8 @@ def _grammar_for(format_: str | dict[str, Any] | None) -> str | None:
 def _check_grammar(runner: Runner, grammar: str) -> None:
     """InvalidOptionError (a 400) when llama.cpp will not compile ``grammar`` for this model's
     vocabulary (the server's copy of it: a grammar sampler needs no weights)."""
+    from homeport.engine.llama import Sampler  # loaded already: the runner's model is
+
     Sampler(runner.model, SamplingParams(grammar=grammar)).free()
 
 

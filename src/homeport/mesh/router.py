@@ -51,6 +51,8 @@ def choose(upstreams: Upstreams, key: str, here: bool, pinned: str | None) -> De
         upstream = upstreams.named(pinned)
         if upstream is None:
             return UnknownNode(pinned)
+        if upstream.is_self:
+            return Local()
         if not upstream.up and upstream.checked:
             return Unavailable((upstream.name,), _retry_after([upstream]))
         return Remote((upstream,))

@@ -37,6 +37,9 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 # Connecting is quick or the machine is away; an answer may take as long as a model needs.
 FORWARD_TIMEOUT = httpx.Timeout(None, connect=2.0)
+# A homeport node names its process in /api/version's answer, so that a node finding its own id
+# there knows the upstream is itself (a shared HOMEPORT_UPSTREAMS list names every machine).
+NODE_ID_HEADER = "x-homeport-node-id"
 MAX_LISTED_MODELS = 10_000  # an upstream's listing is held to this many entries
 
 
@@ -118,6 +121,8 @@ class Upstream:
     kind: Kind = "auto"
     up: bool = False
     checked: bool = False  # asked at least once
+    is_self: bool = False  # this very node: never asked again, never routed to, lists nothing
+    discovered: bool = False  # found among the tailnet's peers, not configured
     down_since: float | None = None
     last_error: str = ""
     failures: int = 0
@@ -144,6 +149,12 @@ class Upstream:
             log.info("upstream %s is up with %d models", self.name, len(models))
         self.up, self.checked, self.models = True, True, models
         self.down_since, self.last_error, self.failures = None, "", 0
+
+    def mark_self(self) -> None:
+        log.info("upstream %s is this node itself: its models are listed once, as local",
+                 self.name)
+        self.is_self, self.up, self.checked, self.models, self.native = True, False, True, {}, {}
+        self.last_error, self.next_check = "", float("inf")
 
     def mark_down(self, error: str) -> None:
         """Down until the refresher hears from it again, tried less often the longer it stays."""
@@ -198,7 +209,11 @@ def _tags_entry(native: dict[str, Any]) -> dict[str, Any]:
                                       "parameter_size": "", "quantization_level": ""}}
 
 
-def _kind_of(body: Any) -> Kind:
+class IsSelf(Exception):
+    """The upstream answered with this node's own id."""
+
+
+def kind_of_version(body: Any) -> Kind:
     if isinstance(body, dict) and "homeport" in body:
         return "homeport"
     if isinstance(body, dict) and isinstance(body.get("version"), str):
@@ -209,9 +224,11 @@ def _kind_of(body: Any) -> Kind:
 class Upstreams:
     """Every upstream and the background task that keeps their state fresh."""
 
-    def __init__(self, settings: Iterable[UpstreamConfig], interval: float) -> None:
+    def __init__(self, settings: Iterable[UpstreamConfig], interval: float,
+                 node_id: str = "") -> None:
         self.all = [Upstream(settings=item, kind=item.kind) for item in settings]
         self.interval = interval
+        self.node_id = node_id  # this process's id, to know itself among its upstreams
         self._client: httpx.AsyncClient | None = None  # probes: short timeouts
         self._forwarding: httpx.AsyncClient | None = None  # requests: as long as answers take
         self._task: asyncio.Task[None] | None = None
@@ -227,11 +244,19 @@ class Upstreams:
             if upstream.settings.token:
                 upstream.token = resolve_secret(upstream.settings.token,
                                                 f"upstream {upstream.name} token")
-        if self.all:
-            self._client = httpx.AsyncClient(timeout=PROBE_TIMEOUT, trust_env=False)
-            self._forwarding = httpx.AsyncClient(timeout=FORWARD_TIMEOUT, trust_env=False,
-                                                 limits=httpx.Limits(max_connections=None))
-            self._task = asyncio.create_task(self._refresh_forever(), name="upstreams")
+        # Started with none only where peers may be discovered later.
+        self._client = httpx.AsyncClient(timeout=PROBE_TIMEOUT, trust_env=False)
+        self._forwarding = httpx.AsyncClient(timeout=FORWARD_TIMEOUT, trust_env=False,
+                                             limits=httpx.Limits(max_connections=None))
+        self._task = asyncio.create_task(self._refresh_forever(), name="upstreams")
+
+    def add(self, upstream: Upstream) -> None:
+        """A discovered upstream joins; the refresher asks it at its next round."""
+        self.all.append(upstream)
+
+    def remove(self, upstream: Upstream) -> None:
+        """A discovered upstream that left the tailnet (requests it answers now finish)."""
+        self.all.remove(upstream)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -273,6 +298,8 @@ class Upstreams:
                 upstream.mark_up(_listed_models(upstream, tags.json()))
                 upstream.round_trip = time.monotonic() - started
             upstream.next_check = time.monotonic() + self.interval
+        except IsSelf:
+            upstream.mark_self()
         except httpx.ReadTimeout:
             # Connected but slow to answer: busy, not away (a one-slot server such as
             # llama-cpp-python's lists its models only between two answers). Asked again later.
@@ -284,18 +311,23 @@ class Upstreams:
 
     async def _probe_kind(self, upstream: Upstream) -> Kind:
         """The configured kind, or for ``auto`` what ``/api/version`` (homeport, Ollama) or else
-        ``/v1/models`` (an OpenAI-compatible server) says it is."""
-        if upstream.settings.kind != "auto":
-            return upstream.settings.kind
+        ``/v1/models`` (an OpenAI-compatible server) says it is; IsSelf when it is this node."""
+        configured = upstream.settings.kind
+        if configured not in ("auto", "homeport"):
+            return configured
         assert self._client is not None
         base, headers = upstream.settings.url, upstream.headers()
         try:
             version = await self._client.get(f"{base}/api/version", headers=headers)
             version.raise_for_status()
-            return _kind_of(version.json())
+            if self.node_id and version.headers.get(NODE_ID_HEADER) == self.node_id:
+                raise IsSelf()
+            return kind_of_version(version.json()) if configured == "auto" else configured
         except httpx.TransportError:
             raise  # not reachable at all: asking another path will not help
         except (httpx.HTTPError, ValueError):
+            if configured == "homeport":
+                return configured  # its model list tells whether it is up
             listing = await self._client.get(f"{base}/v1/models", headers=headers)
             listing.raise_for_status()
             _openai_models(upstream, listing.json())  # a ValueError unless it lists models

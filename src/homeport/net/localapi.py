@@ -79,11 +79,22 @@ class SelfStatus(_Shape):
     Tags: list[str] | None = None
 
 
+class PeerStatus(_Shape):
+    """One other node in the netmap (``ipnstate.PeerStatus``)."""
+
+    HostName: str = ""
+    DNSName: str = ""  # in this tailnet's MagicDNS domain unless shared in from another tailnet
+    TailscaleIPs: list[str] | None = None
+    Online: bool = False
+    ShareeNode: bool = False  # a node of someone this tailnet shared a node with: not ours
+
+
 class Status(_Shape):
     BackendState: str = ""
     TUN: bool = True  # False: userspace networking, peers arrive from 127.0.0.1
     Self: SelfStatus | None = None
     MagicDNSSuffix: str = ""
+    Peer: dict[str, PeerStatus] | None = None  # only when asked for with peers
 
     @property
     def running(self) -> bool:
@@ -152,10 +163,10 @@ class LocalAPI:
         whois: WhoIs = _parse(WhoIs, response, "whois")
         return whois
 
-    async def status(self) -> Status:
+    async def status(self, peers: bool = False) -> Status:
         try:
             response = await self._client.get("/localapi/v0/status",
-                                              params={"peers": "false"})
+                                              params={"peers": "true" if peers else "false"})
         except httpx.HTTPError as exc:
             raise _failure(exc) from None
         status: Status = _parse(Status, response, "status")

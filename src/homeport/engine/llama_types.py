@@ -1,0 +1,80 @@
+"""What the engine's callers pass to llama.cpp and get back, without loading it.
+
+``engine.llama`` loads llama.cpp's library when it is imported; these types are what the server
+side (scheduling, placement, memory estimates, runner processes' settings) needs of it, so that a
+server which has loaded no model (a gateway node, a laptop with no models) never maps libllama.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from homeport.errors import HomeportError
+
+# Bytes a cache type stores per value, relative to f16's two: blocks of 32 values with a scale.
+KV_CACHE_SIZE_FACTOR = {"f16": 1.0, "q8_0": 34 / 64, "q4_0": 18 / 64}
+
+
+class EngineError(HomeportError):
+    """llama.cpp failed in a way the caller could not have prevented."""
+
+    status = 500
+
+
+@dataclass(frozen=True)
+class ContextSettings:
+    """Load-time settings: a change to any of them means a reload."""
+
+    n_ctx_per_seq: int
+    n_seq: int
+    n_batch: int = 512
+    n_threads: int = 0
+    flash_attention: str = "auto"  # auto, on, off
+    kv_cache_type: str = "f16"  # f16, q8_0, q4_0
+    num_gpu: int = -1  # layers on GPUs: -1 as many as fit (engine.placement), 0 none
+    speculation: bool = True  # draft tokens from the request's own text (engine.drafting)
+
+    @property
+    def n_ctx_total(self) -> int:
+        return self.n_ctx_per_seq * self.n_seq
+
+
+@dataclass(frozen=True)
+class Offload:
+    """Where llama.cpp puts the layers (``engine.placement`` decides): ``n_gpu_layers`` of them
+    on GPUs, by index among the offload devices; the experts of the first ``cpu_expert_layers``
+    layers stay in host memory. The default keeps everything on the CPU."""
+
+    n_gpu_layers: int = 0
+    split_mode: str = "none"  # none: all on main_gpu; layer: in tensor_split's proportions
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = ()
+    cpu_expert_layers: int = 0
+
+    def expert_patterns(self) -> list[str]:
+        """llama.cpp tensor buffer override patterns (as ``--n-cpu-moe`` writes them)."""
+        return [rf"blk\.{layer}\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+                for layer in range(self.cpu_expert_layers)]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1
+    grammar: str | None = None
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
