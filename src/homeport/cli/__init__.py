@@ -1,6 +1,6 @@
 """The ``homeport`` command: one click group, one module per group of subcommands.
 
-Only ``serve`` imports server code. Every other command talks to a server through
+Only ``serve`` and ``worker`` import server code. Every other command talks to a server through
 ``homeport.client``, except ``token`` and ``audit``, which manage the server's own files on its
 machine. Expected failures (``HomeportError``) print one line and exit 1; anything else is a bug
 and keeps its traceback.
@@ -52,6 +52,7 @@ def _register() -> None:
         serve,
         token,
         transfer,
+        worker,
     )
 
     main.add_command(serve.serve)
@@ -67,6 +68,7 @@ def _register() -> None:
     main.add_command(doctor.doctor)
     main.add_command(token.token)
     main.add_command(audit.audit)
+    main.add_command(worker.worker)
 
 
 _register()

@@ -21,6 +21,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp._ggml import libggml
 
+from homeport.engine import rpc
 from homeport.errors import HomeportError, InvalidOptionError
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ class Offload:
     main_gpu: int = 0
     tensor_split: tuple[float, ...] = ()
     cpu_expert_layers: int = 0
+    # RPC workers (host:port) registered before the load; their devices come first in the
+    # device list that main_gpu and tensor_split index.
+    rpc_servers: tuple[str, ...] = ()
 
     def expert_patterns(self) -> list[str]:
         """llama.cpp tensor buffer override patterns (as ``--n-cpu-moe`` writes them)."""
@@ -378,6 +382,8 @@ class LlamaModel:
         _init_backend()
         self.path = path
         self.settings = settings
+        if offload is not None and offload.rpc_servers:
+            rpc.add_servers(list(offload.rpc_servers))  # aborts when a worker does not answer
         model_params = llama_cpp.llama_model_default_params()
         model_params.use_mmap = True
         self._offload_arrays = _set_offload(model_params, offload or Offload())
