@@ -1,0 +1,118 @@
+"""The worker's gate on a fake tailnet: a worker on this machine's "tailnet" address (the lab's bridge,
+which the fake tailscaled reports as ours), peers in network namespaces. alice is allowed by the
+worker's policy, bob is on the tailnet but not allowed, the stranger is not on the tailnet at all.
+A refused peer's connection is closed before any byte reaches ggml's RPC server (which prints each
+connection it accepts); alice's real ggml client gets through and lists the worker's device.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from homeport.engine import rpc
+from tests.support.fake_tailscaled import FakeTailscaled, Node
+from tests.support.netns import Lab, Peer
+from tests.support.server import PROJECT_SRC
+from tests.support.tailnet import tailnet_lab
+from tests.support.waiting import wait_for
+from tests.support.worker import WorkerProcess
+
+POLICY = """
+[tailnet]
+owner = true
+
+[[allow]]
+logins = ["alice@example.com"]
+"""
+
+# A ggml RPC client's first message, HELLO (command 0, an 8-byte size, the request), then a read:
+# what the peer gets back before the connection closes, as hex ("" when nothing).
+PROBE = """
+import socket, struct, sys
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+try:
+    sock.sendall(bytes([0]) + struct.pack("<Q", 4) + bytes(4))
+    received = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        received += chunk
+except OSError as exc:
+    print("error", type(exc).__name__)
+else:
+    print("closed", received.hex())
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with tailnet_lab("alice", "bob", lan_stranger=True) as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def worker(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    assert rpc.available(), "llama.cpp was built without RPC: `./dev setup` rebuilds it"
+    home = tmp_path_factory.mktemp("gate")
+    fake = FakeTailscaled(home / "tailscaled.sock")
+    fake.state.self_ips = [lab.server_ipv4, lab.server_ipv6]
+    fake.add(Node(lab.peers["alice"].ipv4, "alice@example.com", 10, "alice-laptop"))
+    fake.add(Node(lab.peers["bob"].ipv4, "bob@example.com", 20, "bob-desktop"))
+    fake.start()
+    policy = home / "policy.toml"
+    policy.write_text(POLICY)
+    env = {"HOMEPORT_TAILSCALED_SOCKET": str(fake.socket_path), "HOMEPORT_POLICY": str(policy)}
+    try:
+        # No --listen host given but the tailnet's: the default would pick it too (port aside).
+        with WorkerProcess(home, host=lab.server_ipv4, env=env) as process:
+            yield process
+    finally:
+        fake.stop()
+
+
+def probe(lab: Lab, peer: Peer, worker: WorkerProcess) -> str:
+    result = lab.run(peer, [sys.executable, "-c", PROBE, worker.host, str(worker.port)],
+                     timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("bob", "refused a connection from bob-desktop (bob@example.com): bob@example.com "
+            "(node bob-desktop) may not use this server"),
+    ("stranger", "it is not on this tailnet"),
+])
+def test_a_peer_the_policy_does_not_allow_is_closed_before_any_rpc_byte(
+        lab: Lab, worker: WorkerProcess, name: str, reason: str) -> None:
+    before = worker.accepted()
+    # Closed with nothing sent back: not even ggml's HELLO reply.
+    assert probe(lab, lab.peers[name], worker) == "closed"
+    assert wait_for(lambda: reason in worker.log(), timeout=30), worker.log()[-2000:]
+    assert worker.accepted() == before  # ggml's server never saw the connection
+
+
+def test_an_allowed_peer_reaches_ggml_and_lists_the_worker_s_device(
+        lab: Lab, worker: WorkerProcess) -> None:
+    before = worker.accepted()
+    env = {"PYTHONPATH": str(PROJECT_SRC), "GGML_NO_BACKTRACE": "1"}
+    result = lab.run(lab.peers["alice"], [sys.executable, "-m", "homeport.engine.devices",
+                                          "--workers", worker.endpoint], timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    devices = json.loads(result.stdout)
+    remote = [device for device in devices if device["endpoint"] == worker.endpoint]
+    assert len(remote) == 1
+    assert remote[0]["name"] == "RPC0"
+    assert remote[0]["total"] > 0
+    assert worker.accepted() > before
+    assert "serving alice-laptop (alice@example.com)" in worker.log()
+
+
+def test_the_worker_log_names_its_audience(worker: WorkerProcess, tmp_path: Path) -> None:
+    assert f"worker listening on {worker.endpoint}: reachable by nodes of your tailnet the " \
+           "policy allows" in worker.log()
