@@ -28,6 +28,7 @@ from homeport.worker.slots import LOOPBACK, Slots
 log = logging.getLogger(__name__)
 
 FIRST_BYTE_TIMEOUT = 30.0  # an admitted connection that says nothing is closed after this
+SLOT_WAIT = 10.0  # seconds an admitted connection waits for an idle RPC server
 CHUNK = 1 << 20
 
 
@@ -103,10 +104,10 @@ class WorkerGate:
             return
         if not first:
             return  # connected and left: someone checking that the worker is up
-        port = self.slots.take()
+        port = await self.slots.take(SLOT_WAIT)
         if port is None:
-            log.warning("refused a connection from %s: all %d RPC slots are in use (start the "
-                        "worker with more --slots)", admission.who, self.slots.count)
+            log.warning("refused a connection from %s: all %d RPC slots stayed in use (start "
+                        "the worker with more --slots)", admission.who, self.slots.count)
             return
         log.info("serving %s", admission.who)
         try:
@@ -122,7 +123,7 @@ class WorkerGate:
             with contextlib.suppress(OSError):
                 await upstream_writer.wait_closed()
             self.slots.give_back(port)
-            log.info("%s disconnected", admission.who)
+            log.debug("%s disconnected", admission.who)
 
     async def close(self) -> None:
         for task in list(self._connections):

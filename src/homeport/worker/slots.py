@@ -9,6 +9,7 @@ the only way in from the tailnet.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -29,22 +30,22 @@ START_ATTEMPTS = 3  # an ephemeral port another process took in the meantime: tr
 
 @dataclass
 class Slots:
-    """``count`` RPC servers on loopback ports; ``take``/``give_back`` lend them out."""
+    """``count`` RPC servers on loopback ports; ``take``/``give_back`` lend them out (on the event
+    loop)."""
 
     count: int
     threads: int
     cache_dir: str | None
     ports: list[int] = field(default_factory=list)
-    _idle: list[int] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _idle: asyncio.Queue[int] | None = None
 
     def start(self) -> None:
+        """Start the servers (blocking: call it before the event loop runs)."""
         devices = rpc.served_devices()
         if not devices:
             raise ConfigError("llama.cpp lists no device to serve")
         for _ in range(self.count):
             self.ports.append(self._start_one(devices))
-        self._idle = list(self.ports)
 
     def _start_one(self, devices: list[int]) -> int:
         for _ in range(START_ATTEMPTS):
@@ -65,14 +66,22 @@ class Slots:
                      LOOPBACK, port)
         raise ConfigError("ggml's RPC server could not listen on loopback")
 
-    def take(self) -> int | None:
-        """An idle server's port, or None when every one is serving a connection."""
-        with self._lock:
-            return self._idle.pop(0) if self._idle else None
+    async def take(self, wait: float) -> int | None:
+        """An idle server's port, waiting up to ``wait`` seconds for one; None when every one
+        stays busy. (ggml's client opens short connections one after another while it sets up:
+        the previous one's slot may not be back yet.)"""
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+            for port in self.ports:
+                self._idle.put_nowait(port)
+        try:
+            return await asyncio.wait_for(self._idle.get(), timeout=wait)
+        except TimeoutError:
+            return None
 
     def give_back(self, port: int) -> None:
-        with self._lock:
-            self._idle.append(port)
+        assert self._idle is not None
+        self._idle.put_nowait(port)
 
 
 def _free_port() -> int:
