@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from homeport.engine import rpc
@@ -27,6 +28,7 @@ from tests.conftest import MODEL
 from tests.support.server import ServerProcess
 from tests.support.worker import WorkerProcess
 from tests.test_cli_models import homeport
+from tests.test_runners import runner_pids
 
 UNITS, OFFLOADED = 31, 20
 PROMPT = "Why is the sky blue? Answer in one sentence."
@@ -68,6 +70,11 @@ def generate(url: str, options: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
+def connected_ports(pid: int) -> set[int]:
+    return {conn.raddr.port for conn in psutil.Process(pid).net_connections(kind="tcp")
+            if conn.raddr and conn.status == psutil.CONN_ESTABLISHED}
+
+
 def machines(url: str) -> tuple[dict[str, Any], list[tuple[str, int]]]:
     """The model's /api/ps entry and its (machine, layers) shares."""
     running = httpx.get(f"{url}/api/ps", timeout=30).json()["models"]
@@ -91,9 +98,11 @@ def test_layers_are_placed_across_both_workers_and_the_server(
     assert entry["size_vram"] == 0  # none of it in this machine's GPU memory
     assert all(share["size"] > 0 for share in entry["homeport"]["machines"])
     assert sum(share["size"] for share in entry["homeport"]["machines"]) == entry["size"]
-    # The runner really connected to both: ggml's servers behind the gates took connections.
+    # The runner really holds the model there: ggml's servers behind the gates took
+    # connections, and the loaded runner keeps one open to each worker.
     assert first.accepted() > before[0]
     assert second.accepted() > before[1]
+    assert {first.port, second.port} <= connected_ports(runner_pids(split_server)[MODEL])
     assert re.search(rf"placing {re.escape(MODEL)}: {OFFLOADED}/{UNITS} layers on GPU: "
                      rf"RPC0 on {re.escape(first.endpoint)} \d+ layers .*RPC1 on "
                      rf"{re.escape(second.endpoint)} \d+ layers", split_server.log())
@@ -132,6 +141,7 @@ def test_a_worker_killed_mid_stream_ends_the_stream_and_the_next_load_goes_witho
             last = [json.loads(line) for line in lines if line][-1]
         assert "runner stopped unexpectedly" in last["error"], last
         assert MODEL in last["error"]
+        assert "RPC" in last["error"]  # llama.cpp's abort message, passed on
         assert server.alive()
         # The next request loads the model again, on what is left.
         assert generate(server.url, SPLIT)["response"].strip()

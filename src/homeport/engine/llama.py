@@ -360,6 +360,12 @@ def _set_offload(params: Any, offload: Offload) -> list[Any]:
     params.split_mode = _SPLIT_MODES[offload.split_mode]
     params.main_gpu = offload.main_gpu
     kept: list[Any] = []
+    if offload.rpc_servers:
+        # NULL-terminated, in the order main_gpu and tensor_split index.
+        handles = rpc.offload_devices(offload.rpc_servers)
+        devices = (ctypes.c_void_p * (len(handles) + 1))(*handles, None)
+        params.devices = ctypes.cast(devices, ctypes.c_void_p)
+        kept.append(devices)
     if offload.tensor_split:
         split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(
             *offload.tensor_split[:llama_cpp.LLAMA_MAX_DEVICES])

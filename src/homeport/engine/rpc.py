@@ -28,7 +28,7 @@ from homeport.errors import ConfigError
 PROTOCOL_MAJOR = 7
 RPC_REGISTRY_NAME = "RPC"  # what ggml_backend_reg_name says of an RPC device's registry
 # enum ggml_backend_dev_type
-_TYPE_CPU, _TYPE_ACCEL = 0, 3
+_TYPE_CPU, _TYPE_GPU, _TYPE_IGPU, _TYPE_ACCEL = 0, 1, 2, 3
 
 
 def _bind(name: str, restype: Any, argtypes: list[Any]) -> Any:
@@ -47,6 +47,7 @@ _dev_get = _bind("ggml_backend_dev_get", ctypes.c_void_p, [ctypes.c_size_t])
 _dev_type = _bind("ggml_backend_dev_type", ctypes.c_int, [ctypes.c_void_p])
 _dev_reg = _bind("ggml_backend_dev_backend_reg", ctypes.c_void_p, [ctypes.c_void_p])
 _reg_name = _bind("ggml_backend_reg_name", ctypes.c_char_p, [ctypes.c_void_p])
+_dev_description = _bind("ggml_backend_dev_description", ctypes.c_char_p, [ctypes.c_void_p])
 
 _AddServer = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)
 _StartServer = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
@@ -90,6 +91,21 @@ def add_servers(endpoints: list[str]) -> None:
 def is_rpc_device(handle: int) -> bool:
     registry = _dev_reg(handle)
     return bool(registry) and _reg_name(registry) == RPC_REGISTRY_NAME.encode()
+
+
+def offload_devices(endpoints: tuple[str, ...]) -> list[int]:
+    """The devices a model is loaded on when workers are involved, in ``placement``'s order:
+    each worker's devices (in ``endpoints`` order), then the local GPUs (or integrated GPUs
+    when there is no discrete one). llama.cpp is given this list explicitly: its own choice
+    (``devices`` NULL) leaves devices added by ``ggml_backend_register`` out in this build."""
+    handles = [_dev_get(index) for index in range(int(_dev_count()))]
+    remote = {endpoint: [handle for handle in handles if is_rpc_device(handle)
+                         and _dev_description(handle) == endpoint.encode()]
+              for endpoint in endpoints}
+    local = [handle for handle in handles if not is_rpc_device(handle)]
+    gpus = [handle for handle in local if int(_dev_type(handle)) == _TYPE_GPU]
+    igpus = [handle for handle in local if int(_dev_type(handle)) == _TYPE_IGPU]
+    return [handle for endpoint in endpoints for handle in remote[endpoint]] + (gpus or igpus)
 
 
 def served_devices() -> list[int]:
