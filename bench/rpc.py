@@ -1,6 +1,7 @@
 """What placing a model on RPC workers costs: the same model split over workers on loopback, and local.
 
     PYTHONPATH=src python -m bench.rpc [--rounds 3] [--tokens 64] [--workers 2] [--num-gpu 20]
+                                      [--threads 0] [--worker-threads 1]
 
 First the placement plan for this machine's own devices (ggml's registry, as the server sees it)
 and the bundled model. Then ``--workers`` ``homeport worker`` processes start on loopback, serving
@@ -129,8 +130,8 @@ async def one_round(offload: Offload, path: Path, settings: ContextSettings,
 
 
 async def bench(rounds: int, tokens: int, workers: list[str], num_gpu: int,
-                path: Path) -> dict[str, Any]:
-    settings = ContextSettings(n_ctx_per_seq=512, n_seq=1)
+                path: Path, threads: int) -> dict[str, Any]:
+    settings = ContextSettings(n_ctx_per_seq=512, n_seq=1, n_threads=threads)
     plan = await rpc_plan(path, settings, workers, num_gpu)
     assert set(plan.offload.rpc_servers) == set(workers), plan.describe()
     print(f"rpc side: {plan.describe()}", flush=True)
@@ -173,7 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, choices=range(1, 5))
     parser.add_argument("--num-gpu", type=int, default=20, help="units on the workers (of 31)")
-    parser.add_argument("--worker-threads", type=int, default=1)
+    parser.add_argument("--worker-threads", type=int, default=1,
+                        help="CPU threads of each worker")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads of the runner (default 0: one per core, as the server)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     if not rpc.available():
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             workers.start()
             result = asyncio.run(bench(args.rounds, args.tokens, workers.endpoints,
-                                       args.num_gpu, path))
+                                       args.num_gpu, path, args.threads))
         finally:
             workers.stop()
     print_table(result)
@@ -201,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     target.write_text(json.dumps({
         "machine": machine_start, "load_end": machine.load_average(), "rounds": args.rounds,
         "tokens": args.tokens, "workers": args.workers, "num_gpu": args.num_gpu,
+        "threads": args.threads, "worker_threads": args.worker_threads,
         "local_devices": devices, "local_placement": plan.describe(), "results": result,
     }, indent=2))
     print(f"wrote {target}")
