@@ -291,6 +291,23 @@ def test_a_worker_that_gets_no_layer_is_not_registered(dense: GGUFInfo) -> None:
     assert [m.machine for m in placement.machines()] == ["local"]
 
 
+def test_workers_are_used_only_for_what_this_machine_cannot_hold(dense: GGUFInfo) -> None:
+    needs = model_needs(dense, SETTINGS)
+    devices = [CPU, worker("RPC0", "10.0.0.2:50052", 10 * DENSE_LAYER)]
+    whole = estimate_model_bytes(dense, SETTINGS)
+    at_home = place(needs, devices, host_room=whole)
+    assert at_home.offload == Offload()
+    assert at_home.reason == "no GPU device"
+    # One byte short at home: the worker takes what it can (here, everything it can offload).
+    borrowed = place(needs, devices, host_room=whole - 1)
+    assert borrowed.offload.rpc_servers == ("10.0.0.2:50052",)
+    assert borrowed.offload.n_gpu_layers == 5
+    assert "this machine alone would need" in borrowed.reason
+    # num_gpu asks for the layers to leave this machine, wherever they fit.
+    assert place(needs, devices, num_gpu=2, host_room=whole).offload.rpc_servers == \
+        ("10.0.0.2:50052",)
+
+
 def test_spread_splits_over_every_device_and_keeps_the_rest_on_the_cpu(dense: GGUFInfo) -> None:
     roomy = 10 * DENSE_LAYER
     devices = [CPU, worker("RPC0", "127.0.0.1:50061", roomy),

@@ -20,12 +20,18 @@ import psutil
 import pytest
 
 from homeport.engine import rpc
+from homeport.engine.devices import Device
+from homeport.engine.llama import ContextSettings
+from homeport.engine.placement import model_needs, place
 from homeport.errors import ConfigError
 from homeport.net.addresses import parse_ip
 from homeport.net.binding import TailnetSight
+from homeport.store.bundled import find_bundled_gguf
+from homeport.store.gguf import read_gguf
 from homeport.worker.listen import listen_address
 from tests.conftest import MODEL
 from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for
 from tests.support.worker import WorkerProcess
 from tests.test_cli_models import homeport
 from tests.test_runners import runner_pids
@@ -149,6 +155,45 @@ def test_a_worker_killed_mid_stream_ends_the_stream_and_the_next_load_goes_witho
                                            (first.endpoint, OFFLOADED)]
         assert f"RPC worker {doomed.endpoint} is unreachable" in server.log()
     assert not server.alive()
+
+
+def host_bytes(on_worker: bool) -> int:
+    """The server's host share of the bundled model at its test settings, with a roomy worker
+    taking every layer, or alone (the same estimate the server makes)."""
+    path = find_bundled_gguf()
+    assert path is not None
+    needs = model_needs(read_gguf(path), ContextSettings(n_ctx_per_seq=1024, n_seq=1))
+    cpu = Device("CPU", "cpu", 1 << 40, 1 << 40)
+    roomy = Device("RPC0", "gpu", 1 << 40, 1 << 40, "w:1", "w:1")
+    return place(needs, [cpu, roomy] if on_worker else [cpu]).host_bytes
+
+
+def test_a_model_too_big_for_this_machine_runs_on_a_worker_until_it_dies(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    # A memory limit between the host share with a worker and without: only a worker makes
+    # room, and with num_gpu unset the server uses it because it must.
+    require_rpc()
+    limit = (host_bytes(on_worker=True) + host_bytes(on_worker=False)) // 2
+    home = tmp_path_factory.mktemp("rpc-fit")
+    env = {**server_env(), "HOMEPORT_SCHED_SPREAD": "", "HOMEPORT_MEMORY_LIMIT": str(limit)}
+    with WorkerProcess(home / "worker") as lender:
+        env["HOMEPORT_RPC_WORKERS"] = lender.endpoint
+        with ServerProcess(home / "server", env=env) as server:
+            assert generate(server.url, GREEDY)["response"].strip()
+            assert machines(server.url)[1] == [("local", 0), (lender.endpoint, UNITS)]
+            assert "this machine alone would need" in server.log()
+            lender.kill()
+            # The idle runner sees its worker's connection close and ends: the model leaves.
+            assert wait_for(lambda: not httpx.get(f"{server.url}/api/ps").json()["models"],
+                            timeout=60), server.log()[-3000:]
+            assert "closed its connection" in server.log()
+            reply = httpx.post(f"{server.url}/api/generate", json={
+                "model": MODEL, "prompt": PROMPT, "stream": False, "options": GREEDY},
+                timeout=600)
+            assert reply.status_code == 400, reply.text
+            assert "of host memory" in reply.json()["error"]
+            assert f"RPC worker {lender.endpoint} is unreachable" in server.log()
+            assert server.alive()
 
 
 @pytest.mark.parametrize("text", ["0.0.0.0:50052", "[::]:50052", "192.168.1.20:50052",

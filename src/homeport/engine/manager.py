@@ -209,8 +209,10 @@ class ModelManager:
                     keep_alive: float | None) -> Runner:
         self._check_load_failures(record, settings)
         devices = await discover_devices(self.settings.rpc_workers)
+        # Workers only for what this machine cannot hold (evicting idle models included).
         placement = place(model_needs(record.gguf, settings), devices, settings.num_gpu,
-                          self.settings.gpu_overhead, self.settings.spread)
+                          self.settings.gpu_overhead, self.settings.spread,
+                          host_room=self._budget())
         log.info("placing %s: %s", record.name.display, placement.describe())
         need = placement.host_bytes
         await self._make_room(record, need)

@@ -19,14 +19,16 @@ free on every GPU (``OLLAMA_GPU_OVERHEAD``). ``spread`` (``OLLAMA_SCHED_SPREAD``
 offload device even when one would hold the model.
 
 RPC workers' devices (``Device.endpoint`` set) are offload devices like GPUs, and come first in
-llama.cpp's device list, as it orders them. Only the workers that get layers are registered in the
-runner (``Offload.rpc_servers``), so the split is written for that shorter list.
+llama.cpp's device list, as it orders them. They are for models that do not fit otherwise: unless
+``num_gpu`` or ``spread`` says to use every device, a model whose host share fits in ``host_room``
+is placed on this machine alone. Only the workers that get layers are registered in the runner
+(``Offload.rpc_servers``), so the split is written for that shorter list.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from homeport.engine.devices import Device
 from homeport.engine.llama import ContextSettings, Offload
@@ -271,8 +273,22 @@ def _placed(needs: ModelNeeds, gpus: list[Device], shares: list[int], cpu_expert
 
 
 def place(needs: ModelNeeds, devices: list[Device], num_gpu: int = -1,
-          gpu_overhead: int = 0, spread: bool = False) -> Placement:
+          gpu_overhead: int = 0, spread: bool = False, host_room: int | None = None) -> Placement:
     """Where each layer goes; see the module docstring."""
+    if any(device.endpoint for device in devices) and num_gpu < 0 and not spread \
+            and host_room is not None:
+        local = place(needs, [device for device in devices if not device.endpoint],
+                      gpu_overhead=gpu_overhead)
+        if local.host_bytes <= host_room:
+            return local
+        placed = _place(needs, devices, num_gpu, gpu_overhead, spread)
+        return replace(placed, reason=f"{placed.reason} (this machine alone would need "
+                                      f"{format_bytes(local.host_bytes)} of host memory)")
+    return _place(needs, devices, num_gpu, gpu_overhead, spread)
+
+
+def _place(needs: ModelNeeds, devices: list[Device], num_gpu: int, gpu_overhead: int,
+           spread: bool) -> Placement:
     gpus = offload_devices(devices)
     if not gpus:
         return _on_cpu(needs, "no GPU device")
