@@ -36,7 +36,7 @@ def _addresses(endpoint: str) -> set[tuple[str, int]]:
 def open_workers(endpoints: tuple[str, ...], addresses: dict[str, set[tuple[str, int]]]
                  ) -> set[str]:
     """The workers this process has an established connection to."""
-    found = set()
+    found: set[str] = set()
     for conn in psutil.Process().net_connections(kind="tcp4"):
         if conn.raddr and conn.status == psutil.CONN_ESTABLISHED:
             found.update(endpoint for endpoint in endpoints
