@@ -9,6 +9,7 @@ These need llama.cpp built with -DGGML_RPC=on, which ``./dev`` always builds.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Iterator
@@ -24,7 +25,6 @@ from homeport.engine.devices import Device
 from homeport.engine.llama import ContextSettings
 from homeport.engine.placement import model_needs, place
 from homeport.errors import ConfigError
-from homeport.net.addresses import parse_ip
 from homeport.net.binding import TailnetSight
 from homeport.store.bundled import find_bundled_gguf
 from homeport.store.gguf import read_gguf
@@ -199,13 +199,13 @@ def test_a_model_too_big_for_this_machine_runs_on_a_worker_until_it_dies(
 @pytest.mark.parametrize("text", ["0.0.0.0:50052", "[::]:50052", "192.168.1.20:50052",
                                   "[::1]:50052", "100.80.9.9:50052", "worker.lan:50052"])
 def test_the_worker_refuses_wide_lan_and_foreign_addresses(text: str) -> None:
-    sight = TailnetSight(addresses=(parse_ip("100.80.1.1"),))  # type: ignore[arg-type]
+    sight = TailnetSight(addresses=(ipaddress.ip_address("100.80.1.1"),))
     with pytest.raises(ConfigError):
         listen_address(text, sight)
 
 
 def test_the_worker_listens_on_loopback_or_its_tailnet_address() -> None:
-    sight = TailnetSight(addresses=(parse_ip("100.80.1.1"),))  # type: ignore[arg-type]
+    sight = TailnetSight(addresses=(ipaddress.ip_address("100.80.1.1"),))
     assert listen_address("127.0.0.1:6000", sight).endpoint == "127.0.0.1:6000"
     assert listen_address("100.80.1.1:6000", sight).endpoint == "100.80.1.1:6000"
     assert listen_address(None, sight).endpoint == "100.80.1.1:50052"
