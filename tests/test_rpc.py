@@ -219,3 +219,15 @@ def test_worker_command_refuses_every_interface(tmp_path: Path) -> None:
     result = homeport("worker", "--listen", "0.0.0.0:50052", endpoint=None)
     assert result.returncode == 1
     assert "refusing to listen on 0.0.0.0" in result.stderr
+
+
+def test_rpc_workers_setting_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from homeport import config
+
+    monkeypatch.setenv("HOMEPORT_RPC_WORKERS", " 100.64.0.7:50052, Box.local:6000,100.64.0.7:50052")
+    assert config.RPC_WORKERS.get() == ("100.64.0.7:50052", "box.local:6000")
+    for bad in ("[fd7a:115c:a1e0::1]:50052", "100.64.0.7", "100.64.0.7:0", "100.64.0.7:70000",
+                "a b:1", "x" * 300 + ":1",
+                ",".join(f"10.0.0.{n}:50052" for n in range(config.MAX_RPC_WORKERS + 1))):
+        monkeypatch.setenv("HOMEPORT_RPC_WORKERS", bad)
+        assert config.RPC_WORKERS.lookup() == ((), "default"), bad  # warned, none used
