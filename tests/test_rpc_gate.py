@@ -8,16 +8,19 @@ connection it accepts); alice's real ggml client gets through and lists the work
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from homeport.engine import rpc
+from tests.conftest import MODEL
 from tests.support.fake_tailscaled import FakeTailscaled, Node
 from tests.support.netns import Lab, Peer
-from tests.support.server import PROJECT_SRC
+from tests.support.server import PROJECT_SRC, ServerProcess
 from tests.support.tailnet import tailnet_lab
 from tests.support.waiting import wait_for
 from tests.support.worker import WorkerProcess
@@ -116,3 +119,40 @@ def test_an_allowed_peer_reaches_ggml_and_lists_the_worker_s_device(
 def test_the_worker_log_names_its_audience(worker: WorkerProcess, tmp_path: Path) -> None:
     assert f"worker listening on {worker.endpoint}: reachable by nodes of your tailnet the " \
            "policy allows" in worker.log()
+
+
+def test_a_worker_that_refuses_the_server_is_left_out_of_placement(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Userspace networking: tailscaled hands tailnet peers over from 127.0.0.1, so a worker on
+    # loopback asks whois about each connection, and this tailscaled says bob's node made it.
+    # The server's look at that worker's devices fails its handshake (ggml's abort names no
+    # worker), so each worker is asked alone: the model goes to the other one and here.
+    home = tmp_path_factory.mktemp("refused")
+    fake = FakeTailscaled(home / "tailscaled.sock")
+    fake.state.self_ips = ["100.80.250.1"]
+    fake.state.tun = False
+    fake.state.userspace_node = Node("127.0.0.1", "bob@example.com", 20, "bob-desktop")
+    fake.start()
+    policy = home / "policy.toml"
+    policy.write_text(POLICY)
+    env = {"HOMEPORT_TAILSCALED_SOCKET": str(fake.socket_path), "HOMEPORT_POLICY": str(policy)}
+    try:
+        with WorkerProcess(home / "good") as good, \
+                WorkerProcess(home / "refusing", env=env) as refusing:
+            server_env = {"HOMEPORT_RPC_WORKERS": f"{refusing.endpoint},{good.endpoint}",
+                          "HOMEPORT_CONTEXT_LENGTH": "1024", "HOMEPORT_SCHED_SPREAD": "1"}
+            with ServerProcess(home / "server", env=server_env) as server:
+                reply = httpx.post(f"{server.url}/api/generate", json={
+                    "model": MODEL, "prompt": "Hi", "stream": False,
+                    "options": {"num_predict": 4, "num_gpu": 20}}, timeout=600)
+                assert reply.status_code == 200, reply.text
+                assert re.search(rf"RPC worker {re.escape(refusing.endpoint)} failed \(.+\): "
+                                 "placing without it", server.log()), server.log()[-3000:]
+                running = httpx.get(f"{server.url}/api/ps", timeout=30).json()["models"]
+                shares = [(share["machine"], share["layers"])
+                          for share in running[0]["homeport"]["machines"]]
+                assert shares == [("local", 11), (good.endpoint, 20)]
+            assert "refused a connection from bob-desktop" in refusing.log()
+            assert refusing.accepted() == 0
+    finally:
+        fake.stop()

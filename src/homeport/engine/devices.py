@@ -8,7 +8,8 @@ server must not hold: with a GPU build, ``discover_devices`` asks a short-lived 
 
 RPC workers (``homeport worker`` on other machines) are listed the same way, always from a child:
 registering one makes llama.cpp connect to it, and a worker that does not answer aborts the process
-that asked. A child that dies naming a worker is asked again without it.
+that asked. A child that dies naming a worker is asked again without it; one that dies without
+naming one has each worker asked about alone.
 """
 
 from __future__ import annotations
@@ -99,24 +100,35 @@ async def discover_devices(workers: tuple[str, ...] = ()) -> list[Device]:
     if not workers and not gpu_build():
         return list_devices()
     reachable = [worker for worker in workers if await _accepts(worker)]
-    while True:
+    isolated = False
+    while reachable or gpu_build():
         devices, status, complaint = await _ask_child(reachable)
         if status == 0 and devices:
             return devices
-        # The abort names the worker it gave up on; with one worker there is no doubt either.
+        # The abort names the worker it gave up on, or not ("Remote RPC server crashed or
+        # returned malformed response"): then each worker is asked alone, once.
         failed = _named_worker(complaint, reachable) or (
             reachable[0] if len(reachable) == 1 else None)
         if failed is not None:
             log.warning("RPC worker %s failed (%s): placing without it", failed, complaint)
             reachable.remove(failed)
-            continue
-        if reachable:
+        elif reachable and not isolated:
+            isolated = True
+            alone = [(worker, await _ask_child([worker])) for worker in reachable]
+            for worker, (_, alone_status, alone_complaint) in alone:
+                if alone_status != 0:
+                    log.warning("RPC worker %s failed (%s): placing without it", worker,
+                                alone_complaint)
+            reachable = [worker for worker, (_, alone_status, _) in alone if alone_status == 0]
+        elif reachable:
             log.warning("listing the RPC workers' devices failed (%s): placing without them",
                         complaint or f"status {status}")
             reachable = []
-            continue
-        log.warning("listing the GPU devices failed (status %s): placing on the CPU only", status)
-        return list_devices() if not gpu_build() else []
+        else:
+            log.warning("listing the GPU devices failed (status %s): placing on the CPU only",
+                        status)
+            return []
+    return list_devices()
 
 
 async def _accepts(worker: str) -> bool:
