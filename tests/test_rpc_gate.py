@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,13 +34,15 @@ owner = true
 logins = ["alice@example.com"]
 """
 
-# A ggml RPC client's first message, HELLO (command 0, an 8-byte size, the request), then a read:
-# what the peer gets back before the connection closes, as hex ("" when nothing).
+# A ggml RPC client's first message, HELLO (command 14, an 8-byte size, 24 bytes of connection
+# capabilities), then the end of what it sends, and a read: what the peer gets back before the
+# connection closes, as hex ("" when nothing). ggml answers HELLO with its size (28) and version.
 PROBE = """
 import socket, struct, sys
 sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
 try:
-    sock.sendall(bytes([0]) + struct.pack("<Q", 4) + bytes(4))
+    sock.sendall(bytes([14]) + struct.pack("<Q", 24) + bytes(24))
+    sock.shutdown(socket.SHUT_WR)
     received = b""
     while True:
         chunk = sock.recv(4096)
@@ -114,6 +117,24 @@ def test_an_allowed_peer_reaches_ggml_and_lists_the_worker_s_device(
     assert remote[0]["total"] > 0
     assert worker.accepted() > before
     assert "serving alice-laptop (alice@example.com)" in worker.log()
+
+
+def test_a_reloaded_policy_lets_bob_through_to_ggml(lab: Lab, worker: WorkerProcess) -> None:
+    policy = Path(worker.env["HOMEPORT_POLICY"])
+    assert worker.process is not None
+    try:
+        policy.write_text(POLICY.replace('"alice@example.com"', '"alice@example.com", '
+                                                               '"bob@example.com"'))
+        worker.process.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "policy reloaded" in worker.log(), timeout=30), worker.log()
+        # ggml's HELLO answer: 28 bytes follow, protocol 7.0.0.
+        assert probe(lab, lab.peers["bob"], worker).startswith(
+            "closed 1c00000000000000" + f"{rpc.PROTOCOL_MAJOR:02x}0000")
+        assert "serving bob-desktop (bob@example.com)" in worker.log()
+    finally:
+        policy.write_text(POLICY)
+        worker.process.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: worker.log().count("policy reloaded") == 2, timeout=30)
 
 
 def test_the_worker_log_names_its_audience(worker: WorkerProcess, tmp_path: Path) -> None:
