@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 
 from homeport import __version__, config
@@ -19,6 +20,7 @@ from homeport.engine import rpc
 from homeport.engine.devices import device_of
 from homeport.errors import ConfigError
 from homeport.humanize import format_bytes
+from homeport.net.binding import open_tcp
 from homeport.net.localapi import LocalAPI
 from homeport.net.policy import Policy, describe
 from homeport.worker.gate import WorkerGate
@@ -34,23 +36,25 @@ def run_worker(address: ListenAddress, slots: int, threads: int) -> None:
                           "with -DGGML_RPC=on")
     policy_path, required = config.policy_file()
     policy = Policy.load(policy_path, required)
+    # The gate's address first: a port in use fails before any ggml server starts.
+    try:
+        listening = open_tcp(address.host, address.port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {address.endpoint}: {exc.strerror or exc}") from None
     cache = config.data_dir() / "rpc-cache"
     cache.mkdir(parents=True, exist_ok=True)
     pool = Slots(slots, threads, str(cache))
     pool.start()
-    asyncio.run(_serve(address, policy, pool))
+    asyncio.run(_serve(address, listening, policy, pool))
     sys.stdout.flush()
     os._exit(0)  # ggml's server threads cannot be joined
 
 
-async def _serve(address: ListenAddress, policy: Policy, pool: Slots) -> None:
+async def _serve(address: ListenAddress, listening: socket.socket, policy: Policy,
+                 pool: Slots) -> None:
     gate = WorkerGate(policy, LocalAPI(config.tailscaled_socket()), pool)
     await gate.machine.refresh()
-    try:
-        server = await asyncio.start_server(gate.handle, address.host, address.port,
-                                            reuse_address=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {address.endpoint}: {exc.strerror or exc}") from None
+    server = await asyncio.start_server(gate.handle, sock=listening)
     devices = ", ".join(f"{device.name} ({device.description}, {format_bytes(device.free)} free)"
                         for device in map(device_of, rpc.served_devices()))
     log.info("homeport %s worker listening on %s: reachable by %s; serving %s over ggml RPC "
@@ -61,7 +65,7 @@ async def _serve(address: ListenAddress, policy: Policy, pool: Slots) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(gate, policy.source))
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(gate))
     try:
         await stop.wait()
     finally:
@@ -72,7 +76,7 @@ async def _serve(address: ListenAddress, policy: Policy, pool: Slots) -> None:
         log.info("worker stopped")
 
 
-def _reload(gate: WorkerGate, source: str) -> None:
+def _reload(gate: WorkerGate) -> None:
     path, required = config.policy_file()
     try:
         gate.policy = Policy.load(path, required)
