@@ -132,21 +132,24 @@ class WorkerGate:
 
 
 async def _copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    """One direction, until its end: then the other side hears that end (a half-close)."""
     while True:
         data = await source.read(CHUNK)
         if not data:
-            return
+            break
         sink.write(data)
         await sink.drain()
+    if sink.can_write_eof():
+        sink.write_eof()
 
 
 async def _join(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
                 server_reader: asyncio.StreamReader, server_writer: asyncio.StreamWriter) -> None:
-    """Copy both ways until either side closes or fails; then both are done."""
+    """Copy both ways until both sides have ended, or either fails; then both are done."""
     tasks = [asyncio.create_task(_copy(client_reader, server_writer)),
              asyncio.create_task(_copy(server_reader, client_writer))]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
         for task in tasks:
             task.cancel()
