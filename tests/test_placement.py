@@ -249,6 +249,83 @@ def test_the_gpu_overhead_reserve_is_kept_free(dense: GGUFInfo) -> None:
     assert place(needs, devices, gpu_overhead=whole - OUTPUT + 1).offload.n_gpu_layers == 0
 
 
+def worker(name: str, endpoint: str, room_for_layers: int) -> Device:
+    """An RPC worker's device, as ggml lists it (type gpu, described by its endpoint)."""
+    return Device(name, "gpu", COMPUTE + room_for_layers, 24 * 1024 * MIB, endpoint, endpoint)
+
+
+def test_two_workers_split_a_model_that_neither_holds(dense: GGUFInfo) -> None:
+    devices = [CPU, worker("RPC0", "10.0.0.2:50052", 3 * DENSE_LAYER),
+               worker("RPC1", "10.0.0.3:50052", 2 * DENSE_LAYER)]
+    placement = place(model_needs(dense, SETTINGS), devices)
+    assert placement.offload == Offload(
+        n_gpu_layers=5, split_mode="layer", main_gpu=0, tensor_split=(3.0, 2.0),
+        rpc_servers=("10.0.0.2:50052", "10.0.0.3:50052"))
+    host = estimate_model_bytes(dense, SETTINGS) - N_LAYER * DENSE_LAYER - OUTPUT
+    assert [(m.machine, m.layers, m.bytes) for m in placement.machines()] == [
+        ("local", 0, host),
+        ("10.0.0.2:50052", 3, 3 * DENSE_LAYER + COMPUTE),
+        ("10.0.0.3:50052", 2, DENSE_LAYER + OUTPUT + COMPUTE)]
+    assert placement.local_gpu_bytes == 0  # size_vram: nothing in this machine's GPU memory
+    assert "RPC0 on 10.0.0.2:50052 3 layers" in placement.describe()
+
+
+def test_workers_come_first_in_llama_cpp_s_device_order(dense: GGUFInfo) -> None:
+    # Listed after the GPU, the worker is still device 0 for llama.cpp: its share comes first.
+    devices = [CPU, gpu("CUDA0", 2 * DENSE_LAYER), worker("RPC0", "10.0.0.2:50052",
+                                                          3 * DENSE_LAYER)]
+    placement = place(model_needs(dense, SETTINGS), devices)
+    assert placement.offload.tensor_split == (3.0, 2.0)
+    assert placement.offload.rpc_servers == ("10.0.0.2:50052",)
+    assert [share.name for share in placement.gpus] == ["RPC0", "CUDA0"]
+    assert placement.local_gpu_bytes == DENSE_LAYER + OUTPUT + COMPUTE
+
+
+def test_a_worker_that_gets_no_layer_is_not_registered(dense: GGUFInfo) -> None:
+    # The local GPU holds the whole model: the runner's device list is that GPU alone, so
+    # main_gpu is 0 there (it would be 1 with the worker registered in front of it).
+    whole = N_LAYER * DENSE_LAYER + OUTPUT
+    devices = [CPU, worker("RPC0", "10.0.0.2:50052", whole // 2), gpu("CUDA0", whole)]
+    placement = place(model_needs(dense, SETTINGS), devices)
+    assert placement.offload == Offload(n_gpu_layers=5, split_mode="none", main_gpu=0)
+    assert [m.machine for m in placement.machines()] == ["local"]
+
+
+def test_workers_are_used_only_for_what_this_machine_cannot_hold(dense: GGUFInfo) -> None:
+    needs = model_needs(dense, SETTINGS)
+    devices = [CPU, worker("RPC0", "10.0.0.2:50052", 10 * DENSE_LAYER)]
+    whole = estimate_model_bytes(dense, SETTINGS)
+    at_home = place(needs, devices, host_room=whole)
+    assert at_home.offload == Offload()
+    assert at_home.reason == "no GPU device"
+    # One byte short at home: the worker takes what it can (here, everything it can offload).
+    borrowed = place(needs, devices, host_room=whole - 1)
+    assert borrowed.offload.rpc_servers == ("10.0.0.2:50052",)
+    assert borrowed.offload.n_gpu_layers == 5
+    assert "this machine alone would need" in borrowed.reason
+    # num_gpu asks for the layers to leave this machine, wherever they fit.
+    assert place(needs, devices, num_gpu=2, host_room=whole).offload.rpc_servers == \
+        ("10.0.0.2:50052",)
+
+
+def test_spread_splits_over_every_device_and_keeps_the_rest_on_the_cpu(dense: GGUFInfo) -> None:
+    roomy = 10 * DENSE_LAYER
+    devices = [CPU, worker("RPC0", "127.0.0.1:50061", roomy),
+               worker("RPC1", "127.0.0.1:50062", roomy)]
+    needs = model_needs(dense, SETTINGS)
+    alone = place(needs, devices, num_gpu=3)
+    assert alone.offload.rpc_servers == ("127.0.0.1:50061",)  # one holds them: one is used
+    spread = place(needs, devices, num_gpu=3, spread=True)
+    assert spread.offload == Offload(n_gpu_layers=3, split_mode="layer", main_gpu=0,
+                                     tensor_split=(2.0, 1.0),
+                                     rpc_servers=("127.0.0.1:50061", "127.0.0.1:50062"))
+    # The last 3 units leave the CPU: layers 2 and 3 to RPC0, the output to RPC1.
+    assert [(m.machine, m.layers) for m in spread.machines()] == [
+        ("local", 2), ("127.0.0.1:50061", 2), ("127.0.0.1:50062", 1)]
+    assert spread.machines()[2].bytes == OUTPUT + COMPUTE
+    assert "HOMEPORT_SCHED_SPREAD" in spread.reason
+
+
 def test_proportional_split_by_largest_remainder() -> None:
     assert proportional_split(5, [3, 2]) == [3, 2]
     assert proportional_split(31, [24, 12]) == [21, 10]  # 20.67 and 10.33: the .67 gets one

@@ -223,6 +223,39 @@ GPU_OVERHEAD = _register(Setting(
     ("HOMEPORT_GPU_OVERHEAD", "OLLAMA_GPU_OVERHEAD"), 0, _byte_size,
     "Memory kept free on every GPU when placing layers, e.g. 512MiB (default 0)",
 ))
+SCHED_SPREAD = _register(Setting(
+    ("HOMEPORT_SCHED_SPREAD", "OLLAMA_SCHED_SPREAD"), False, _boolean,
+    "Split every model over all GPUs and RPC workers, even when one would hold it (default false)",
+))
+
+# host:port as ggml-rpc takes it: split at the first colon and dialled over IPv4 only (its
+# transport opens AF_INET sockets), so an IPv4 address or a host name, never IPv6.
+_WORKER_ENDPOINT = re.compile(r"(?P<host>[A-Za-z0-9.\-]{1,253}):(?P<port>[0-9]{1,5})")
+MAX_RPC_WORKERS = 16  # GGML_RPC_MAX_SERVERS
+
+
+def worker_endpoint(raw: str) -> str:
+    """One RPC worker's ``host:port``, normalised; ValueError when it is not one."""
+    match = _WORKER_ENDPOINT.fullmatch(raw.strip())
+    if match is None or not 0 < int(match.group("port")) < 65536:
+        raise ValueError(f"not a worker address (IPv4 or host name, then :port): "
+                         f"{raw.strip()[:100]!r}")
+    return f"{match.group('host').lower()}:{int(match.group('port'))}"
+
+
+def _worker_endpoints(raw: str) -> tuple[str, ...]:
+    workers = tuple(dict.fromkeys(worker_endpoint(part) for part in raw.split(",")
+                                  if part.strip()))
+    if len(workers) > MAX_RPC_WORKERS:
+        raise ValueError(f"at most {MAX_RPC_WORKERS} workers")
+    return workers
+
+
+RPC_WORKERS: Setting[tuple[str, ...]] = _register(Setting(
+    ("HOMEPORT_RPC_WORKERS",), (), _worker_endpoints,
+    "RPC workers (`homeport worker` on other machines) whose devices models may be placed on, "
+    "comma separated host:port (default none)",
+))
 MAX_BODY_BYTES = _register(Setting(
     ("HOMEPORT_MAX_BODY_BYTES",), 64 * 1024**2, _byte_size,
     "Largest JSON request body accepted; larger gets 413 (default 64MiB)",

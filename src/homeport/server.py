@@ -58,6 +58,8 @@ def engine_settings() -> EngineSettings:
             default_keep_alive=config.KEEP_ALIVE.get(),
             memory_limit=config.MEMORY_LIMIT.get(),
             gpu_overhead=config.GPU_OVERHEAD.get(),
+            spread=config.SCHED_SPREAD.get(),
+            rpc_workers=config.RPC_WORKERS.get(),
             load_timeout=config.LOAD_TIMEOUT.get(),
         ),
         default_num_ctx=config.CONTEXT_LENGTH.get() or None,  # 0: chosen per model

@@ -275,6 +275,10 @@ async def ps(request: Request) -> Response:
             slots={"busy": runner.scheduler.busy_slots, "total": runner.settings.n_seq},
             queued=runner.scheduler.queued,
         )
+        # Which machine holds how much: "local", then each RPC worker (host:port).
+        entry["homeport"] = {"machines": [
+            {"machine": share.machine, "layers": share.layers, "size": share.bytes}
+            for share in runner.placement.machines()]}
         models.append(entry)
     return JSONResponse({"models": models})
 

@@ -1,7 +1,7 @@
 """The ``homeport`` command: one click group, one module per group of subcommands, each imported
 only when its command runs.
 
-Only ``serve`` imports server code. Every other command talks to a server through
+Only ``serve`` and ``worker`` import server code. Every other command talks to a server through
 ``homeport.client``, except ``token`` and ``audit``, which manage the server's own files on its
 machine. Expected failures (``HomeportError``) print one line and exit 1; anything else is a bug
 and keeps its traceback.
@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "history": ("homeport.cli.history", "history"),
     "config": ("homeport.cli.config_cmd", "config_cmd"),
     "nodes": ("homeport.cli.nodes", "nodes"),
+    "worker": ("homeport.cli.worker", "worker"),
     "nvim": ("homeport.cli.nvim", "nvim"),
     "doctor": ("homeport.cli.doctor", "doctor"),
     "token": ("homeport.cli.token", "token"),

@@ -72,23 +72,49 @@ def processor(size: int, size_vram: int) -> str:
     return f"{cpu_percent}%/{100 - cpu_percent}% CPU/GPU"
 
 
+def machines(model: dict[str, Any]) -> str:
+    """How much of a model each machine holds ("local 35%, 100.64.0.7:50052 65%"); empty when it
+    all sits here."""
+    shares = model.get("homeport", {}).get("machines", [])
+    total = sum(int(share.get("size", 0)) for share in shares)
+    if total <= 0 or all(share.get("machine") == "local" for share in shares):
+        return ""
+    return ", ".join(f"{share.get('machine')} {round(int(share.get('size', 0)) / total * 100)}%"
+                     for share in shares)
+
+
+def _local_size(model: dict[str, Any]) -> int:
+    """Bytes on this machine (CPU and GPUs): the whole size less what RPC workers hold."""
+    size = int(model.get("size", 0))
+    remote = sum(int(share.get("size", 0))
+                 for share in model.get("homeport", {}).get("machines", [])
+                 if share.get("machine") != "local")
+    return max(size - remote, 0)
+
+
 @click.command("ps")
 @endpoint_option
 def ps(endpoint: str | None) -> None:
-    """Show the models loaded now."""
+    """Show the models loaded now (MACHINES: how much sits on each RPC worker)."""
     with client_for(endpoint) as client:
         models = client.running()
+    split = [machines(model) for model in models]
+    columns = ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "SLOTS", "UNTIL"]
+    if any(split):
+        columns.append("MACHINES")
     table = Table(box=None, header_style="bold")
-    for column in ("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "SLOTS", "UNTIL"):
+    for column in columns:
         table.add_column(column)
-    for model in models:
+    for model, where in zip(models, split, strict=True):
         slots = model.get("slots", {})
         size, size_vram = int(model.get("size", 0)), int(model.get("size_vram", 0))
-        table.add_row(model["name"], model.get("digest", "")[:12],
-                      format_bytes(size), processor(size, size_vram),
-                      str(model.get("context_length", "")),
-                      f"{slots.get('busy', 0)}/{slots.get('total', 0)}" if slots else "",
-                      _until(model.get("expires_at", "")))
+        # PROCESSOR speaks of this machine, as ollama ps does; MACHINES of the rest.
+        row = [model["name"], model.get("digest", "")[:12],
+               format_bytes(size), processor(_local_size(model), size_vram),
+               str(model.get("context_length", "")),
+               f"{slots.get('busy', 0)}/{slots.get('total', 0)}" if slots else "",
+               _until(model.get("expires_at", ""))]
+        table.add_row(*row, *([where] if any(split) else []))
     console.print(table)
 
 

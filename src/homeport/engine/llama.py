@@ -20,6 +20,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp._ggml import libggml
 
+from homeport.engine import rpc
 from homeport.engine.llama_types import KV_CACHE_SIZE_FACTOR as KV_CACHE_SIZE_FACTOR
 from homeport.engine.llama_types import ContextSettings as ContextSettings
 from homeport.engine.llama_types import EngineError as EngineError
@@ -296,6 +297,12 @@ def _set_offload(params: Any, offload: Offload) -> list[Any]:
     params.split_mode = _SPLIT_MODES[offload.split_mode]
     params.main_gpu = offload.main_gpu
     kept: list[Any] = []
+    if offload.rpc_servers:
+        # NULL-terminated, in the order main_gpu and tensor_split index.
+        handles = rpc.offload_devices(offload.rpc_servers)
+        devices = (ctypes.c_void_p * (len(handles) + 1))(*handles, None)
+        params.devices = ctypes.cast(devices, ctypes.c_void_p)
+        kept.append(devices)
     if offload.tensor_split:
         split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(
             *offload.tensor_split[:llama_cpp.LLAMA_MAX_DEVICES])
@@ -318,6 +325,8 @@ class LlamaModel:
         _init_backend()
         self.path = path
         self.settings = settings
+        if offload is not None and offload.rpc_servers:
+            rpc.add_servers(list(offload.rpc_servers))  # aborts when a worker does not answer
         model_params = llama_cpp.llama_model_default_params()
         model_params.use_mmap = True
         self._offload_arrays = _set_offload(model_params, offload or Offload())

@@ -51,6 +51,9 @@ class Offload:
     main_gpu: int = 0
     tensor_split: tuple[float, ...] = ()
     cpu_expert_layers: int = 0
+    # RPC workers (host:port) registered before the load; their devices come first in the
+    # device list that main_gpu and tensor_split index.
+    rpc_servers: tuple[str, ...] = ()
 
     def expert_patterns(self) -> list[str]:
         """llama.cpp tensor buffer override patterns (as ``--n-cpu-moe`` writes them)."""

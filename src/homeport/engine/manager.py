@@ -49,6 +49,8 @@ class ManagerSettings:
     default_keep_alive: float
     memory_limit: int = 0  # 0: what the system reports available (host memory)
     gpu_overhead: int = 0  # bytes kept free on every GPU
+    spread: bool = False  # split over every offload device (OLLAMA_SCHED_SPREAD)
+    rpc_workers: tuple[str, ...] = ()  # host:port of `homeport worker`s to place layers on
     load_timeout: float = 300.0
 
 
@@ -79,7 +81,8 @@ class Runner:
 
     @property
     def size_vram(self) -> int:
-        return self.placement.gpu_bytes
+        """Bytes in this machine's GPU memory; a worker's share is in ``placement.machines()``."""
+        return self.placement.local_gpu_bytes
 
     @property
     def host_size(self) -> int:
@@ -207,8 +210,11 @@ class ModelManager:
     async def _load(self, record: ModelRecord, settings: ContextSettings,
                     keep_alive: float | None) -> Runner:
         self._check_load_failures(record, settings)
-        placement = place(model_needs(record.gguf, settings), await discover_devices(),
-                          settings.num_gpu, self.settings.gpu_overhead)
+        devices = await discover_devices(self.settings.rpc_workers)
+        # Workers only for what this machine cannot hold (evicting idle models included).
+        placement = place(model_needs(record.gguf, settings), devices, settings.num_gpu,
+                          self.settings.gpu_overhead, self.settings.spread,
+                          host_room=self._budget())
         log.info("placing %s: %s", record.name.display, placement.describe())
         need = placement.host_bytes
         await self._make_room(record, need)

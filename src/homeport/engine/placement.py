@@ -15,13 +15,20 @@ and the devices' free memory:
 
 ``num_gpu`` (Ollama's option) overrides the count: 0 keeps the model on the CPU, N offloads N
 layers (at most all of them) whether or not the estimate says they fit. ``gpu_overhead`` is kept
-free on every GPU (``OLLAMA_GPU_OVERHEAD``).
+free on every GPU (``OLLAMA_GPU_OVERHEAD``). ``spread`` (``OLLAMA_SCHED_SPREAD``) splits over every
+offload device even when one would hold the model.
+
+RPC workers' devices (``Device.endpoint`` set) are offload devices like GPUs, and come first in
+llama.cpp's device list, as it orders them. They are for models that do not fit otherwise: unless
+``num_gpu`` or ``spread`` says to use every device, a model whose host share fits in ``host_room``
+is placed on this machine alone. Only the workers that get layers are registered in the runner
+(``Offload.rpc_servers``), so the split is written for that shorter list.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from homeport.engine.devices import Device
 from homeport.engine.llama_types import ContextSettings, Offload
@@ -72,6 +79,16 @@ class DeviceShare:
     name: str
     layers: int
     bytes: int
+    endpoint: str = ""  # the worker's host:port; empty for this machine's GPUs
+
+
+@dataclass(frozen=True)
+class MachineShare:
+    """How much of a model one machine holds: ``local`` is this one (its CPU and GPUs)."""
+
+    machine: str
+    layers: int
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -85,7 +102,25 @@ class Placement:
 
     @property
     def gpu_bytes(self) -> int:
+        """Bytes on offload devices: this machine's GPUs and the workers'."""
         return sum(share.bytes for share in self.gpus)
+
+    @property
+    def local_gpu_bytes(self) -> int:
+        """Bytes in this machine's GPU memory (``size_vram``)."""
+        return sum(share.bytes for share in self.gpus if not share.endpoint)
+
+    def machines(self) -> list[MachineShare]:
+        """This machine's share, then each worker's, in device order."""
+        remote: dict[str, tuple[int, int]] = {}
+        for share in self.gpus:
+            if share.endpoint:
+                layers, size = remote.get(share.endpoint, (0, 0))
+                remote[share.endpoint] = (layers + share.layers, size + share.bytes)
+        local_layers = self.units - sum(layers for layers, _ in remote.values())
+        return [MachineShare("local", local_layers, self.host_bytes + self.local_gpu_bytes),
+                *(MachineShare(endpoint, layers, size)
+                  for endpoint, (layers, size) in remote.items())]
 
     @property
     def total_bytes(self) -> int:
@@ -97,8 +132,8 @@ class Placement:
 
     def describe(self) -> str:
         """One line for the load log: who got what, and why."""
-        parts = [f"{share.name} {share.layers} layers ({format_bytes(share.bytes)})"
-                 for share in self.gpus]
+        parts = [f"{share.name}{f' on {share.endpoint}' if share.endpoint else ''} "
+                 f"{share.layers} layers ({format_bytes(share.bytes)})" for share in self.gpus]
         parts.append(f"CPU {self.units - self.gpu_layers} layers ({format_bytes(self.host_bytes)} "
                      "in host memory)")
         experts = (f", experts of {self.cpu_expert_layers} layers kept on the CPU"
@@ -153,10 +188,12 @@ def model_needs(info: GGUFInfo, settings: ContextSettings) -> ModelNeeds:
 
 
 def offload_devices(devices: list[Device]) -> list[Device]:
-    """The devices llama.cpp offloads to, in its order: GPUs, or integrated GPUs when there is
-    no discrete one."""
-    gpus = [device for device in devices if device.type == "gpu"]
-    return gpus or [device for device in devices if device.type == "igpu"]
+    """The devices llama.cpp offloads to, in its order: the workers' devices, then GPUs, or
+    integrated GPUs when there is no discrete one."""
+    workers = [device for device in devices if device.endpoint]
+    local = [device for device in devices if not device.endpoint]
+    gpus = [device for device in local if device.type == "gpu"]
+    return workers + (gpus or [device for device in local if device.type == "igpu"])
 
 
 def _unit_costs(needs: ModelNeeds, count: int, cpu_expert_layers: int) -> list[int]:
@@ -178,11 +215,11 @@ def proportional_split(count: int, room: list[int]) -> list[int]:
     return shares
 
 
-def _fit(costs: list[int], usable: list[int]) -> list[int] | None:
+def _fit(costs: list[int], usable: list[int], spread: bool = False) -> list[int] | None:
     """Layers per GPU for ``costs`` (in llama.cpp's order: GPU 0 gets the first chunk), or None;
     ``usable`` is each GPU's room for layers, its compute buffer already set aside."""
     best = max(range(len(usable)), key=lambda g: (usable[g], -g))
-    if sum(costs) <= usable[best]:
+    if sum(costs) <= usable[best] and not (spread and len(usable) > 1):
         return [len(costs) if g == best else 0 for g in range(len(usable))]
     if len(usable) == 1 or sum(usable) == 0:
         return None
@@ -213,26 +250,45 @@ def _placed(needs: ModelNeeds, gpus: list[Device], shares: list[int], cpu_expert
             host += layer.experts
     if count == 0:
         host += needs.output_on_host
-    used = [g for g, share in enumerate(shares) if share]
     gpu_shares, start = [], 0
     for g, share in enumerate(shares):
         if share:
             chunk = sum(costs[start:start + share]) + needs.gpu_compute
-            gpu_shares.append(DeviceShare(gpus[g].name, share, chunk))
+            gpu_shares.append(DeviceShare(gpus[g].name, share, chunk, gpus[g].endpoint))
         start += share
+    # The runner registers only the workers that got layers: its device list is shorter.
+    workers = tuple(dict.fromkeys(gpus[g].endpoint for g, share in enumerate(shares)
+                                  if share and gpus[g].endpoint))
+    kept = [g for g in range(len(gpus)) if not gpus[g].endpoint or gpus[g].endpoint in workers]
+    shares = [shares[g] for g in kept]
+    used = [index for index, share in enumerate(shares) if share]
     if len(used) == 1:
         offload = Offload(n_gpu_layers=count, split_mode="none", main_gpu=used[0],
-                          cpu_expert_layers=cpu_expert_layers)
+                          cpu_expert_layers=cpu_expert_layers, rpc_servers=workers)
     else:
         offload = Offload(n_gpu_layers=count, split_mode="layer", main_gpu=used[0],
                           tensor_split=tuple(float(share) for share in shares),
-                          cpu_expert_layers=cpu_expert_layers)
+                          cpu_expert_layers=cpu_expert_layers, rpc_servers=workers)
     return Placement(offload, tuple(gpu_shares), host, needs.units, reason, cpu_expert_layers)
 
 
 def place(needs: ModelNeeds, devices: list[Device], num_gpu: int = -1,
-          gpu_overhead: int = 0) -> Placement:
+          gpu_overhead: int = 0, spread: bool = False, host_room: int | None = None) -> Placement:
     """Where each layer goes; see the module docstring."""
+    if any(device.endpoint for device in devices) and num_gpu < 0 and not spread \
+            and host_room is not None:
+        local = place(needs, [device for device in devices if not device.endpoint],
+                      gpu_overhead=gpu_overhead)
+        if local.host_bytes <= host_room:
+            return local
+        placed = _place(needs, devices, num_gpu, gpu_overhead, spread)
+        return replace(placed, reason=f"{placed.reason} (this machine alone would need "
+                                      f"{format_bytes(local.host_bytes)} of host memory)")
+    return _place(needs, devices, num_gpu, gpu_overhead, spread)
+
+
+def _place(needs: ModelNeeds, devices: list[Device], num_gpu: int, gpu_overhead: int,
+           spread: bool) -> Placement:
     gpus = offload_devices(devices)
     if not gpus:
         return _on_cpu(needs, "no GPU device")
@@ -248,10 +304,10 @@ def place(needs: ModelNeeds, devices: list[Device], num_gpu: int = -1,
     if not asked:
         attempts += [(count, all_experts) for count in range(wanted - 1, 0, -1)]
     for count, cpu_experts in attempts:
-        shares = _fit(_unit_costs(needs, count, cpu_experts), usable)
+        shares = _fit(_unit_costs(needs, count, cpu_experts), usable, spread)
         if shares is not None:
             return _placed(needs, gpus, shares, cpu_experts,
-                           _reason(asked, num_gpu, count, needs.units, shares))
+                           _reason(asked, num_gpu, count, needs.units, shares, spread))
     if asked:
         # The caller's count stands even when the estimate says it does not fit, as in Ollama.
         shares = (proportional_split(wanted, usable) if len(gpus) > 1 and sum(usable) > 0
@@ -261,7 +317,11 @@ def place(needs: ModelNeeds, devices: list[Device], num_gpu: int = -1,
     return _on_cpu(needs, "not even one layer fits in free GPU memory")
 
 
-def _reason(asked: bool, num_gpu: int, count: int, units: int, shares: list[int]) -> str:
+def _reason(asked: bool, num_gpu: int, count: int, units: int, shares: list[int],
+            spread_asked: bool) -> str:
+    if spread_asked and len(shares) > 1:
+        return (f"num_gpu {num_gpu} asked" if asked else "the model fits") + \
+            ", spread over every device as HOMEPORT_SCHED_SPREAD asks"
     if asked:
         return f"num_gpu {num_gpu} asked"
     spread = sum(1 for share in shares if share) > 1

@@ -39,8 +39,9 @@ STOP_TIMEOUT = 30.0  # seconds a runner has to finish its requests' last step an
 REAP_TIMEOUT = 5.0
 STDERR_TAIL_LINES = 50
 STDERR_LINE_LIMIT = 1 << 20
-# ggml_abort (which GGML_ASSERT calls) prints "file:line: message"; only the message is shown.
-_ABORT_LINE = re.compile(r"^\S+?:\d+: (?P<message>.+)$")
+# ggml_abort (which GGML_ASSERT calls) prints "file:line: message"; only the message is shown. A
+# runner that ends itself says why at CRITICAL (engine.worker_watch).
+_ABORT_LINE = re.compile(r"^(\S+?:\d+|CRITICAL homeport\.runner): (?P<message>.+)$")
 _MESSAGE_LIMIT = 300
 
 

@@ -37,6 +37,7 @@ from homeport.engine.scheduler import (
     Outbox,
     Scheduler,
 )
+from homeport.engine.worker_watch import start_watching
 from homeport.errors import HomeportError
 
 log = logging.getLogger("homeport.runner")
@@ -208,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         channel.send("failed", exc)
         return 1
     loop = RunnerLoop(model, args.model, channel)
+    start_watching(offload.rpc_servers)
     channel.send("ready", None)
     loop.serve()
     return 0

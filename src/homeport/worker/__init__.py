@@ -1,0 +1,1 @@
+"""``homeport worker``: this machine's devices served over ggml's RPC to a homeport server."""
