@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from bench.completions import CompletionResult, _completion_line
-from bench.editor_cli import QUICK, run_editor
+from bench.editor_cli import run_editor
 from bench.editor_prompts import copied_chars, edit_task, shared_prompt_messages
 from bench.editor_report import print_report
 from bench.editor_results import (
@@ -34,21 +34,27 @@ from bench.editor_results import (
     returning_ttft_p50,
     ttft_p95,
 )
-from bench.editor_run import speculation_switch
+from bench.editor_run import EditorOptions, speculation_switch
 from bench.llamacpp_build import cached_tools, installed_version
 from bench.peers import Settings
 from homeport.engine.llama import default_threads
 from tests.support.models import gemma_gguf
 
+# Smaller still than --quick: only the parts, not the figures, are tested here.
+TINY = EditorOptions(rounds=1, edit_tokens=24, shared_clients=4, shared_tokens=4,
+                     attached_chars=200, conversations=5, turns=2, conversation_chars=300,
+                     answer_tokens=4, chat_tokens=8, levels=(1, 2))
 
+
+@pytest.mark.timeout(1200)  # up to 13 servers started in turn on a busy machine
 def test_every_workload_runs_tiny(tmp_path: Path) -> None:
     import platformdirs
 
     tools = cached_tools(platformdirs.user_cache_path("homeport-bench"), installed_version())
     settings = Settings(gemma_gguf(), default_threads(), ctx_per_slot=2048)
     output = io.StringIO()
-    report = run_editor(list(WORKLOADS), QUICK, settings, tools, tmp_path, "./dev bench editor "
-                        "--quick", Console(file=output, width=200, color_system=None))
+    report = run_editor(list(WORKLOADS), TINY, settings, tools, tmp_path, "the smoke test",
+                        Console(file=output, width=200, color_system=None))
     assert [workload.name for workload in report.workloads] == list(WORKLOADS)
     for workload in report.workloads:
         homeport = workload.peer(HOMEPORT)
@@ -59,25 +65,25 @@ def test_every_workload_runs_tiny(tmp_path: Path) -> None:
             assert peer.error is None, (workload.name, peer.name, peer.error)
     edit = report.workloads[0].peer(HOMEPORT)
     assert edit is not None
-    assert len(edit.samples) == QUICK.rounds
+    assert len(edit.samples) == TINY.rounds
     sample = edit.samples[0]
     assert sample.completed
-    assert 0 < sample.tokens <= QUICK.edit_tokens
+    assert 0 < sample.tokens <= TINY.edit_tokens
     assert sample.text
     assert sample.copied_chars is not None
     assert sample.copied_chars > len(sample.text) // 2  # Gemma copies the region
     shared = report.workloads[1].peer(HOMEPORT)
     assert shared is not None
-    assert len(shared.samples) == QUICK.shared_clients
+    assert len(shared.samples) == TINY.shared_clients
     assert ttft_p95(shared) is not None
     returning = report.workloads[2].peer(HOMEPORT)
     assert returning is not None
-    assert len(returning.samples) == QUICK.conversations * QUICK.turns
-    assert sum(s.returning for s in returning.samples) == QUICK.conversations
+    assert len(returning.samples) == TINY.conversations * TINY.turns
+    assert sum(s.returning for s in returning.samples) == TINY.conversations
     assert returning_ttft_p50(returning) is not None
     chat = report.workloads[3].peer(HOMEPORT)
     assert chat is not None
-    assert [level.streams for level in chat.levels] == list(QUICK.levels)
+    assert [level.streams for level in chat.levels] == list(TINY.levels)
     assert all(level.completed == level.total for level in chat.levels)
 
     data = json.loads((tmp_path / "bench.json").read_text())
