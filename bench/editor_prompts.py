@@ -8,7 +8,6 @@ changed copy, and the copy's first line; a model that copies its input then writ
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,9 +61,9 @@ continuing the conversation.
 
 # The edit: a region of a real source file of this repository.
 EDIT_FILE = "src/homeport/store/names.py"
-EDIT_FIRST_LINE = 15  # 1-based
+EDIT_FIRST_LINE = 22  # 1-based: the ModelName class and parse_name's start
 EDIT_LINES = 70
-_STRING_VALUE = re.compile(r'= "([a-z]+)"')
+EDIT_CHANGE = ('return text, "", False', 'return text, "", None')
 
 # The file attached to the shared CodeCompanion prompt, and those the conversations discuss.
 ATTACHED_FILE = "src/homeport/engine/options.py"
@@ -119,20 +118,20 @@ class EditTask:
 
 
 def edit_task(repo: Path = REPO, path: str = EDIT_FILE, first_line: int = EDIT_FIRST_LINE,
-              lines: int = EDIT_LINES) -> EditTask:
-    """The region ``path:first_line`` and ``lines`` lines on, and a one-line change: the first
-    lowercase string constant upper-cased (else a comment added to the region's second line)."""
+              lines: int = EDIT_LINES, change: tuple[str, str] = EDIT_CHANGE) -> EditTask:
+    """The region ``path:first_line`` and ``lines`` lines on, and a one-line change: ``change``
+    on the line that holds its first part; if none does (the file changed), a comment added to
+    the first non-blank line from the region's middle on."""
     all_lines = (repo / path).read_text().splitlines(keepends=True)
     chosen = all_lines[first_line - 1:first_line - 1 + lines]
+    source = f"{path}:{first_line}-{first_line + len(chosen) - 1}"
     region = "".join(chosen)
+    old_text, new_text = change
     for line in chosen[1:]:
-        found = _STRING_VALUE.search(line)
-        if found:
-            new = line[:found.start(1)] + found.group(1).upper() + line[found.end(1):]
-            return EditTask(f"{path}:{first_line}-{first_line + len(chosen) - 1}", region, line, new)
-    old = chosen[1]
-    return EditTask(f"{path}:{first_line}-{first_line + len(chosen) - 1}", region, old,
-                    old.rstrip("\n") + "  # changed\n")
+        if old_text in line:
+            return EditTask(source, region, line, line.replace(old_text, new_text, 1))
+    old = next((line for line in chosen[len(chosen) // 2:] if line.strip()), chosen[-1])
+    return EditTask(source, region, old, old.rstrip("\n") + "  # changed\n")
 
 
 def copied_chars(source: str, output: str, min_run: int = 8) -> int:
