@@ -196,6 +196,8 @@ def write_chart(report: EditorReport, path: Path) -> None:
                           label=peer.name, color="C0" if peer.name == HOMEPORT else "C1")
             axis.set_title("plain chat: aggregate tokens/s (higher is better)", fontsize=10)
             axis.set_xlabel("streams")
+            axis.set_xticks(sorted({level.streams for peer in workload.peers
+                                    for level in peer.levels}))
             axis.set_ylim(bottom=0)
             if axis.lines:
                 axis.legend(fontsize="small")
