@@ -73,10 +73,13 @@ def _clean_env() -> dict[str, str]:
 HOMEPORT_PROTOCOLS: dict[str, Protocol] = {"homeport": "openai", "homeport-ollama": "ollama"}
 
 
-def homeport_spec(settings: Settings, work_dir: Path, name: str) -> PeerSpec:
+def homeport_spec(settings: Settings, work_dir: Path, name: str, *,
+                  protocol: Protocol | None = None, model: str = BUNDLED_NAME,
+                  extra_env: dict[str, str] | None = None) -> PeerSpec:
     """homeport from this checkout's ``src`` (not whatever is installed), isolated folders;
-    ``name`` says which API it is driven through (``HOMEPORT_PROTOCOLS``)."""
-    protocol = HOMEPORT_PROTOCOLS[name]
+    ``name`` says which API it is driven through (``HOMEPORT_PROTOCOLS``) unless ``protocol``
+    does; ``extra_env`` adds settings (another bundled model, a feature switched off)."""
+    protocol = protocol or HOMEPORT_PROTOCOLS[name]
     port = free_port()
     env = _clean_env()
     env.update({
@@ -89,24 +92,30 @@ def homeport_spec(settings: Settings, work_dir: Path, name: str) -> PeerSpec:
         "HOMEPORT_NUM_THREADS": str(settings.threads),
         "HOMEPORT_KEEP_ALIVE": "-1",
         "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
     })
     api = "Ollama /api/chat" if protocol == "ollama" else "OpenAI /v1/chat/completions"
+    shown = "".join(f", {key}={value}" for key, value in (extra_env or {}).items())
     return PeerSpec(
         name=name,
-        description=f"homeport serve, {settings.parallel} slots, {api}",
+        description=f"homeport serve, {settings.parallel} slots, {api}{shown}",
         command=[sys.executable, "-m", "homeport", "serve", "--host", f"127.0.0.1:{port}"],
-        endpoint=Endpoint(f"http://127.0.0.1:{port}", protocol, BUNDLED_NAME),
+        endpoint=Endpoint(f"http://127.0.0.1:{port}", protocol, model),
         ready_path="/", env=env,
     )
 
 
-def llama_server_spec(settings: Settings, tools: LlamaTools) -> PeerSpec:
-    """llama.cpp's own server: ``-np`` slots, continuous batching, ``-c`` split among the slots."""
+def llama_server_spec(settings: Settings, tools: LlamaTools, *, name: str = "llama-server",
+                      extra_args: tuple[str, ...] = ()) -> PeerSpec:
+    """llama.cpp's own server: ``-np`` slots, continuous batching, ``-c`` split among the slots;
+    ``extra_args`` adds options (speculative decoding, the RAM prompt cache)."""
     port = free_port()
     threads = str(settings.threads)
+    shown = " ".join(extra_args)
     return PeerSpec(
-        name="llama-server",
-        description=f"llama-server -np {settings.parallel} -cb, OpenAI /v1/chat/completions",
+        name=name,
+        description=f"llama-server -np {settings.parallel} -cb{' ' + shown if shown else ''}, "
+                    "OpenAI /v1/chat/completions",
         command=[
             str(tools.path("llama-server")), "--model", str(settings.model_path), "--alias", ALIAS,
             "--host", "127.0.0.1", "--port", str(port),
@@ -114,6 +123,7 @@ def llama_server_spec(settings: Settings, tools: LlamaTools) -> PeerSpec:
             "--ctx-size", str(settings.ctx_per_slot * settings.parallel),
             "--threads", threads, "--threads-batch", threads,
             "--batch-size", str(settings.batch), "--ubatch-size", str(settings.batch),
+            *extra_args,
         ],
         endpoint=Endpoint(f"http://127.0.0.1:{port}", "openai", ALIAS, {"ignore_eos": True}),
         ready_path="/health", env=_clean_env(),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.models import WITH_GEMMA
 from tests.support.registry import DockerRegistry
 from tests.support.server import ServerProcess
 
@@ -36,6 +37,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield process
     process.stop()
 
+
+@pytest.fixture(scope="session")
+def gemma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with both bundled models: ``smollm2:135m`` and ``gemma3:270m`` (GEMMA)."""
+    home = tmp_path_factory.mktemp("gemma-server")
+    process = ServerProcess(home, env={"HOMEPORT_CONTEXT_LENGTH": "2048", **WITH_GEMMA})
+    process.start()
+    yield process
+    process.stop()
 
 
 @pytest.fixture

@@ -95,7 +95,7 @@ def test_a_manifest_written_in_another_spelling_replaces_the_stored_one(tmp_path
 def test_the_bundled_model_never_replaces_a_model_of_its_name(tmp_path: Path) -> None:
     gguf = write_tiny_llama(tmp_path / "tiny.gguf")
     bundled = BundledModel("smollm2:135m", gguf, sha256_file(gguf), gguf.stat().st_size)
-    store = ModelStore(tmp_path / "models", bundled=bundled)
+    store = ModelStore(tmp_path / "models", bundled=[bundled])
     mine = _manifest_bytes(store, b"{}")
     store.write_manifest(parse_name("SmolLM2:135M"), mine)
     store.ensure_bundled()

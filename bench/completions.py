@@ -1,0 +1,100 @@
+"""One streamed raw completion (no chat template), timed from the client side.
+
+homeport is asked through Ollama's ``/api/generate`` with ``raw: true``; llama-server through its
+own ``/completion``. Both are greedy and bounded by ``max_tokens``; neither ignores the end of text,
+so the same model writes the same tokens on both. llama-server's last event also says how many
+tokens its speculative decoding drafted and how many of them it accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from bench.streams import SEED, STREAM_LIMIT, STREAM_TIMEOUT, Endpoint, StreamResult, record_text
+
+
+@dataclass
+class CompletionResult(StreamResult):
+    drafted: int | None = None
+    accepted: int | None = None
+
+
+def completion_body(endpoint: Endpoint, prompt: str, max_tokens: int) -> tuple[str, dict[str, object]]:
+    if endpoint.protocol == "ollama":
+        return "/api/generate", {
+            "model": endpoint.model, "prompt": prompt, "raw": True, "stream": True,
+            "options": {"temperature": 0, "seed": SEED, "num_predict": max_tokens},
+        }
+    return "/completion", {
+        "prompt": prompt, "stream": True, "n_predict": max_tokens, "temperature": 0,
+        "seed": SEED, "cache_prompt": True,
+    }
+
+
+async def stream_completion(client: httpx.AsyncClient, endpoint: Endpoint, prompt: str,
+                            max_tokens: int) -> CompletionResult:
+    """Send one streamed raw completion and time it; errors are recorded, never raised."""
+    path, body = completion_body(endpoint, prompt, max_tokens)
+    result = CompletionResult(started=time.perf_counter())
+    parse = _generate_line if endpoint.protocol == "ollama" else _completion_line
+    try:
+        async with asyncio.timeout(STREAM_LIMIT), client.stream(
+                "POST", endpoint.base_url + path, json=body, timeout=STREAM_TIMEOUT) as response:
+            if response.status_code != 200:
+                await response.aread()
+                result.error = f"HTTP {response.status_code}: {response.text[:200]}"
+            else:
+                async for line in response.aiter_lines():
+                    if parse(line, result):
+                        break
+    except TimeoutError:
+        result.error = f"the stream did not end within {STREAM_LIMIT:.0f}s"
+    except (httpx.HTTPError, ValueError) as exc:
+        result.error = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+    result.ended = time.perf_counter()
+    return result
+
+
+def _generate_line(line: str, result: CompletionResult) -> bool:
+    """One NDJSON line of Ollama's /api/generate; True once the stream is over."""
+    if not line.strip():
+        return False
+    record = json.loads(line)
+    if "error" in record:
+        result.error = str(record["error"])
+        return True
+    if record.get("response"):
+        record_text(result, record["response"])
+    if record.get("done"):
+        result.finish_reason = record.get("done_reason") or "stop"
+        result.usage_tokens = record.get("eval_count")
+        result.evaluated_tokens = record.get("prompt_eval_count")
+        return True
+    return False
+
+
+def _completion_line(line: str, result: CompletionResult) -> bool:
+    """One SSE event of llama-server's /completion; True once the stream is over."""
+    if not line.startswith("data:"):
+        return False
+    event = json.loads(line[len("data:"):].strip())
+    if "error" in event:
+        result.error = str(event["error"])
+        return True
+    if event.get("content"):
+        record_text(result, event["content"])
+    if not event.get("stop"):
+        return False
+    result.finish_reason = event.get("stop_type") or "stop"
+    result.usage_tokens = event.get("tokens_predicted")
+    timings = event.get("timings") or {}
+    result.evaluated_tokens = timings.get("prompt_n")
+    result.cached_tokens = timings.get("cache_n")
+    result.drafted = timings.get("draft_n")
+    result.accepted = timings.get("draft_n_accepted")
+    return True

@@ -1,0 +1,228 @@
+"""The editor workloads' results (issue 15): every request as a ``Sample``, each workload's
+headline figure per peer, and the goals checked as ratios against llama-server from the same run.
+
+Pure arithmetic on recorded figures, so the tables, JSON and chart can be tested without servers.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.results import ConcurrencyLevel, percentile, ratio
+
+HOMEPORT = "homeport"
+HOMEPORT_NO_SPECULATION = "homeport speculation off"
+LLAMA_SERVER = "llama-server"  # the default setup of every workload
+NGRAM_SIMPLE = "llama-server ngram-simple"
+NGRAM_MOD = "llama-server ngram-mod"
+NO_CACHE_RAM = "llama-server cache-ram 0"
+CACHE_RAM = "llama-server cache-ram"
+
+EDIT, SHARED, RETURNING, CHAT = "edit", "shared prompt", "returning conversations", "plain chat"
+WORKLOADS = (EDIT, SHARED, RETURNING, CHAT)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request: what the client saw, and what the server said it did."""
+
+    round: int
+    ttft_s: float | None
+    decode_tps: float | None
+    tokens: int
+    completed: bool
+    error: str | None = None
+    prompt_tokens: int | None = None
+    prompt_evaluated: int | None = None  # prompt tokens evaluated, not taken from a cache
+    returning: bool = False  # a later turn of a conversation (returning conversations)
+    text: str | None = None  # the output (edit only: compared across peers)
+    copied_chars: int | None = None  # output characters repeating the region (edit only)
+    drafted: int | None = None  # llama-server's speculative decoding (edit only)
+    accepted: int | None = None
+
+
+@dataclass
+class PeerEntry:
+    name: str
+    description: str
+    command: list[str]
+    samples: list[Sample] = field(default_factory=list)
+    levels: list[ConcurrencyLevel] = field(default_factory=list)  # plain chat only
+    error: str | None = None
+
+    def level(self, streams: int) -> ConcurrencyLevel | None:
+        return next((level for level in self.levels if level.streams == streams), None)
+
+    def errors(self) -> list[str]:
+        errors = [sample.error for sample in self.samples]
+        errors += [run.error for level in self.levels for run in level.runs]
+        return list(dict.fromkeys(error for error in errors if error))
+
+
+@dataclass
+class Workload:
+    name: str
+    peers: list[PeerEntry] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def peer(self, name: str) -> PeerEntry | None:
+        return next((peer for peer in self.peers if peer.name == name), None)
+
+
+@dataclass
+class EditorReport:
+    command: str
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    started_at: str
+    duration_s: float = 0.0
+    workloads: list[Workload] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def workload(self, name: str) -> Workload | None:
+        return next((workload for workload in self.workloads if workload.name == name), None)
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return float(statistics.median(present)) if present else None
+
+
+def decode_tps(peer: PeerEntry) -> float | None:
+    """Edit: the median decode rate (tokens/s after the first token) over the rounds."""
+    return _median([sample.decode_tps for sample in peer.samples])
+
+
+def ttft_p95(peer: PeerEntry) -> float | None:
+    """Shared prompt: per round the p95 time to first token of the clients, then the median over
+    rounds; None when a client got no token (leaving it out would flatter the server)."""
+    rounds = sorted({sample.round for sample in peer.samples})
+    per_round = []
+    for number in rounds:
+        times = [sample.ttft_s for sample in peer.samples if sample.round == number]
+        if any(value is None for value in times):
+            return None
+        per_round.append(percentile([value for value in times if value is not None], 95))
+    return _median(per_round)
+
+
+def returning_ttft_p50(peer: PeerEntry) -> float | None:
+    """Returning conversations: the median time to first token of the returning turns."""
+    times = [sample.ttft_s for sample in peer.samples if sample.returning]
+    if not times or any(value is None for value in times):
+        return None
+    return percentile([value for value in times if value is not None], 50)
+
+
+def copied(peer: PeerEntry) -> tuple[int, int] | None:
+    """Edit: output characters copied from the region, and all output characters (first run)."""
+    sample = next((s for s in peer.samples if s.text is not None), None)
+    if sample is None or sample.text is None or sample.copied_chars is None:
+        return None
+    return sample.copied_chars, len(sample.text)
+
+
+def same_output(peer: PeerEntry, other: PeerEntry) -> bool | None:
+    """Edit: whether two peers wrote exactly the same text in every round (greedy)."""
+    mine = [s.text for s in peer.samples if s.text is not None]
+    theirs = [s.text for s in other.samples if s.text is not None]
+    if not mine or not theirs:
+        return None
+    return set(mine) == set(theirs) and len(set(mine)) == 1
+
+
+def acceptance(peer: PeerEntry) -> float | None:
+    """Edit: the share of drafted tokens llama-server accepted, over all rounds."""
+    drafted = sum(s.drafted or 0 for s in peer.samples)
+    accepted = sum(s.accepted or 0 for s in peer.samples)
+    return accepted / drafted if drafted else None
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One of issue 15's goals for homeport, measured against llama-server in the same run."""
+
+    workload: str
+    name: str
+    value: float | None
+    goal: str
+    passed: bool | None  # None: not measured
+
+
+def _best(workload: Workload, names: tuple[str, ...], figure: Any, *, lower: bool
+          ) -> float | None:
+    values = [figure(peer) for name in names if (peer := workload.peer(name)) is not None]
+    present = [value for value in values if value is not None]
+    if not present:
+        return None
+    return float(min(present) if lower else max(present))
+
+
+def goals(report: EditorReport) -> list[Goal]:
+    found: list[Goal] = []
+
+    def at_least(workload: str, label: str, value: float | None, goal: float) -> None:
+        found.append(Goal(workload, label, value, f">= {goal:.2f}x",
+                          None if value is None else value >= goal))
+
+    def at_most(workload: str, label: str, value: float | None, goal: float) -> None:
+        found.append(Goal(workload, label, value, f"<= {goal:.2f}x",
+                          None if value is None else value <= goal))
+
+    edit = report.workload(EDIT)
+    if edit and (mine := edit.peer(HOMEPORT)):
+        default = edit.peer(LLAMA_SERVER)
+        at_least(EDIT, "decode tokens/s vs llama-server default",
+                 ratio(decode_tps(mine), decode_tps(default) if default else None), 2.0)
+        at_least(EDIT, "decode tokens/s vs llama-server's best --spec-type",
+                 ratio(decode_tps(mine), _best(edit, (NGRAM_SIMPLE, NGRAM_MOD), decode_tps,
+                                               lower=False)), 1.2)
+        off = edit.peer(HOMEPORT_NO_SPECULATION)
+        identical = same_output(mine, off) if off else None
+        found.append(Goal(EDIT, "output identical with speculation on and off",
+                          None if identical is None else float(identical), "= 1 (same)",
+                          identical))
+    shared = report.workload(SHARED)
+    if shared and (mine := shared.peer(HOMEPORT)):
+        base = shared.peer(LLAMA_SERVER)
+        at_most(SHARED, "p95 time to first token vs llama-server -np 4",
+                ratio(ttft_p95(mine), ttft_p95(base) if base else None), 0.4)
+    returning = report.workload(RETURNING)
+    if returning and (mine := returning.peer(HOMEPORT)):
+        without, with_cache = returning.peer(NO_CACHE_RAM), returning.peer(CACHE_RAM)
+        at_most(RETURNING, "p50 returning time to first token vs llama-server --cache-ram 0",
+                ratio(returning_ttft_p50(mine),
+                      returning_ttft_p50(without) if without else None), 0.5)
+        at_most(RETURNING, "p50 returning time to first token vs llama-server --cache-ram",
+                ratio(returning_ttft_p50(mine),
+                      returning_ttft_p50(with_cache) if with_cache else None), 1.0)
+    chat = report.workload(CHAT)
+    if chat and (mine := chat.peer(HOMEPORT)):
+        base = chat.peer(LLAMA_SERVER)
+        for level in mine.levels:
+            theirs = base.level(level.streams) if base else None
+            at_least(CHAT, f"tokens/s at {level.streams} stream(s) vs llama-server",
+                     ratio(level.aggregate_tps, theirs.aggregate_tps if theirs else None), 1.0)
+    return found
+
+
+def to_json(report: EditorReport) -> dict[str, Any]:
+    data = asdict(report)
+    figures = {EDIT: decode_tps, SHARED: ttft_p95, RETURNING: returning_ttft_p50}
+    for workload, workload_data in zip(report.workloads, data["workloads"], strict=True):
+        figure = figures.get(workload.name)
+        for peer, peer_data in zip(workload.peers, workload_data["peers"], strict=True):
+            if figure is not None:
+                peer_data["headline"] = figure(peer)
+            for level, level_data in zip(peer.levels, peer_data["levels"], strict=True):
+                level_data["aggregate_tps"] = level.aggregate_tps
+    data["goals"] = [asdict(goal) for goal in goals(report)]
+    return data
+
+
+def write_json(report: EditorReport, path: Path) -> None:
+    path.write_text(json.dumps(to_json(report), indent=2) + "\n")
