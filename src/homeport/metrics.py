@@ -17,6 +17,10 @@ PROMPTS_TRUNCATED = Counter(
     ["model"], registry=REGISTRY)
 GENERATED_TOKENS = Counter(
     "homeport_generated_tokens", "Tokens generated, by model", ["model"], registry=REGISTRY)
+PROMPT_PREFIX_COPIES = Counter(
+    "homeport_prompt_prefix_copies",
+    "Prompts started from a copy of another slot's cached prefix, by model", ["model"],
+    registry=REGISTRY)
 DRAFTED_TOKENS = Counter(
     "homeport_drafted_tokens", "Tokens drafted for speculative decoding, by model", ["model"],
     registry=REGISTRY)

@@ -429,6 +429,11 @@ class LlamaModel:
             llama_cpp.llama_memory_seq_rm(self.memory, seq_id, 0, -1)
         return ok
 
+    def copy_sequence(self, source: int, target: int) -> None:
+        """Make ``target``'s cache a copy of ``source``'s (its old cells are dropped). Each
+        sequence has a KV stream of its own, which llama.cpp copies whole, at the next decode."""
+        llama_cpp.llama_memory_seq_cp(self.memory, source, target, -1, -1)
+
     # --- embeddings ----------------------------------------------------------------------------
 
     def embed(self, tokens: list[int]) -> list[float]:

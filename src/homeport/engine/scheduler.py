@@ -4,7 +4,9 @@ Each step builds one ``llama_batch``: one decode token for every running request
 chunks of newly admitted prompts in the room left, and makes one ``llama_decode`` call. Every
 request owns a slot (a llama.cpp sequence id). A slot keeps its KV cache when its request ends, and
 a new request goes to the free slot sharing the longest token prefix with its prompt, so a chat whose
-history grows turn by turn evaluates only the new tokens.
+history grows turn by turn evaluates only the new tokens. When another slot's cache, busy or idle,
+shares a longer prefix (the same long system prompt from another editor), the new request's slot
+starts from a copy of that slot's cells instead of evaluating them again.
 
 With speculation on, a running request's next token may bring a draft (``engine.drafting``): the
 tokens that followed the same few tokens earlier in its prompt or output. The draft is decoded in
@@ -87,6 +89,10 @@ Deliver = Callable[[Outbox], None]
 # first alone and the rest one step later. A lone request pays GATHER_QUIET once.
 GATHER_QUIET = 0.003
 GATHER_MAX = 0.02
+# A prompt that shares at least this many more tokens with another slot's cache (busy or idle)
+# than with its own slot's starts from a copy of that slot's cells: llama.cpp copies a sequence's
+# whole KV stream, which costs about what evaluating a few dozen tokens does.
+PREFIX_COPY_MIN = 64
 
 
 def deliver_directly(outbox: Outbox) -> None:
@@ -511,8 +517,28 @@ class Scheduler:
             slot = max(free, key=lambda s: (common_prefix(s.cache, job.prompt), -s.last_used))
             self._assign(slot, job)
 
+    def _prefix_donor(self, slot: Slot, prompt: list[int], own: int) -> Slot | None:
+        """The other slot whose cache shares the longest prefix with ``prompt``, if it is worth
+        copying (PREFIX_COPY_MIN more tokens than the slot's own cache shares)."""
+        donor, longest = None, own + PREFIX_COPY_MIN - 1
+        for other in self.slots:
+            if other is not slot:
+                shared = common_prefix(other.cache, prompt)
+                if shared > longest:
+                    donor, longest = other, shared
+        return donor
+
     def _assign(self, slot: Slot, job: Job) -> None:
         reuse = common_prefix(slot.cache, job.prompt)
+        donor = self._prefix_donor(slot, job.prompt, reuse)
+        if donor is not None:
+            # Its cache is exactly what is decoded: admission runs before this step's batch.
+            self.model.copy_sequence(donor.seq_id, slot.seq_id)
+            slot.cache = list(donor.cache)
+            reuse = common_prefix(slot.cache, job.prompt)
+            metrics.PROMPT_PREFIX_COPIES.labels(self.label).inc()
+            log.debug("%s: slot %d starts from slot %d's %d shared tokens", self.label,
+                      slot.seq_id, donor.seq_id, reuse)
         if reuse == len(job.prompt):
             reuse -= 1  # the last prompt token is evaluated again to get its logits
         if not self.model.forget(slot.seq_id, reuse):
