@@ -429,6 +429,12 @@ class LlamaModel:
             llama_cpp.llama_memory_seq_rm(self.memory, seq_id, 0, -1)
         return ok
 
+    @property
+    def can_roll_back(self) -> bool:
+        """Whether a sequence's last positions can be dropped (not for recurrent state)."""
+        return not (llama_cpp.llama_model_is_recurrent(self.model)
+                    or llama_cpp.llama_model_is_hybrid(self.model))
+
     def copy_sequence(self, source: int, target: int) -> None:
         """Make ``target``'s cache a copy of ``source``'s (its old cells are dropped). Each
         sequence has a KV stream of its own, which llama.cpp copies whole, at the next decode."""

@@ -199,7 +199,8 @@ class Scheduler:
         self.slots = [Slot(seq_id) for seq_id in range(n_slots)]
         self.n_batch = n_batch
         self.label = label
-        self.speculation = speculation
+        # A recurrent model's state cannot be rolled back past a refused draft.
+        self.speculation = speculation and model.can_roll_back
         self.pending: deque[Job] = deque()
         self.embeddings: deque[EmbeddingJob] = deque()
         self._cond = threading.Condition()
@@ -404,6 +405,7 @@ class Scheduler:
         assert job is not None
         draft = part.tokens[1:]
         del slot.cache[part.start + 1:]  # the draft's tokens count once confirmed
+        job.drafted += len(draft)  # counted first: a token below may finish the request
         confirmed = 0
         for position, index in enumerate(indexes):
             token = slot.sampler.sample(self.model, index)
@@ -413,10 +415,9 @@ class Scheduler:
                 break
             slot.cache.append(token)
             confirmed += 1
+            job.draft_accepted += 1
         if not self.model.forget(slot.seq_id, len(slot.cache)):
             raise EngineError("the cells of a refused draft could not be dropped")
-        job.drafted += len(draft)
-        job.draft_accepted += confirmed
         slot.policy.record(len(draft), confirmed)
         metrics.DRAFTED_TOKENS.labels(self.label).inc(len(draft))
         metrics.DRAFT_ACCEPTED_TOKENS.labels(self.label).inc(confirmed)
