@@ -215,6 +215,13 @@ SPECULATION = _register(Setting(
     "Speculative decoding: draft tokens from the request's own text (an edit's copied lines) and "
     "verify them in one step; the answer is the same either way (default true)",
 ))
+CACHE_RAM = _register(Setting(
+    ("HOMEPORT_CACHE_RAM",), -1, _byte_size,
+    "Host memory each model may keep slot states in for conversations that return after "
+    "another took their slot, e.g. 2GiB; 0 turns it off (default: a sixteenth of the memory "
+    "models may use, at most 8GiB, and at most four times the model's K/V cache)",
+    shown_default="auto",
+))
 MEMORY_LIMIT = _register(Setting(
     ("HOMEPORT_MEMORY_LIMIT",), 0, _byte_size,
     "Memory models may use, e.g. 8GiB (default 0: what the system reports available)",

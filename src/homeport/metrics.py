@@ -21,6 +21,14 @@ PROMPT_PREFIX_COPIES = Counter(
     "homeport_prompt_prefix_copies",
     "Prompts started from a copy of another slot's cached prefix, by model", ["model"],
     registry=REGISTRY)
+PROMPT_CACHE_BYTES = Gauge(
+    "homeport_prompt_cache_bytes",
+    "Host memory held by slot states kept for returning conversations, by model", ["model"],
+    registry=REGISTRY)
+PROMPT_CACHE_EVENTS = Counter(
+    "homeport_prompt_cache",
+    "Slot states saved for returning conversations, and restored when one returned, by model",
+    ["model", "event"], registry=REGISTRY)
 DRAFTED_TOKENS = Counter(
     "homeport_drafted_tokens", "Tokens drafted for speculative decoding, by model", ["model"],
     registry=REGISTRY)

@@ -16,6 +16,7 @@ from homeport.api.errors import error_response
 from homeport.api.mesh_routing import MeshRouting, new_node_id
 from homeport.api.no_engine import RefuseLocalModels
 from homeport.engine.manager import ManagerSettings
+from homeport.engine.memory import available_memory
 from homeport.engine.service import Engine, EngineSettings
 from homeport.mesh.discovery import PeerDiscovery
 from homeport.mesh.upstreams import Upstreams, configured_upstreams
@@ -44,6 +45,14 @@ def setup_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def prompt_cache_budget(configured: int, memory_limit: int) -> int:
+    """HOMEPORT_CACHE_RAM, or when it is not set (-1), a sixteenth of the memory models may use,
+    at most 8 GiB."""
+    if configured >= 0:
+        return configured
+    return min(8 * 1024**3, (memory_limit or available_memory()) // 16)
+
+
 def engine_settings() -> EngineSettings:
     flash_attention, kv_cache_type = config.FLASH_ATTENTION.get(), config.KV_CACHE_TYPE.get()
     if kv_cache_type != "f16" and flash_attention == "off":
@@ -67,6 +76,7 @@ def engine_settings() -> EngineSettings:
         flash_attention=flash_attention,
         kv_cache_type=kv_cache_type,
         speculation=config.SPECULATION.get(),
+        cache_ram=prompt_cache_budget(config.CACHE_RAM.get(), config.MEMORY_LIMIT.get()),
         template_timeout=config.TEMPLATE_TIMEOUT.get(),
     )
 

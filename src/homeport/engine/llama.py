@@ -435,6 +435,18 @@ class LlamaModel:
         return not (llama_cpp.llama_model_is_recurrent(self.model)
                     or llama_cpp.llama_model_is_hybrid(self.model))
 
+    def save_sequence(self, seq_id: int) -> bytes:
+        """A sequence's state (its cells' positions and K/V), for ``restore_sequence``."""
+        size = int(llama_cpp.llama_state_seq_get_size(self.ctx, seq_id))
+        buffer = (ctypes.c_uint8 * size)()
+        written = int(llama_cpp.llama_state_seq_get_data(self.ctx, buffer, size, seq_id))
+        return bytes(memoryview(buffer)[:written])
+
+    def restore_sequence(self, seq_id: int, data: bytes) -> bool:
+        """Make ``seq_id`` hold a state ``save_sequence`` returned; False if it did not fit."""
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return int(llama_cpp.llama_state_seq_set_data(self.ctx, buffer, len(data), seq_id)) > 0
+
     def copy_sequence(self, source: int, target: int) -> None:
         """Make ``target``'s cache a copy of ``source``'s (its old cells are dropped). Each
         sequence has a KV stream of its own, which llama.cpp copies whole, at the next decode."""

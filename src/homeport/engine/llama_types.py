@@ -34,6 +34,7 @@ class ContextSettings:
     kv_cache_type: str = "f16"  # f16, q8_0, q4_0
     num_gpu: int = -1  # layers on GPUs: -1 as many as fit (engine.placement), 0 none
     speculation: bool = True  # draft tokens from the request's own text (engine.drafting)
+    cache_ram: int = 0  # bytes of slot states kept for returning conversations (prompt_cache)
 
     @property
     def n_ctx_total(self) -> int:

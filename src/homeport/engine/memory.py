@@ -44,9 +44,15 @@ def _fixed_bytes(info: GGUFInfo, n_seq: int) -> int:
 
 
 def estimate_model_bytes(info: GGUFInfo, settings: ContextSettings) -> int:
-    """Weights (the file) + KV cache for every slot + logits + fixed overhead, all in host memory
-    (``placement`` says how much of it a GPU takes instead)."""
-    return _fixed_bytes(info, settings.n_seq) + kv_cache_bytes(info, settings)
+    """Weights (the file) + KV cache for every slot + logits + fixed overhead + the RAM prompt
+    cache, all in host memory (``placement`` says how much of it a GPU takes instead)."""
+    return _fixed_bytes(info, settings.n_seq) + kv_cache_bytes(info, settings) + settings.cache_ram
+
+
+def prompt_cache_bytes(info: GGUFInfo, settings: ContextSettings, budget: int) -> int:
+    """The RAM prompt cache a model gets: the configured budget, but no more than four times its
+    slots' K/V cache (sixteen whole contexts kept at four slots)."""
+    return min(budget, 4 * kv_cache_bytes(info, settings))
 
 
 def choose_context_length(trained_context: int, memory: int, fixed_bytes: int,

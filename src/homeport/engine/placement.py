@@ -182,7 +182,9 @@ def model_needs(info: GGUFInfo, settings: ContextSettings) -> ModelNeeds:
     output_on_host = norm + (own_output or 0)
     logits = logits_bytes(info, settings.n_seq)
     in_layers = sum(weights) + sum(experts)
-    host_fixed = info.file_size - in_layers - output_on_host + logits + HOST_OVERHEAD_BYTES
+    # The RAM prompt cache (settings.cache_ram) is host memory wherever the layers go.
+    host_fixed = (info.file_size - in_layers - output_on_host + logits + HOST_OVERHEAD_BYTES
+                  + settings.cache_ram)
     return ModelNeeds(layers=layers, output_on_gpu=output_on_gpu, output_on_host=output_on_host,
                       host_fixed=host_fixed, gpu_compute=compute_buffer_bytes(info, settings))
 

@@ -128,7 +128,8 @@ class RunnerLoop:
         self.channel = channel
         self.jobs: dict[int, RunnerJob] = {}
         self.scheduler = Scheduler(model, model.settings.n_seq, model.settings.n_batch, label,
-                                   deliver=self._deliver, speculation=model.settings.speculation)
+                                   deliver=self._deliver, speculation=model.settings.speculation,
+                                   cache_bytes=model.settings.cache_ram)
 
     def _deliver(self, outbox: Outbox) -> None:
         events: list[tuple[int, Event, tuple[int, ...], bool]] = []

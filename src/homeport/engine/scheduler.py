@@ -6,7 +6,9 @@ request owns a slot (a llama.cpp sequence id). A slot keeps its KV cache when it
 a new request goes to the free slot sharing the longest token prefix with its prompt, so a chat whose
 history grows turn by turn evaluates only the new tokens. When another slot's cache, busy or idle,
 shares a longer prefix (the same long system prompt from another editor), the new request's slot
-starts from a copy of that slot's cells instead of evaluating them again.
+starts from a copy of that slot's cells instead of evaluating them again. And when a slot is
+taken by another conversation, its state is kept in host memory (``engine.prompt_cache``, within
+a budget) and restored when a prompt with that prefix returns.
 
 With speculation on, a running request's next token may bring a draft (``engine.drafting``): the
 tokens that followed the same few tokens earlier in its prompt or output. The draft is decoded in
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Literal
 from homeport import metrics
 from homeport.engine.drafting import DraftPolicy, NgramDrafter
 from homeport.engine.llama_types import EngineError, SamplingParams
+from homeport.engine.prompt_cache import PromptCache, SavedState, common_prefix
 from homeport.engine.stops import StopFinder
 from homeport.errors import HomeportError
 
@@ -93,6 +96,9 @@ GATHER_MAX = 0.02
 # than with its own slot's starts from a copy of that slot's cells: llama.cpp copies a sequence's
 # whole KV stream, which costs about what evaluating a few dozen tokens does.
 PREFIX_COPY_MIN = 64
+# A slot state is kept for a returning conversation only when taking the slot drops this many of
+# its tokens.
+SAVE_MIN = 64
 
 
 def deliver_directly(outbox: Outbox) -> None:
@@ -177,19 +183,11 @@ class Part:
     drafted: int = 0  # the last ``drafted`` tokens are a draft, each with its logits
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    limit = min(len(a), len(b))
-    index = 0
-    while index < limit and a[index] == b[index]:
-        index += 1
-    return index
-
-
 class Scheduler:
     """Runs every request for one model; see the module docstring."""
 
     def __init__(self, model: LlamaModel, n_slots: int, n_batch: int, label: str,
-                 deliver: Deliver, speculation: bool = False) -> None:
+                 deliver: Deliver, speculation: bool = False, cache_bytes: int = 0) -> None:
         from homeport.engine.llama import Batch  # where a model runs: llama.cpp is loaded
 
         self.model = model
@@ -201,6 +199,7 @@ class Scheduler:
         self.label = label
         # A recurrent model's state cannot be rolled back past a refused draft.
         self.speculation = speculation and model.can_roll_back
+        self.prompt_cache = PromptCache(cache_bytes) if cache_bytes > 0 else None
         self.pending: deque[Job] = deque()
         self.embeddings: deque[EmbeddingJob] = deque()
         self._cond = threading.Condition()
@@ -518,28 +517,52 @@ class Scheduler:
             slot = max(free, key=lambda s: (common_prefix(s.cache, job.prompt), -s.last_used))
             self._assign(slot, job)
 
-    def _prefix_donor(self, slot: Slot, prompt: list[int], own: int) -> Slot | None:
+    def _prefix_donor(self, slot: Slot, prompt: list[int], own: int) -> tuple[Slot | None, int]:
         """The other slot whose cache shares the longest prefix with ``prompt``, if it is worth
-        copying (PREFIX_COPY_MIN more tokens than the slot's own cache shares)."""
+        copying (PREFIX_COPY_MIN more tokens than the slot's own cache shares), and that length."""
         donor, longest = None, own + PREFIX_COPY_MIN - 1
         for other in self.slots:
             if other is not slot:
                 shared = common_prefix(other.cache, prompt)
                 if shared > longest:
                     donor, longest = other, shared
-        return donor
+        return donor, longest
+
+    def _save_before_reuse(self, slot: Slot, reuse: int) -> None:
+        """Keep the slot's state in the prompt cache if taking it drops enough of its tokens."""
+        if self.prompt_cache is None or len(slot.cache) - reuse < SAVE_MIN:
+            return
+        state = SavedState(tuple(slot.cache), self.model.save_sequence(slot.seq_id))
+        change = self.prompt_cache.put(state)
+        metrics.PROMPT_CACHE_BYTES.labels(self.label).inc(change)
+        metrics.PROMPT_CACHE_EVENTS.labels(self.label, "saved").inc()
+
+    def _restore(self, slot: Slot, state: SavedState) -> bool:
+        """Start the slot from a kept state."""
+        self.model.forget(slot.seq_id)
+        if not self.model.restore_sequence(slot.seq_id, state.data):
+            self.model.forget(slot.seq_id)
+            slot.cache = []
+            return False
+        slot.cache = list(state.tokens)
+        metrics.PROMPT_CACHE_EVENTS.labels(self.label, "restored").inc()
+        return True
 
     def _assign(self, slot: Slot, job: Job) -> None:
         reuse = common_prefix(slot.cache, job.prompt)
-        donor = self._prefix_donor(slot, job.prompt, reuse)
-        if donor is not None:
+        donor, shared = self._prefix_donor(slot, job.prompt, reuse)
+        kept = self.prompt_cache.best(job.prompt, shared) if self.prompt_cache else None
+        # Saved after the lookup: keeping this slot's state may evict the one found, which is
+        # restored all the same.
+        self._save_before_reuse(slot, reuse)
+        if not (kept and self._restore(slot, kept[0])) and donor is not None:
             # Its cache is exactly what is decoded: admission runs before this step's batch.
             self.model.copy_sequence(donor.seq_id, slot.seq_id)
             slot.cache = list(donor.cache)
-            reuse = common_prefix(slot.cache, job.prompt)
             metrics.PROMPT_PREFIX_COPIES.labels(self.label).inc()
-            log.debug("%s: slot %d starts from slot %d's %d shared tokens", self.label,
-                      slot.seq_id, donor.seq_id, reuse)
+            log.debug("%s: slot %d starts from slot %d's cells", self.label, slot.seq_id,
+                      donor.seq_id)
+        reuse = common_prefix(slot.cache, job.prompt)
         if reuse == len(job.prompt):
             reuse -= 1  # the last prompt token is evaluated again to get its logits
         if not self.model.forget(slot.seq_id, reuse):

@@ -12,14 +12,18 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from homeport import metrics
 from homeport.engine.grammar import json_grammar
 from homeport.engine.llama_types import ContextSettings, SamplingParams, default_threads
 from homeport.engine.manager import ManagerSettings, ModelManager, Runner
-from homeport.engine.memory import available_memory, default_context_length
+from homeport.engine.memory import (
+    available_memory,
+    default_context_length,
+    prompt_cache_bytes,
+)
 from homeport.engine.options import ModelOptions, resolve_options
 from homeport.engine.parsing import Delta, OutputParser, ToolCall
 from homeport.engine.scheduler import EmbeddingJob, Failed, Finished, Job, TextChunk
@@ -124,6 +128,7 @@ class EngineSettings:
     flash_attention: str = "auto"
     kv_cache_type: str = "f16"
     speculation: bool = True
+    cache_ram: int = 0  # the RAM prompt cache's budget for each model (prompt_cache_bytes caps it)
     template_timeout: float = RENDER_TIMEOUT_SECONDS
 
 
@@ -242,8 +247,8 @@ class Engine:
         finally:
             self.templates.close()
 
-    def _context_settings(self, options: ModelOptions) -> ContextSettings:
-        return ContextSettings(
+    def _context_settings(self, record: ModelRecord, options: ModelOptions) -> ContextSettings:
+        settings = ContextSettings(
             n_ctx_per_seq=options.num_ctx,
             n_seq=self.settings.manager.num_parallel,
             n_batch=options.num_batch,
@@ -253,6 +258,8 @@ class Engine:
             num_gpu=options.num_gpu,
             speculation=self.settings.speculation,
         )
+        return replace(settings, cache_ram=prompt_cache_bytes(record.gguf, settings,
+                                                              self.settings.cache_ram))
 
     def default_num_ctx(self, record: ModelRecord) -> int:
         """num_ctx for a request that sets none: the configured one, else as much of the model's
@@ -281,7 +288,7 @@ class Engine:
             return Done("unload", Timings(total=time.perf_counter() - started))
         options = self.options_for(record, request_options, max_num_ctx)
         runner, load_seconds = await self.manager.acquire(
-            record, self._context_settings(options), keep_alive)
+            record, self._context_settings(record, options), keep_alive)
         self.manager.release(runner, keep_alive)
         return Done("load", Timings(total=time.perf_counter() - started, load=load_seconds))
 
@@ -307,7 +314,7 @@ class Engine:
         grammar = await asyncio.to_thread(_grammar_for, request.format) if request.format else None
         self.manager.check_queue()
         runner, load_seconds = await self.manager.acquire(
-            record, self._context_settings(options), request.keep_alive)
+            record, self._context_settings(record, options), request.keep_alive)
         try:
             # Off the event loop: a long prompt takes a while to tokenize, and the template
             # renders in its own process, which may take up to its time limit.
@@ -415,8 +422,8 @@ class Engine:
         tokenizer (loading the model if it is not loaded)."""
         thinking = template_features(request.record.chat_template).thinking
         options = self.options_for(request.record, request.options, request.max_num_ctx)
-        runner, _ = await self.manager.acquire(request.record, self._context_settings(options),
-                                               request.keep_alive)
+        settings = self._context_settings(request.record, options)
+        runner, _ = await self.manager.acquire(request.record, settings, request.keep_alive)
         try:
             def count() -> int:
                 text, _ = self._prompt_text(runner, request, thinking)
@@ -435,7 +442,7 @@ class Engine:
         model_options = self.options_for(record, options, max_num_ctx)
         self.manager.check_queue()
         runner, load_seconds = await self.manager.acquire(
-            record, self._context_settings(model_options), keep_alive)
+            record, self._context_settings(record, model_options), keep_alive)
         try:
             vectors = []
             total_tokens = 0

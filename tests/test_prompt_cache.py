@@ -1,0 +1,91 @@
+"""More conversations than slots: a conversation pushed out of its slot is kept in RAM and, when it
+returns, evaluates only its new tokens and answers as it would have; the cache keeps its budget
+and counts in the model's memory estimate.
+
+One slot, so every other conversation pushes the first one out. Without flash attention, where
+llama.cpp's results do not depend on how tokens were batched (see tests/test_speculation.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL
+from tests.support.metrics import value
+from tests.support.server import ServerProcess
+
+BUDGET = 24 * 1024**2  # one ~700-token SmolLM2 state (about 16 MiB), not two
+SOURCE = (Path(__file__).resolve().parents[1] / "src" / "homeport" / "engine" / "scheduler.py"
+          ).read_text()
+OPTIONS = {"temperature": 0, "num_predict": 24}
+
+
+def _server(tmp_path_factory: pytest.TempPathFactory, budget: int) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp(f"prompt-cache-{budget}"),
+                            env={"HOMEPORT_CONTEXT_LENGTH": "2048", "HOMEPORT_NUM_PARALLEL": "1",
+                                 "HOMEPORT_FLASH_ATTENTION": "false",
+                                 "HOMEPORT_CACHE_RAM": str(budget)})
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from _server(tmp_path_factory, BUDGET)
+
+
+@pytest.fixture(scope="module")
+def uncached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from _server(tmp_path_factory, 0)
+
+
+def _conversation(index: int) -> list[dict[str, str]]:
+    attached = SOURCE[index * 2500:index * 2500 + 2400]
+    return [{"role": "system", "content": f"You review code. The user attached:\n{attached}"},
+            {"role": "user", "content": "What does this code do?"}]
+
+
+def _chat(http: httpx.Client, messages: list[dict[str, str]]) -> dict[str, Any]:
+    reply = http.post("/api/chat", json={"model": MODEL, "messages": messages,
+                                         "stream": False, "options": OPTIONS})
+    assert reply.status_code == 200, reply.text
+    answer: dict[str, Any] = reply.json()
+    return answer
+
+
+def test_a_returning_conversation_evaluates_only_its_new_tokens(cached: ServerProcess) -> None:
+    with httpx.Client(base_url=cached.url, timeout=600) as http:
+        first = _conversation(0)
+        answer = _chat(http, first)
+        _chat(http, _conversation(1))  # takes the only slot: the first is saved
+        again = [*first, answer["message"],
+                 {"role": "user", "content": "And what is a slot?"}]
+        returned = _chat(http, again)
+        http.post("/api/generate", json={"model": MODEL, "keep_alive": 0})
+        fresh = _chat(http, again)  # a new runner: nothing cached
+    assert returned["message"]["content"] == fresh["message"]["content"]
+    assert fresh["prompt_eval_count"] > 500
+    assert returned["prompt_eval_count"] < 100
+    assert value(cached.url, "homeport_prompt_cache_total", model=MODEL, event="restored") >= 1
+
+
+def test_the_cache_keeps_its_budget_and_counts_in_the_memory_estimate(
+        cached: ServerProcess, uncached: ServerProcess) -> None:
+    sizes = []
+    for server in (cached, uncached):
+        with httpx.Client(base_url=server.url, timeout=600) as http:
+            for index in range(4):
+                _chat(http, _conversation(index))
+            held = value(server.url, "homeport_prompt_cache_bytes", model=MODEL)
+            assert 0 <= held <= BUDGET
+            if server is cached:
+                assert held > 0
+            (loaded,) = http.get("/api/ps").json()["models"]
+            sizes.append(loaded["size"])
+    assert sizes[0] - sizes[1] == BUDGET
