@@ -210,10 +210,15 @@ KV_CACHE_TYPE = _register(Setting(
     "K/V cache type: f16, q8_0 (about half the memory) or q4_0 (about a quarter); "
     "quantized needs flash attention (default f16)",
 ))
+def _speculation(raw: str) -> str:
+    return "auto" if raw.lower() == "auto" else ("on" if _boolean(raw) else "off")
+
+
 SPECULATION = _register(Setting(
-    ("HOMEPORT_SPECULATION",), True, _boolean,
+    ("HOMEPORT_SPECULATION",), "auto", _speculation,
     "Speculative decoding: draft tokens from the request's own text (an edit's copied lines) and "
-    "verify them in one step; the answer is the same either way (default true)",
+    "verify them in one step. auto: on where it cannot change an answer (flash attention off); "
+    "true: also with flash attention, whose kernels may change a near tie (default auto)",
 ))
 CACHE_RAM = _register(Setting(
     ("HOMEPORT_CACHE_RAM",), -1, _byte_size,

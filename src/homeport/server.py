@@ -77,6 +77,7 @@ def engine_settings() -> EngineSettings:
         kv_cache_type=kv_cache_type,
         speculation=config.SPECULATION.get(),
         cache_ram=prompt_cache_budget(config.CACHE_RAM.get(), config.MEMORY_LIMIT.get()),
+        cache_ram_auto=config.CACHE_RAM.get() < 0,
         template_timeout=config.TEMPLATE_TIMEOUT.get(),
     )
 

@@ -22,6 +22,7 @@ from homeport.engine.manager import ManagerSettings, ModelManager, Runner
 from homeport.engine.memory import (
     available_memory,
     default_context_length,
+    estimate_model_bytes,
     prompt_cache_bytes,
 )
 from homeport.engine.options import ModelOptions, resolve_options
@@ -127,8 +128,9 @@ class EngineSettings:
     num_threads: int = 0
     flash_attention: str = "auto"
     kv_cache_type: str = "f16"
-    speculation: bool = True
+    speculation: str = "auto"  # on, off, or auto: on where exact (without flash attention)
     cache_ram: int = 0  # the RAM prompt cache's budget for each model (prompt_cache_bytes caps it)
+    cache_ram_auto: bool = False  # not set by the user: no more than the memory left spares
     template_timeout: float = RENDER_TIMEOUT_SECONDS
 
 
@@ -256,10 +258,17 @@ class Engine:
             flash_attention=self.settings.flash_attention,
             kv_cache_type=self.settings.kv_cache_type,
             num_gpu=options.num_gpu,
-            speculation=self.settings.speculation,
+            # llama.cpp's CPU flash attention sums one token's attention in another order than a
+            # draft's several: only without it are drafted tokens exactly what decoding alone gives.
+            speculation=self.settings.speculation == "on" or (
+                self.settings.speculation == "auto" and self.settings.flash_attention == "off"),
         )
-        return replace(settings, cache_ram=prompt_cache_bytes(record.gguf, settings,
-                                                              self.settings.cache_ram))
+        budget = prompt_cache_bytes(record.gguf, settings, self.settings.cache_ram)
+        if self.settings.cache_ram_auto:
+            # A default never makes a model too big: half of what it leaves of the memory at most.
+            spare = self._context_memory - estimate_model_bytes(record.gguf, settings)
+            budget = min(budget, max(0, spare // 2))
+        return replace(settings, cache_ram=budget)
 
     def default_num_ctx(self, record: ModelRecord) -> int:
         """num_ctx for a request that sets none: the configured one, else as much of the model's
