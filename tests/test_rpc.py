@@ -168,9 +168,6 @@ def host_bytes(on_worker: bool) -> int:
     return place(needs, [cpu, roomy] if on_worker else [cpu]).host_bytes
 
 
-# Known flaky in full-suite runs (2 of 3 on 2026-12-04, passes alone): the idle runner's watch
-# did not see the killed worker's connection close within 60 s. Issue 12 stays open for it.
-@pytest.mark.xfail(strict=False, reason="the worker-death watch of an idle runner is flaky")
 def test_a_model_too_big_for_this_machine_runs_on_a_worker_until_it_dies(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     # A memory limit between the host share with a worker and without: only a worker makes

@@ -22,6 +22,8 @@ log = logging.getLogger("homeport.runner")
 
 INTERVAL = 1.0
 EXIT_STATUS = 3
+# A connection the worker has closed waits in CLOSE_WAIT until this process closes its end.
+OPEN_OR_CLOSING = frozenset({psutil.CONN_ESTABLISHED, psutil.CONN_CLOSE_WAIT})
 
 
 def _addresses(endpoint: str) -> set[tuple[str, int]]:
@@ -33,21 +35,20 @@ def _addresses(endpoint: str) -> set[tuple[str, int]]:
     return {(str(info[4][0]), int(port)) for info in infos}
 
 
-def open_workers(endpoints: tuple[str, ...], addresses: dict[str, set[tuple[str, int]]]
-                 ) -> set[str]:
-    """The workers this process has an established connection to."""
+def open_workers(endpoints: tuple[str, ...], addresses: dict[str, set[tuple[str, int]]],
+                 states: frozenset[str] = frozenset({psutil.CONN_ESTABLISHED})) -> set[str]:
+    """The workers this process has a connection to in one of ``states``."""
     found: set[str] = set()
     for conn in psutil.Process().net_connections(kind="tcp4"):
-        if conn.raddr and conn.status == psutil.CONN_ESTABLISHED:
+        if conn.raddr and conn.status in states:
             found.update(endpoint for endpoint in endpoints
                          if (conn.raddr.ip, conn.raddr.port) in addresses[endpoint])
     return found
 
 
-def watch(endpoints: tuple[str, ...]) -> None:
+def watch(endpoints: tuple[str, ...], addresses: dict[str, set[tuple[str, int]]],
+          connected: set[str]) -> None:
     """Exit this process when a worker it was connected to closes on it (a daemon thread)."""
-    addresses = {endpoint: _addresses(endpoint) for endpoint in endpoints}
-    connected: set[str] = set()
     while True:
         time.sleep(INTERVAL)
         now = open_workers(endpoints, addresses)
@@ -61,6 +62,15 @@ def watch(endpoints: tuple[str, ...]) -> None:
 
 
 def start_watching(endpoints: tuple[str, ...]) -> None:
-    if endpoints:
-        threading.Thread(target=watch, args=(endpoints,), name="worker-watch",
-                         daemon=True).start()
+    """Watch the workers of a model just loaded; call before the runner says it is ready.
+
+    The connections the load left open are noted here, before any request: a worker killed
+    before the watch thread's first look (a busy machine can delay it past a whole request)
+    leaves its connection half-closed, which still counts as one that was open.
+    """
+    if not endpoints:
+        return
+    addresses = {endpoint: _addresses(endpoint) for endpoint in endpoints}
+    connected = open_workers(endpoints, addresses, OPEN_OR_CLOSING)
+    threading.Thread(target=watch, args=(endpoints, addresses, connected), name="worker-watch",
+                     daemon=True).start()
