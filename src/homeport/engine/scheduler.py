@@ -6,7 +6,9 @@ request owns a slot (a llama.cpp sequence id). A slot keeps its KV cache when it
 a new request goes to the free slot sharing the longest token prefix with its prompt, so a chat whose
 history grows turn by turn evaluates only the new tokens. When another slot's cache, busy or idle,
 shares a longer prefix (the same long system prompt from another editor), the new request's slot
-starts from a copy of that slot's cells instead of evaluating them again. And when a slot is
+starts from a copy of that slot's cells instead of evaluating them again; when that prefix is
+still being evaluated for another request (editors that send together), the new request waits for
+it rather than evaluating it a second time beside it. And when a slot is
 taken by another conversation, its state is kept in host memory (``engine.prompt_cache``, within
 a budget) and restored when a prompt with that prefix returns.
 
@@ -155,6 +157,16 @@ class EmbeddingJob:
     done: Callable[[list[float] | HomeportError], None]
 
 
+@dataclass(frozen=True)
+class Awaited:
+    """A prompt prefix that another slot is evaluating, which this slot will copy (see
+    ``Scheduler._leader``)."""
+
+    leader: Slot
+    job: Job  # the leader's request: when it leaves the slot, the wait is over
+    length: int  # prompt tokens shared with it
+
+
 @dataclass
 class Slot:
     seq_id: int
@@ -166,6 +178,7 @@ class Slot:
     last_used: float = 0.0
     drafter: NgramDrafter | None = None  # the running request's tokens, when speculating
     policy: DraftPolicy = field(default_factory=DraftPolicy)
+    awaiting: Awaited | None = None  # evaluates nothing until its leader has the prefix
 
     @property
     def prefilling(self) -> bool:
@@ -296,6 +309,7 @@ class Scheduler:
         if self.pending:
             self._gather()
         self._admit()
+        self._resume_awaiting()
         parts = self._plan()
         if not parts:
             return
@@ -318,7 +332,7 @@ class Scheduler:
             tokens = [slot.next_token, *draft]
             parts.append(Part(slot, tokens, len(slot.cache), sample=True, drafted=len(draft)))
             slot.cache.extend(tokens)
-        for slot in sorted((s for s in self.slots if s.prefilling),
+        for slot in sorted((s for s in self.slots if s.prefilling and s.awaiting is None),
                            key=lambda s: s.job.admitted_at if s.job else 0.0):
             if room <= 0:
                 break
@@ -484,6 +498,7 @@ class Scheduler:
             metrics.BUSY_SLOTS.labels(self.label).dec()
         slot.job = None
         slot.drafter = None
+        slot.awaiting = None
         slot.last_used = time.perf_counter()
 
     def _drop_cancelled(self) -> None:
@@ -548,6 +563,33 @@ class Scheduler:
         metrics.PROMPT_CACHE_EVENTS.labels(self.label, "restored").inc()
         return True
 
+    def _leader(self, slot: Slot, prompt: list[int], own: int) -> Awaited | None:
+        """Another slot still evaluating a prompt that shares at least PREFIX_COPY_MIN more
+        tokens with ``prompt`` than ``own``: rather than evaluate the same tokens beside it,
+        this slot waits and copies them. Waiting costs one step at most over evaluating, and
+        four editors sending one system prompt together evaluate it once instead of four times.
+        """
+        if not self.model.can_roll_back:  # a recurrent state cannot be cut back to the prefix
+            return None
+        found: Awaited | None = None
+        longest = own + PREFIX_COPY_MIN - 1
+        for other in self.slots:
+            if (other is slot or other.job is None or other.awaiting is not None
+                    or not other.prefilling):
+                continue
+            shared = common_prefix(other.job.prompt, prompt)
+            if shared > longest:
+                found, longest = Awaited(other, other.job, shared), shared
+        return found
+
+    def _copy_cells(self, donor: Slot, slot: Slot) -> None:
+        # The donor's cache is exactly what is decoded: this runs before the step's batch.
+        self.model.copy_sequence(donor.seq_id, slot.seq_id)
+        slot.cache = list(donor.cache)
+        metrics.PROMPT_PREFIX_COPIES.labels(self.label).inc()
+        log.debug("%s: slot %d starts from slot %d's cells", self.label, slot.seq_id,
+                  donor.seq_id)
+
     def _assign(self, slot: Slot, job: Job) -> None:
         reuse = common_prefix(slot.cache, job.prompt)
         donor, shared = self._prefix_donor(slot, job.prompt, reuse)
@@ -556,31 +598,47 @@ class Scheduler:
         # restored all the same.
         self._save_before_reuse(slot, reuse)
         if not (kept and self._restore(slot, kept[0])) and donor is not None:
-            # Its cache is exactly what is decoded: admission runs before this step's batch.
-            self.model.copy_sequence(donor.seq_id, slot.seq_id)
-            slot.cache = list(donor.cache)
-            metrics.PROMPT_PREFIX_COPIES.labels(self.label).inc()
-            log.debug("%s: slot %d starts from slot %d's cells", self.label, slot.seq_id,
-                      donor.seq_id)
+            self._copy_cells(donor, slot)
+        slot.sampler = job.sampler
+        slot.job = job
+        if self.speculation:
+            slot.drafter = NgramDrafter(job.prompt)
+            slot.policy = DraftPolicy()
+        slot.awaiting = self._leader(slot, job.prompt, common_prefix(slot.cache, job.prompt))
+        job.admitted_at = time.perf_counter()
+        metrics.BUSY_SLOTS.labels(self.label).inc()
+        self._start_prompt(slot, job)
+
+    def _resume_awaiting(self) -> None:
+        """Slots whose leader has evaluated the shared prefix (or left) go on from its cells."""
+        for slot in self.slots:
+            awaited, job = slot.awaiting, slot.job
+            if awaited is None or job is None:
+                continue
+            if awaited.leader.job is awaited.job and awaited.leader.cursor < awaited.length:
+                continue
+            slot.awaiting = None
+            donor, _ = self._prefix_donor(slot, job.prompt, slot.cursor)
+            if donor is not None:
+                self._copy_cells(donor, slot)
+                self._start_prompt(slot, job)
+
+    def _start_prompt(self, slot: Slot, job: Job) -> None:
+        """Keep the slot's cells that match the prompt; evaluation starts after them."""
         reuse = common_prefix(slot.cache, job.prompt)
         if reuse == len(job.prompt):
             reuse -= 1  # the last prompt token is evaluated again to get its logits
         if not self.model.forget(slot.seq_id, reuse):
             reuse = 0
         slot.cache = slot.cache[:reuse]
-        slot.sampler = job.sampler
-        slot.job = job
-        if self.speculation:
-            slot.drafter = NgramDrafter(job.prompt)
-            slot.policy = DraftPolicy()
         slot.cursor = reuse
-        job.cached = reuse
-        job.admitted_at = time.perf_counter()
-        self.prompt_tokens_cached += reuse
-        metrics.PROMPT_TOKENS.labels(self.label, "cached").inc(reuse)
-        metrics.BUSY_SLOTS.labels(self.label).inc()
-        log.debug("%s: slot %d takes a %d-token prompt, %d from cache", self.label,
-                  slot.seq_id, len(job.prompt), reuse)
+        gained, job.cached = reuse - job.cached, reuse
+        self.prompt_tokens_cached += gained
+        metrics.PROMPT_TOKENS.labels(self.label, "cached").inc(max(gained, 0))
+        log.debug("%s: slot %d takes a %d-token prompt, %d from cache%s", self.label,
+                  slot.seq_id, len(job.prompt), reuse,
+                  f", waiting for slot {slot.awaiting.leader.seq_id} to evaluate "
+                  f"{slot.awaiting.length} shared tokens" if slot.awaiting else "")
 
     def _run_embedding(self, job: EmbeddingJob) -> None:
         try:
