@@ -370,7 +370,9 @@ class Scheduler:
         batch = self._batch
         batch.clear()
         outputs: list[tuple[Part, list[int]]] = []
-        for part in parts:
+        # In sequence order: with one K/V stream per slot, llama.cpp puts sequences in one
+        # ubatch (one pass over the weights) only when their ids follow each other in the batch.
+        for part in sorted(parts, key=lambda part: part.slot.seq_id):
             last = len(part.tokens) - 1
             first_output = last - part.drafted
             indexes = []
