@@ -13,10 +13,9 @@ from __future__ import annotations
 import mmap
 import struct
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
-
-import gguf
 
 from homeport.errors import InvalidModelFileError
 from homeport.store.gguf_consistency import check_consistency
@@ -30,19 +29,24 @@ MAX_ARRAY_ITEMS = 1 << 26
 MAX_DIMS = 4
 KEEP_ARRAY_ITEMS = 64  # small arrays are kept in full; large ones (vocabularies) only counted
 
-_SCALARS: dict[int, tuple[str, int]] = {
-    gguf.GGUFValueType.UINT8: ("<B", 1),
-    gguf.GGUFValueType.INT8: ("<b", 1),
-    gguf.GGUFValueType.UINT16: ("<H", 2),
-    gguf.GGUFValueType.INT16: ("<h", 2),
-    gguf.GGUFValueType.UINT32: ("<I", 4),
-    gguf.GGUFValueType.INT32: ("<i", 4),
-    gguf.GGUFValueType.FLOAT32: ("<f", 4),
-    gguf.GGUFValueType.BOOL: ("<?", 1),
-    gguf.GGUFValueType.UINT64: ("<Q", 8),
-    gguf.GGUFValueType.INT64: ("<q", 8),
-    gguf.GGUFValueType.FLOAT64: ("<d", 8),
-}
+@cache
+def _scalars() -> dict[int, tuple[str, int]]:
+    """struct format and size of each scalar value type."""
+    import gguf  # here, not at import: gguf brings numpy (~0.2 s), which a gateway never needs
+
+    return {
+        gguf.GGUFValueType.UINT8: ("<B", 1),
+        gguf.GGUFValueType.INT8: ("<b", 1),
+        gguf.GGUFValueType.UINT16: ("<H", 2),
+        gguf.GGUFValueType.INT16: ("<h", 2),
+        gguf.GGUFValueType.UINT32: ("<I", 4),
+        gguf.GGUFValueType.INT32: ("<i", 4),
+        gguf.GGUFValueType.FLOAT32: ("<f", 4),
+        gguf.GGUFValueType.BOOL: ("<?", 1),
+        gguf.GGUFValueType.UINT64: ("<Q", 8),
+        gguf.GGUFValueType.INT64: ("<q", 8),
+        gguf.GGUFValueType.FLOAT64: ("<d", 8),
+    }
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ class GGUFInfo:
 
     @property
     def quantization(self) -> str:
+        import gguf
+
         file_type = self.metadata.get("general.file_type")
         if isinstance(file_type, int):
             try:
@@ -204,8 +210,11 @@ class _Reader:
 
 
 def _read_value(reader: _Reader, value_type: int, key: str, depth: int = 0) -> Any:
-    if value_type in _SCALARS:
-        fmt, size = _SCALARS[value_type]
+    import gguf
+
+    scalars = _scalars()
+    if value_type in scalars:
+        fmt, size = scalars[value_type]
         return reader.scalar(fmt, size, f"value of {key!r}")
     if value_type == gguf.GGUFValueType.STRING:
         return reader.string(f"value of {key!r}")
@@ -214,14 +223,14 @@ def _read_value(reader: _Reader, value_type: int, key: str, depth: int = 0) -> A
             raise InvalidModelFileError(f"invalid GGUF file: arrays nested too deep in {key!r}")
         item_type = reader.u32(f"array type of {key!r}")
         count = reader.u64(f"array length of {key!r}")
-        min_item = _SCALARS[item_type][1] if item_type in _SCALARS else 8
+        min_item = scalars[item_type][1] if item_type in scalars else 8
         if count > MAX_ARRAY_ITEMS or count * min_item > reader.size - reader.pos:
             raise InvalidModelFileError(
                 f"invalid GGUF file: array {key!r} claims {count} items, more than the file holds")
         if count <= KEEP_ARRAY_ITEMS:
             return [_read_value(reader, item_type, key, depth + 1) for _ in range(count)]
-        if item_type in _SCALARS:
-            reader.skip(count * _SCALARS[item_type][1], f"array {key!r}")
+        if item_type in scalars:
+            reader.skip(count * scalars[item_type][1], f"array {key!r}")
         elif item_type == gguf.GGUFValueType.STRING:
             for _ in range(count):
                 reader.skip_string(f"item of {key!r}")
@@ -233,6 +242,8 @@ def _read_value(reader: _Reader, value_type: int, key: str, depth: int = 0) -> A
 
 
 def _tensor_nbytes(shape: tuple[int, ...], ggml_type: int, name: str) -> int:
+    import gguf
+
     try:
         block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
     except (ValueError, KeyError) as exc:
@@ -249,6 +260,8 @@ def _tensor_nbytes(shape: tuple[int, ...], ggml_type: int, name: str) -> int:
 
 def parse_gguf(data: mmap.mmap | bytes) -> GGUFInfo:
     """Parse and validate GGUF bytes; see the module docstring for what is checked."""
+    import gguf
+
     reader = _Reader(data)
     if reader.size < 24 or reader.take(4, "magic") != MAGIC:
         raise InvalidModelFileError("invalid GGUF file: not a GGUF model (bad magic or too short)")
