@@ -1,4 +1,4 @@
-"""A light gateway node and ``homeport nodes``: real processes on loopback.
+"""A light gateway node, ``homeport nodes`` and ``homeport doctor``: real processes on loopback.
 
     A: the bundled smollm2:135m, a real engine
     G: --no-engine --upstream A --upstream DEAD (a port nothing listens on)
@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +137,27 @@ def test_gateway_refuses_a_model_it_would_have_to_run_itself(gateway: Gateway) -
                         json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]})
     assert pinned.status_code == 404
     assert "--no-engine" in pinned.json()["error"]["message"]
+
+
+def test_doctor_checks_each_upstream_and_fails_on_the_down_one(gateway: Gateway) -> None:
+    live_name, dead_name = (f"127.0.0.1:{gateway.a.port}",
+                            f"127.0.0.1:{gateway.dead_url.rsplit(':', 1)[1]}")
+    result = homeport("doctor", "--no-measure", "--json", "--endpoint", gateway.g.url)
+    assert result.returncode == 1, result.stderr
+    checks = {check["name"]: check for check in json.loads(result.stdout)["checks"]}
+    live, dead = checks[f"node {live_name}"], checks[f"node {dead_name}"]
+    assert live["status"] == "ok"
+    assert live["detail"].startswith(f"up: {gateway.a.url}, homeport, 1 model, round trip ")
+    assert dead["status"] == "fail"
+    assert dead["detail"].startswith("down")
+    assert gateway.dead_url in dead["detail"]
+    assert "connect" in dead["detail"].lower()
+    assert "remove it from the node's upstreams" in dead["detail"]
+    # Only the down upstream fails: the server itself and its models are fine.
+    assert [name for name, check in checks.items() if check["status"] == "fail"] == [
+        f"node {dead_name}"]
+    shown = homeport("doctor", "--no-measure", "--endpoint", gateway.g.url)
+    assert shown.returncode == 1
+    lines = shown.stdout.splitlines()
+    assert any(f"node {live_name}" in line and "✓" in line for line in lines), shown.stdout
+    assert any(f"node {dead_name}" in line and "✗" in line for line in lines), shown.stdout
