@@ -146,6 +146,9 @@ def test_doctor_checks_each_upstream_and_fails_on_the_down_one(gateway: Gateway)
     assert result.returncode == 1, result.stderr
     checks = {check["name"]: check for check in json.loads(result.stdout)["checks"]}
     live, dead = checks[f"node {live_name}"], checks[f"node {dead_name}"]
+    assert checks["node"] == {"name": "node", "status": "ok", "detail": (
+        "the local node (this machine), a gateway: runs no models itself (--no-engine), "
+        "routes to 2 upstreams")}
     assert live["status"] == "ok"
     assert live["detail"].startswith(f"up: {gateway.a.url}, homeport, 1 model, round trip ")
     assert dead["status"] == "fail"
@@ -161,3 +164,18 @@ def test_doctor_checks_each_upstream_and_fails_on_the_down_one(gateway: Gateway)
     lines = shown.stdout.splitlines()
     assert any(f"node {live_name}" in line and "✓" in line for line in lines), shown.stdout
     assert any(f"node {dead_name}" in line and "✗" in line for line in lines), shown.stdout
+
+
+def test_nvim_install_says_which_node_the_adapter_talks_to(gateway: Gateway, tmp_path: Path
+                                                          ) -> None:
+    result = homeport("nvim", "--path", str(tmp_path / "homeport.lua"), "--endpoint",
+                      gateway.g.url)
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert (f"else to {gateway.g.url} (from --endpoint): the local node (this machine), a "
+            "gateway: runs no models itself (--no-engine), routes to 2 upstreams.") in said
+    gone = f"http://127.0.0.1:{free_port()}"
+    result = homeport("nvim", "--path", str(tmp_path / "homeport.lua"), "--endpoint", gone)
+    assert result.returncode == 0, result.stderr
+    assert f"nothing answers at {gone} now: start the local node with `homeport serve`" in \
+        " ".join(result.stderr.split())

@@ -1,8 +1,9 @@
 """``homeport doctor``: is the server there, will it let us in, and what can the link carry?
 
 Checks in order (each a line with ok / warn / fail): the config file, the endpoint and its source,
-the server and its version, access (token), models, on a homeport node each of its upstreams as
-the node last saw them (one down fails the check), the default model, the Anthropic key.
+the server and its version, access (token), models, on a homeport node which node it is (this
+machine's or another's, a gateway or not) and each of its upstreams as the node last saw them
+(one down fails the check), the default model, the Anthropic key.
 Then a bounded measurement: round-trip latency (a few tiny requests) and one short streamed
 answer, timed on both sides: the server's own tokens/s against the tokens/s that arrive here.
 From those, an estimate of how fast models of other sizes would feel over this link.
@@ -20,6 +21,7 @@ from typing import Any, Literal
 from homeport import config, endpoints
 from homeport.client.adapters.ollama import pick_model
 from homeport.client.api import HomeportClient, ServerError, ServerUnreachableError
+from homeport.client.node_role import role, where
 from homeport.client.settings import ANTHROPIC_ADAPTERS, STRATEGIES, ClientSettings
 from homeport.errors import ConfigError, HomeportError
 from homeport.humanize import format_duration
@@ -159,14 +161,16 @@ def _server_checks(report: Report, client: HomeportClient) -> list[dict[str, Any
 
 
 def _node_checks(report: Report, client: HomeportClient) -> None:
-    """One line per upstream of a homeport node, as its refresher last saw them."""
+    """Which node this is, then one line per upstream, as its refresher last saw them."""
     try:
-        nodes = client.nodes()
+        node = client.node()
     except ServerError as exc:  # an older homeport without the route: nothing to check
-        report.add("upstreams", "warn", f"not listed ({exc.message})")
+        report.add("node", "warn", f"{where(client.endpoint.url)}; its upstreams are not listed "
+                                   f"({exc.message})")
         return
-    for node in nodes:
-        report.add(f"node {node.get('name', '?')}", *_upstream_check(node))
+    report.add("node", "ok", f"{where(client.endpoint.url)}, {role(node)}")
+    for upstream in node.get("nodes", []):
+        report.add(f"node {upstream.get('name', '?')}", *_upstream_check(upstream))
 
 
 def _since(timestamp: str | None) -> str:
