@@ -85,7 +85,7 @@ def test_nodes_endpoint_reports_each_upstream(gateway: Gateway) -> None:
     assert live["kind"] == "homeport"
     assert live["models"] == 1
     assert live["round_trip_ms"] > 0
-    assert live["in_flight"] == 0
+    assert live["in_flight"] == live["load"] == 0
     assert live["down_since"] is None
     assert dead["state"] == "down"
     assert dead["models"] == 0

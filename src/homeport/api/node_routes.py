@@ -38,6 +38,7 @@ def node_summary(upstream: Upstream) -> dict[str, Any]:
                           if upstream.round_trip is not None else None),
         "models": len(upstream.models) if upstream.up else 0,
         "in_flight": upstream.in_flight,
+        "load": upstream.load,
         "priority": upstream.settings.priority,
         "discovered": upstream.discovered,
     }
