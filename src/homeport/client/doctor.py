@@ -194,13 +194,13 @@ def _upstream_check(node: dict[str, Any]) -> tuple[Status, str]:
         return "ok", f"{url} is this node itself (its models are listed once, as local)"
     if state != "down":
         return "warn", f"{url} not asked yet (the node started moments ago): run doctor again"
-    where = ("it was found on the tailnet: start homeport or Ollama there, or leave it off"
-             if node.get("discovered") else
-             "start its server, or remove it from the node's upstreams (serve --upstream, "
-             "HOMEPORT_UPSTREAMS, [[upstream]] in config.toml)")
+    remedy = ("it was found on the tailnet: start homeport or Ollama there, or leave it off"
+              if node.get("discovered") else
+              "start its server, or remove it from the node's upstreams (serve --upstream, "
+              "HOMEPORT_UPSTREAMS, [[upstream]] in config.toml)")
     kind = "kind not known yet" if kind == "auto" else kind
     return "fail", (f"down{_since(node.get('down_since'))}: {url} ({kind}): "
-                    f"{node.get('last_error') or 'no answer'}; {where}")
+                    f"{node.get('last_error') or 'no answer'}; {remedy}")
 
 
 def _default_model(report: Report, settings: ClientSettings, models: list[dict[str, Any]]
