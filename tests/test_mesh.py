@@ -222,6 +222,29 @@ def test_eight_streams_for_a_model_on_two_machines_spread_over_both(mesh: Mesh) 
     assert mesh.node(mesh.a)["in_flight"] == mesh.node(mesh.b)["in_flight"] == 0
 
 
+def test_a_request_goes_to_the_machine_less_busy_with_requests_from_elsewhere(mesh: Mesh) -> None:
+    """A is first in C's list, B has the same priority: a stream sent to A directly (not through
+    C) makes A the busier one once C's background check has seen A's /api/ps, and C's next
+    request for the model on both goes to B."""
+    assert wait_for(lambda: mesh.node(mesh.a)["load"] == mesh.node(mesh.b)["load"] == 0)
+    before = {server.url: _served_chats(server) for server in (mesh.a, mesh.b)}
+    with httpx.Client(base_url=mesh.a.url, timeout=120) as http, \
+            http.stream("POST", "/api/chat", json={"model": MODEL, **ENDLESS}) as reply:
+        lines = reply.iter_lines()
+        assert json.loads(next(lines))["done"] is False
+        assert wait_for(lambda: mesh.node(mesh.a)["load"] == 1), mesh.node(mesh.a)
+        assert mesh.node(mesh.a)["in_flight"] == 0, "not C's own request"
+        assert mesh.node(mesh.b)["load"] == 0
+        answer = ollama.Client(host=mesh.c.url).chat(
+            MODEL, messages=[{"role": "user", "content": "Hi"}], options=SMALL)
+        assert answer.done
+        assert json.loads(next(lines))["done"] is False, "A's stream outlived C's request"
+        assert wait_for(lambda: _served_chats(mesh.b) == before[mesh.b.url] + 1)
+        assert _served_chats(mesh.a) == before[mesh.a.url]
+    assert wait_for(lambda: _busy_slots(mesh.a.url) == 0, timeout=30), "A's slot still busy"
+    assert wait_for(lambda: mesh.node(mesh.a)["load"] == 0)
+
+
 def test_a_node_listed_as_its_own_upstream_is_skipped(tmp_path: Path) -> None:
     """One HOMEPORT_UPSTREAMS for every machine names each machine too: a node finds its own id
     in the upstream's /api/version and lists its models once, as local."""

@@ -1,4 +1,4 @@
-"""A light gateway node and ``homeport nodes``: real processes on loopback.
+"""A light gateway node, ``homeport nodes`` and ``homeport doctor``: real processes on loopback.
 
     A: the bundled smollm2:135m, a real engine
     G: --no-engine --upstream A --upstream DEAD (a port nothing listens on)
@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,7 +85,7 @@ def test_nodes_endpoint_reports_each_upstream(gateway: Gateway) -> None:
     assert live["kind"] == "homeport"
     assert live["models"] == 1
     assert live["round_trip_ms"] > 0
-    assert live["in_flight"] == 0
+    assert live["in_flight"] == live["load"] == 0
     assert live["down_since"] is None
     assert dead["state"] == "down"
     assert dead["models"] == 0
@@ -136,3 +137,45 @@ def test_gateway_refuses_a_model_it_would_have_to_run_itself(gateway: Gateway) -
                         json={"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]})
     assert pinned.status_code == 404
     assert "--no-engine" in pinned.json()["error"]["message"]
+
+
+def test_doctor_checks_each_upstream_and_fails_on_the_down_one(gateway: Gateway) -> None:
+    live_name, dead_name = (f"127.0.0.1:{gateway.a.port}",
+                            f"127.0.0.1:{gateway.dead_url.rsplit(':', 1)[1]}")
+    result = homeport("doctor", "--no-measure", "--json", "--endpoint", gateway.g.url)
+    assert result.returncode == 1, result.stderr
+    checks = {check["name"]: check for check in json.loads(result.stdout)["checks"]}
+    live, dead = checks[f"node {live_name}"], checks[f"node {dead_name}"]
+    assert checks["node"] == {"name": "node", "status": "ok", "detail": (
+        "the local node (this machine), a gateway: runs no models itself (--no-engine), "
+        "routes to 2 upstreams")}
+    assert live["status"] == "ok"
+    assert live["detail"].startswith(f"up: {gateway.a.url}, homeport, 1 model, round trip ")
+    assert dead["status"] == "fail"
+    assert dead["detail"].startswith("down")
+    assert gateway.dead_url in dead["detail"]
+    assert "connect" in dead["detail"].lower()
+    assert "remove it from the node's upstreams" in dead["detail"]
+    # Only the down upstream fails: the server itself and its models are fine.
+    assert [name for name, check in checks.items() if check["status"] == "fail"] == [
+        f"node {dead_name}"]
+    shown = homeport("doctor", "--no-measure", "--endpoint", gateway.g.url)
+    assert shown.returncode == 1
+    lines = shown.stdout.splitlines()
+    assert any(f"node {live_name}" in line and "✓" in line for line in lines), shown.stdout
+    assert any(f"node {dead_name}" in line and "✗" in line for line in lines), shown.stdout
+
+
+def test_nvim_install_says_which_node_the_adapter_talks_to(gateway: Gateway, tmp_path: Path
+                                                          ) -> None:
+    result = homeport("nvim", "--path", str(tmp_path / "homeport.lua"), "--endpoint",
+                      gateway.g.url)
+    assert result.returncode == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert (f"else to {gateway.g.url} (from --endpoint): the local node (this machine), a "
+            "gateway: runs no models itself (--no-engine), routes to 2 upstreams.") in said
+    gone = f"http://127.0.0.1:{free_port()}"
+    result = homeport("nvim", "--path", str(tmp_path / "homeport.lua"), "--endpoint", gone)
+    assert result.returncode == 0, result.stderr
+    assert f"nothing answers at {gone} now: start the local node with `homeport serve`" in \
+        " ".join(result.stderr.split())

@@ -99,7 +99,7 @@ async def _run_hooks(hooks: list[Callable[[], Awaitable[None]]]) -> None:
 
 def create_app(parts: AppParts) -> Starlette:
     state = AppState(store=parts.store, engine=parts.engine, max_body_bytes=parts.max_body_bytes,
-                     upstreams=parts.upstreams)
+                     upstreams=parts.upstreams, engine_enabled=parts.engine_enabled)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -32,6 +32,7 @@ class AppState:
     engine: Engine
     max_body_bytes: int
     upstreams: Upstreams | None = None  # other machines whose models are listed here too
+    engine_enabled: bool = True  # False: a gateway node (serve --no-engine)
 
 
 def state_of(request: Request) -> AppState:

@@ -1,5 +1,6 @@
-"""``GET /api/homeport/nodes``: this node's upstreams as the refresher last saw them (read-only;
-``homeport nodes`` prints it). Behind the guard like every route."""
+"""``GET /api/homeport/nodes``: this node's upstreams as the refresher last saw them, and whether
+it runs models itself (read-only; ``homeport nodes`` and ``homeport doctor`` print it). Behind the
+guard like every route."""
 
 from __future__ import annotations
 
@@ -37,15 +38,17 @@ def node_summary(upstream: Upstream) -> dict[str, Any]:
                           if upstream.round_trip is not None else None),
         "models": len(upstream.models) if upstream.up else 0,
         "in_flight": upstream.in_flight,
+        "load": upstream.load,
         "priority": upstream.settings.priority,
         "discovered": upstream.discovered,
     }
 
 
 async def nodes(request: Request) -> JSONResponse:
-    upstreams = state_of(request).upstreams
-    return JSONResponse({"nodes": [node_summary(upstream)
-                                   for upstream in (upstreams.all if upstreams else [])]})
+    state = state_of(request)
+    upstreams = state.upstreams.all if state.upstreams else []
+    return JSONResponse({"engine": state.engine_enabled,
+                         "nodes": [node_summary(upstream) for upstream in upstreams]})
 
 
 routes = [Route(NODES_PATH, nodes, methods=["GET"])]

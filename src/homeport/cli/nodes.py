@@ -42,5 +42,5 @@ def nodes(endpoint: str | None) -> None:
         round_trip = node.get("round_trip_ms")
         table.add_row(escape(str(node["name"])), escape(str(node["url"])), str(node["kind"]),
                       _state(node), f"{round_trip:.1f} ms" if round_trip is not None else "",
-                      str(node.get("models", 0)), str(node.get("in_flight", 0)))
+                      str(node.get("models", 0)), str(node.get("load", node.get("in_flight", 0))))
     console.print(table)

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from homeport import endpoints
 from homeport.cli.options import endpoint_option
 from homeport.cli.strategy import notify
 from homeport.client.codecompanion import MARKER, install_path, render
+from homeport.client.node_role import describe
 from homeport.client.settings import ClientSettings
 from homeport.errors import HomeportError
 from homeport.fileio import atomic_write
@@ -38,5 +40,10 @@ def nvim(install: bool, path: Path | None, force: bool, endpoint: str | None) ->
                             "replace it, or --path to write elsewhere")
     atomic_write(target, lua.encode())
     click.echo(f"wrote {target}")
+    # The file reads OLLAMA_ENDPOINT in Neovim; this default is what it uses when that is unset.
+    # Asked without the token: resolving a cmd: reference here could prompt for a passphrase.
+    url, source = endpoints.endpoint_url(endpoint, environment=False)
+    notify(f"The ollama adapter talks to $OLLAMA_ENDPOINT when it is set in Neovim, else to {url} "
+           f"(from {source}): {describe(endpoints.Endpoint(url, source))}.")
     notify("Neovim loads it at startup. If you also call require('codecompanion').setup() "
            "(e.g. lazy.nvim's opts), the later call wins: merge the two or drop yours.")

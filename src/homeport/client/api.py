@@ -143,7 +143,12 @@ class HomeportClient:
 
     def nodes(self) -> list[dict[str, Any]]:
         """The server's upstreams and their state (homeport only: Ollama has no such route)."""
-        return list(self._json("GET", "/api/homeport/nodes").get("nodes", []))
+        return list(self.node().get("nodes", []))
+
+    def node(self) -> dict[str, Any]:
+        """The node's upstreams (``nodes``) and whether it runs models itself (``engine``)."""
+        result: dict[str, Any] = self._json("GET", "/api/homeport/nodes")
+        return result
 
     def running(self) -> list[dict[str, Any]]:
         return list(self._json("GET", "/api/ps").get("models", []))

@@ -1,7 +1,9 @@
 """``homeport doctor``: is the server there, will it let us in, and what can the link carry?
 
 Checks in order (each a line with ok / warn / fail): the config file, the endpoint and its source,
-the server and its version, access (token), models (and the default model), the Anthropic key.
+the server and its version, access (token), models, on a homeport node which node it is (this
+machine's or another's, a gateway or not) and each of its upstreams as the node last saw them
+(one down fails the check), the default model, the Anthropic key.
 Then a bounded measurement: round-trip latency (a few tiny requests) and one short streamed
 answer, timed on both sides: the server's own tokens/s against the tokens/s that arrive here.
 From those, an estimate of how fast models of other sizes would feel over this link.
@@ -13,13 +15,16 @@ import re
 import statistics
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from homeport import config, endpoints
 from homeport.client.adapters.ollama import pick_model
 from homeport.client.api import HomeportClient, ServerError, ServerUnreachableError
+from homeport.client.node_role import role, where
 from homeport.client.settings import ANTHROPIC_ADAPTERS, STRATEGIES, ClientSettings
 from homeport.errors import ConfigError, HomeportError
+from homeport.humanize import format_duration
 
 Status = Literal["ok", "warn", "fail"]
 PING_COUNT = 10
@@ -150,7 +155,52 @@ def _server_checks(report: Report, client: HomeportClient) -> list[dict[str, Any
     else:
         report.add("models", "fail", "the server has no models; pull one with "
                                      "`homeport pull NAME`")
+    if "homeport" in version:
+        _node_checks(report, client)
     return models
+
+
+def _node_checks(report: Report, client: HomeportClient) -> None:
+    """Which node this is, then one line per upstream, as its refresher last saw them."""
+    try:
+        node = client.node()
+    except ServerError as exc:  # an older homeport without the route: nothing to check
+        report.add("node", "warn", f"{where(client.endpoint.url)}; its upstreams are not listed "
+                                   f"({exc.message})")
+        return
+    report.add("node", "ok", f"{where(client.endpoint.url)}, {role(node)}")
+    for upstream in node.get("nodes", []):
+        report.add(f"node {upstream.get('name', '?')}", *_upstream_check(upstream))
+
+
+def _since(timestamp: str | None) -> str:
+    try:
+        moment = datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    seconds = max(0.0, (datetime.now(UTC) - moment).total_seconds())
+    return f" for {format_duration(seconds)}" if seconds >= 1 else ""
+
+
+def _upstream_check(node: dict[str, Any]) -> tuple[Status, str]:
+    url, kind, state = node.get("url", "?"), node.get("kind", "?"), node.get("state")
+    if state == "up":
+        round_trip = node.get("round_trip_ms")
+        timing = f", round trip {round_trip:.1f} ms" if isinstance(round_trip, float | int) else ""
+        count = node.get("models", 0)
+        return "ok", (f"up: {url}, {kind}, {count} model{'' if count == 1 else 's'}{timing}, "
+                      f"load {node.get('load', node.get('in_flight', 0))}")
+    if state == "self":
+        return "ok", f"{url} is this node itself (its models are listed once, as local)"
+    if state != "down":
+        return "warn", f"{url} not asked yet (the node started moments ago): run doctor again"
+    remedy = ("it was found on the tailnet: start homeport or Ollama there, or leave it off"
+              if node.get("discovered") else
+              "start its server, or remove it from the node's upstreams (serve --upstream, "
+              "HOMEPORT_UPSTREAMS, [[upstream]] in config.toml)")
+    kind = "kind not known yet" if kind == "auto" else kind
+    return "fail", (f"down{_since(node.get('down_since'))}: {url} ({kind}): "
+                    f"{node.get('last_error') or 'no answer'}; {remedy}")
 
 
 def _default_model(report: Report, settings: ClientSettings, models: list[dict[str, Any]]

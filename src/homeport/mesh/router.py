@@ -1,5 +1,6 @@
 """Where one request goes: this machine when it has the model, else the reachable upstreams that
-have it, best first (priority, then the fewest requests this node is forwarding to each)."""
+have it, best first: priority, then load (the requests this node is forwarding to each now, plus
+the busy slots and queue a homeport upstream reported to the background check beyond those)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def choose(upstreams: Upstreams, key: str, here: bool, pinned: str | None) -> De
     having = [upstream for upstream in upstreams.all if upstream.has(key)]
     reachable = [upstream for upstream in having if upstream.up]
     if reachable:
-        reachable.sort(key=lambda item: (-item.settings.priority, item.in_flight))
+        reachable.sort(key=lambda item: (-item.settings.priority, item.load))
         return Remote(tuple(reachable))
     if having:
         return Unavailable(tuple(upstream.name for upstream in having), _retry_after(having))

@@ -5,7 +5,9 @@ in config.toml. A background task asks each one for ``/api/version`` (to tell ho
 when ``kind = "auto"``; a server answering neither but listing ``/v1/models`` is OpenAI-compatible:
 vLLM, llama-server, LM Studio, SGLang) and its model list every few seconds with short timeouts;
 a failure marks it
-down and spaces the next tries out (backoff), an answer marks it up again. Requests only read this
+down and spaces the next tries out (backoff), an answer marks it up again. A homeport upstream is
+also asked for its ``/api/ps``: the busy slots and queued requests that others put on it are part
+of its load. Requests only read this
 state: nothing here ever runs on a request's path.
 """
 
@@ -41,6 +43,7 @@ FORWARD_TIMEOUT = httpx.Timeout(None, connect=2.0)
 # there knows the upstream is itself (a shared HOMEPORT_UPSTREAMS list names every machine).
 NODE_ID_HEADER = "x-homeport-node-id"
 MAX_LISTED_MODELS = 10_000  # an upstream's listing is held to this many entries
+MAX_REPORTED_LOAD = 10_000  # one model's busy slots or queue, as an upstream reports it
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,7 @@ class Upstream:
     failures: int = 0
     next_check: float = 0.0
     in_flight: int = 0  # requests this node is forwarding to it now
+    busy_elsewhere: int = 0  # its busy slots and queue at the last check, less this node's share
     round_trip: float | None = None  # seconds the last answered probe took
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # model key → its /api/tags entry
     # An OpenAI-compatible upstream's own /v1/models entries by model key: the id it is asked for
@@ -137,6 +141,11 @@ class Upstream:
     @property
     def name(self) -> str:
         return self.settings.name
+
+    @property
+    def load(self) -> int:
+        """What routing weighs: this node's requests to it now, and others' at the last check."""
+        return self.in_flight + self.busy_elsewhere
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -160,7 +169,7 @@ class Upstream:
         """Down until the refresher hears from it again, tried less often the longer it stays."""
         if self.up or not self.checked:
             log.warning("upstream %s is down: %s", self.name, error)
-        self.up, self.checked, self.last_error = False, True, error
+        self.up, self.checked, self.last_error, self.busy_elsewhere = False, True, error, 0
         self.down_since = self.down_since or time.monotonic()
         self.failures += 1
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self.failures - 1))
@@ -197,6 +206,22 @@ def _openai_models(upstream: Upstream, body: Any) -> dict[str, dict[str, Any]]:
         if isinstance(model_id, str) and model_id and _wanted(upstream, model_key(model_id)):
             models[model_key(model_id)] = entry
     return models
+
+
+def reported_load(body: Any) -> int:
+    """Busy slots and queued requests over the models of a homeport ``/api/ps`` answer."""
+    entries = body.get("models") if isinstance(body, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError("/api/ps did not answer a model list")
+    total = 0
+    for entry in entries[:MAX_LISTED_MODELS]:
+        slots = entry.get("slots") if isinstance(entry, dict) else None
+        busy = slots.get("busy") if isinstance(slots, dict) else 0
+        queued = entry.get("queued") if isinstance(entry, dict) else 0
+        for count in (busy, queued):
+            if isinstance(count, int) and not isinstance(count, bool):
+                total += min(max(count, 0), MAX_REPORTED_LOAD)
+    return total
 
 
 def _tags_entry(native: dict[str, Any]) -> dict[str, Any]:
@@ -297,6 +322,8 @@ class Upstreams:
                 tags.raise_for_status()
                 upstream.mark_up(_listed_models(upstream, tags.json()))
                 upstream.round_trip = time.monotonic() - started
+                if upstream.kind == "homeport":
+                    upstream.busy_elsewhere = await self._busy_elsewhere(upstream)
             upstream.next_check = time.monotonic() + self.interval
         except IsSelf:
             upstream.mark_self()
@@ -308,6 +335,21 @@ class Upstreams:
             upstream.next_check = time.monotonic() + self.interval
         except (httpx.HTTPError, ValueError) as exc:
             upstream.mark_down(str(exc) or type(exc).__name__)
+
+    async def _busy_elsewhere(self, upstream: Upstream) -> int:
+        """The busy slots and queue its ``/api/ps`` reports, less the requests this node has in
+        flight to it (counted once the answer is in: those are in it, or not yet arrived);
+        0 when it does not tell."""
+        assert self._client is not None
+        try:
+            ps = await self._client.get(f"{upstream.settings.url}/api/ps",
+                                        headers=upstream.headers())
+            ps.raise_for_status()
+            reported = reported_load(ps.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            log.debug("upstream %s: no load from /api/ps: %s", upstream.name, exc)
+            return 0
+        return max(0, reported - upstream.in_flight)
 
     async def _probe_kind(self, upstream: Upstream) -> Kind:
         """The configured kind, or for ``auto`` what ``/api/version`` (homeport, Ollama) or else
