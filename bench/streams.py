@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -84,6 +85,9 @@ class StreamResult:
         return (self.tokens - 1) / elapsed if elapsed > 0 else None
 
 
+Result = TypeVar("Result", bound=StreamResult)  # a stream's result, with whatever its protocol adds
+
+
 def request_body(endpoint: Endpoint, messages: list[Message], max_tokens: int,
                  seed: int) -> tuple[str, dict[str, Any]]:
     """The path and JSON body of a streamed, greedy chat request of ``max_tokens`` tokens."""
@@ -107,9 +111,17 @@ async def stream_chat(client: httpx.AsyncClient, endpoint: Endpoint, messages: l
     path, body = request_body(endpoint, messages, max_tokens, seed)
     result = StreamResult(started=time.perf_counter())
     parse = _openai_line if endpoint.protocol == "openai" else _ollama_line
+    return await timed_stream(client, endpoint.base_url + path, body, result, parse)
+
+
+async def timed_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], result: Result,
+                       parse: Callable[[str, Result], bool]) -> Result:
+    """POST ``body`` to ``url`` and feed each streamed line to ``parse`` until it says the stream
+    is over; the end time, a bad status, a timeout or a broken stream are recorded in ``result``,
+    never raised."""
     try:
         async with asyncio.timeout(STREAM_LIMIT), client.stream(
-                "POST", endpoint.base_url + path, json=body, timeout=STREAM_TIMEOUT) as response:
+                "POST", url, json=body, timeout=STREAM_TIMEOUT) as response:
             if response.status_code != 200:
                 await response.aread()
                 result.error = f"HTTP {response.status_code}: {response.text[:200]}"
