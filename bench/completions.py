@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from bench.streams import SEED, Endpoint, StreamResult, record_text, timed_stream
+from bench.streams import SEED, Endpoint, StreamResult, ollama_record, record_text, timed_stream
 
 
 @dataclass
@@ -46,20 +46,7 @@ async def stream_completion(client: httpx.AsyncClient, endpoint: Endpoint, promp
 
 def _generate_line(line: str, result: CompletionResult) -> bool:
     """One NDJSON line of Ollama's /api/generate; True once the stream is over."""
-    if not line.strip():
-        return False
-    record = json.loads(line)
-    if "error" in record:
-        result.error = str(record["error"])
-        return True
-    if record.get("response"):
-        record_text(result, record["response"])
-    if record.get("done"):
-        result.finish_reason = record.get("done_reason") or "stop"
-        result.usage_tokens = record.get("eval_count")
-        result.evaluated_tokens = record.get("prompt_eval_count")
-        return True
-    return False
+    return ollama_record(line, result, lambda record: record.get("response") or "")
 
 
 def _completion_line(line: str, result: CompletionResult) -> bool:

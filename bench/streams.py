@@ -179,15 +179,25 @@ def _openai_line(line: str, result: StreamResult) -> bool:
 
 
 def _ollama_line(line: str, result: StreamResult) -> bool:
-    """Take one NDJSON line into ``result``; True once the stream is over."""
+    """Take one NDJSON line of /api/chat into ``result``; True once the stream is over."""
+    return ollama_record(line, result, _chat_text)
+
+
+def _chat_text(record: dict[str, Any]) -> str:
+    message = record.get("message") or {}
+    return (message.get("content") or "") + (message.get("thinking") or "")
+
+
+def ollama_record(line: str, result: StreamResult, text_of: Callable[[dict[str, Any]], str]) -> bool:
+    """Take one line of an Ollama NDJSON stream into ``result``, ``text_of`` finding the answer's
+    text in the record (chat and generate keep it apart); True once the stream is over."""
     if not line.strip():
         return False
     record = json.loads(line)
     if "error" in record:
         result.error = str(record["error"])
         return True
-    message = record.get("message") or {}
-    text = (message.get("content") or "") + (message.get("thinking") or "")
+    text = text_of(record)
     if text:
         record_text(result, text)
     if record.get("done"):
