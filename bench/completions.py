@@ -8,14 +8,13 @@ tokens its speculative decoding drafted and how many of them it accepted.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass
 
 import httpx
 
-from bench.streams import SEED, STREAM_LIMIT, STREAM_TIMEOUT, Endpoint, StreamResult, record_text
+from bench.streams import SEED, Endpoint, StreamResult, ollama_record, record_text, timed_stream
 
 
 @dataclass
@@ -42,40 +41,12 @@ async def stream_completion(client: httpx.AsyncClient, endpoint: Endpoint, promp
     path, body = completion_body(endpoint, prompt, max_tokens)
     result = CompletionResult(started=time.perf_counter())
     parse = _generate_line if endpoint.protocol == "ollama" else _completion_line
-    try:
-        async with asyncio.timeout(STREAM_LIMIT), client.stream(
-                "POST", endpoint.base_url + path, json=body, timeout=STREAM_TIMEOUT) as response:
-            if response.status_code != 200:
-                await response.aread()
-                result.error = f"HTTP {response.status_code}: {response.text[:200]}"
-            else:
-                async for line in response.aiter_lines():
-                    if parse(line, result):
-                        break
-    except TimeoutError:
-        result.error = f"the stream did not end within {STREAM_LIMIT:.0f}s"
-    except (httpx.HTTPError, ValueError) as exc:
-        result.error = type(exc).__name__ + (f": {exc}" if str(exc) else "")
-    result.ended = time.perf_counter()
-    return result
+    return await timed_stream(client, endpoint.base_url + path, body, result, parse)
 
 
 def _generate_line(line: str, result: CompletionResult) -> bool:
     """One NDJSON line of Ollama's /api/generate; True once the stream is over."""
-    if not line.strip():
-        return False
-    record = json.loads(line)
-    if "error" in record:
-        result.error = str(record["error"])
-        return True
-    if record.get("response"):
-        record_text(result, record["response"])
-    if record.get("done"):
-        result.finish_reason = record.get("done_reason") or "stop"
-        result.usage_tokens = record.get("eval_count")
-        result.evaluated_tokens = record.get("prompt_eval_count")
-        return True
-    return False
+    return ollama_record(line, result, lambda record: record.get("response") or "")
 
 
 def _completion_line(line: str, result: CompletionResult) -> bool:

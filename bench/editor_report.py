@@ -29,7 +29,7 @@ from bench.editor_results import (
     same_output,
     ttft_p95,
 )
-from bench.report import _ms, _num, _times
+from bench.report import _ms, _num, _times, finish_plot, passed_mark, print_heading, save_chart
 from bench.results import ratio
 
 
@@ -130,8 +130,7 @@ def goals_table(report: EditorReport) -> Table:
     for goal in goals(report):
         value = ("-" if goal.value is None else "yes" if goal.value == 1.0 else "no") \
             if goal.goal.startswith("=") else _times(goal.value)
-        mark = {True: "[green]ok[/]", False: "[red]MISSED[/]", None: "[dim]n/a[/]"}[goal.passed]
-        table.add_row(goal.workload, goal.name, goal.goal, value, mark)
+        table.add_row(goal.workload, goal.name, goal.goal, value, passed_mark(goal.passed))
     return table
 
 
@@ -139,12 +138,7 @@ TABLES = {EDIT: edit_table, SHARED: shared_table, RETURNING: returning_table, CH
 
 
 def print_report(report: EditorReport, console: Console) -> None:
-    console.print(f"[bold]command[/]  {report.command}")
-    machine = report.machine
-    console.print(f"[bold]machine[/]  {machine.get('cpu_model')}, {machine.get('cores')} cores, "
-                  f"load average at start {machine.get('load_start') or '?'} / end "
-                  f"{machine.get('load_end') or '?'}")
-    console.print(f"[bold]settings[/] {report.settings}")
+    print_heading(report, console)
     for workload in report.workloads:
         console.print(TABLES[workload.name](workload))
     console.print(goals_table(report))
@@ -198,19 +192,11 @@ def write_chart(report: EditorReport, path: Path) -> None:
             axis.set_xlabel("streams")
             axis.set_xticks(sorted({level.streams for peer in workload.peers
                                     for level in peer.levels}))
-            axis.set_ylim(bottom=0)
-            if axis.lines:
-                axis.legend(fontsize="small")
-            axis.grid(alpha=0.3)
+            finish_plot(axis)
     for name, axis in panels.items():
         if report.workload(name) is None:
             axis.set_axis_off()
-    machine = report.machine
-    figure.suptitle(f"homeport editor workloads (issue 15) - {machine.get('cpu_model')}, "
-                    f"{machine.get('cores')} cores, {report.started_at}", fontsize=11)
-    figure.text(0.01, 0.005, report.command, fontsize=8, color="grey")
-    figure.tight_layout(rect=(0, 0.02, 1, 0.97))
-    figure.savefig(path, dpi=110)
+    save_chart(figure, "homeport editor workloads (issue 15)", report, path)
 
 
 def _scaled(seconds: float | None) -> float | None:

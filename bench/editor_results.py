@@ -7,12 +7,19 @@ Pure arithmetic on recorded figures, so the tables, JSON and chart can be tested
 from __future__ import annotations
 
 import json
-import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.results import ConcurrencyLevel, percentile, ratio
+from bench.results import (
+    ConcurrencyLevel,
+    RunRecord,
+    at_least,
+    at_most,
+    median_known,
+    percentile,
+    ratio,
+)
 
 HOMEPORT = "homeport"
 HOMEPORT_NO_SPECULATION = "homeport speculation off"
@@ -74,12 +81,7 @@ class Workload:
 
 
 @dataclass
-class EditorReport:
-    command: str
-    machine: dict[str, Any]
-    settings: dict[str, Any]
-    started_at: str
-    duration_s: float = 0.0
+class EditorReport(RunRecord):
     workloads: list[Workload] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -87,14 +89,9 @@ class EditorReport:
         return next((workload for workload in self.workloads if workload.name == name), None)
 
 
-def _median(values: list[float | None]) -> float | None:
-    present = [value for value in values if value is not None]
-    return float(statistics.median(present)) if present else None
-
-
 def decode_tps(peer: PeerEntry) -> float | None:
     """Edit: the median decode rate (tokens/s after the first token) over the rounds."""
-    return _median([sample.decode_tps for sample in peer.samples])
+    return median_known([sample.decode_tps for sample in peer.samples])
 
 
 def ttft_p95(peer: PeerEntry) -> float | None:
@@ -107,7 +104,7 @@ def ttft_p95(peer: PeerEntry) -> float | None:
         if any(value is None for value in times):
             return None
         per_round.append(percentile([value for value in times if value is not None], 95))
-    return _median(per_round)
+    return median_known(per_round)
 
 
 def returning_ttft_p50(peer: PeerEntry) -> float | None:
@@ -164,23 +161,14 @@ def _best(workload: Workload, names: tuple[str, ...], figure: Any, *, lower: boo
 
 def goals(report: EditorReport) -> list[Goal]:
     found: list[Goal] = []
-
-    def at_least(workload: str, label: str, value: float | None, goal: float) -> None:
-        found.append(Goal(workload, label, value, f">= {goal:.2f}x",
-                          None if value is None else value >= goal))
-
-    def at_most(workload: str, label: str, value: float | None, goal: float) -> None:
-        found.append(Goal(workload, label, value, f"<= {goal:.2f}x",
-                          None if value is None else value <= goal))
-
     edit = report.workload(EDIT)
     if edit and (mine := edit.peer(HOMEPORT)):
         default = edit.peer(LLAMA_SERVER)
-        at_least(EDIT, "decode tokens/s vs llama-server default",
-                 ratio(decode_tps(mine), decode_tps(default) if default else None), 2.0)
-        at_least(EDIT, "decode tokens/s vs llama-server's best --spec-type",
-                 ratio(decode_tps(mine), _best(edit, (NGRAM_SIMPLE, NGRAM_MOD), decode_tps,
-                                               lower=False)), 1.2)
+        found.append(Goal(EDIT, "decode tokens/s vs llama-server default", *at_least(
+            ratio(decode_tps(mine), decode_tps(default) if default else None), 2.0)))
+        found.append(Goal(EDIT, "decode tokens/s vs llama-server's best --spec-type", *at_least(
+            ratio(decode_tps(mine), _best(edit, (NGRAM_SIMPLE, NGRAM_MOD), decode_tps,
+                                          lower=False)), 1.2)))
         off = edit.peer(HOMEPORT_NO_SPECULATION)
         identical = same_output(mine, off) if off else None
         found.append(Goal(EDIT, "output identical with speculation on and off",
@@ -189,24 +177,26 @@ def goals(report: EditorReport) -> list[Goal]:
     shared = report.workload(SHARED)
     if shared and (mine := shared.peer(HOMEPORT)):
         base = shared.peer(LLAMA_SERVER)
-        at_most(SHARED, "p95 time to first token vs llama-server -np 4",
-                ratio(ttft_p95(mine), ttft_p95(base) if base else None), 0.4)
+        found.append(Goal(SHARED, "p95 time to first token vs llama-server -np 4", *at_most(
+            ratio(ttft_p95(mine), ttft_p95(base) if base else None), 0.4)))
     returning = report.workload(RETURNING)
     if returning and (mine := returning.peer(HOMEPORT)):
         without, with_cache = returning.peer(NO_CACHE_RAM), returning.peer(CACHE_RAM)
-        at_most(RETURNING, "p50 returning time to first token vs llama-server --cache-ram 0",
-                ratio(returning_ttft_p50(mine),
-                      returning_ttft_p50(without) if without else None), 0.5)
-        at_most(RETURNING, "p50 returning time to first token vs llama-server --cache-ram",
-                ratio(returning_ttft_p50(mine),
-                      returning_ttft_p50(with_cache) if with_cache else None), 1.0)
+        found.append(Goal(RETURNING, "p50 returning time to first token vs llama-server --cache-ram 0",
+                          *at_most(ratio(returning_ttft_p50(mine),
+                                         returning_ttft_p50(without) if without else None), 0.5)))
+        found.append(Goal(RETURNING, "p50 returning time to first token vs llama-server --cache-ram",
+                          *at_most(ratio(returning_ttft_p50(mine),
+                                         returning_ttft_p50(with_cache) if with_cache else None),
+                                   1.0)))
     chat = report.workload(CHAT)
     if chat and (mine := chat.peer(HOMEPORT)):
         base = chat.peer(LLAMA_SERVER)
         for level in mine.levels:
             theirs = base.level(level.streams) if base else None
-            at_least(CHAT, f"tokens/s at {level.streams} stream(s) vs llama-server",
-                     ratio(level.aggregate_tps, theirs.aggregate_tps if theirs else None), 1.0)
+            found.append(Goal(CHAT, f"tokens/s at {level.streams} stream(s) vs llama-server",
+                              *at_least(ratio(level.aggregate_tps,
+                                              theirs.aggregate_tps if theirs else None), 1.0)))
     return found
 
 

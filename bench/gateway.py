@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from bench import machine
 from bench.peers import PeerSpec, Settings, homeport_spec, running_process
 from bench.prompts import Message, essay_messages
 from bench.results import percentile
+from bench.sides import SideBySide, level_figures
 from bench.streams import Endpoint, StreamResult, stream_chat
 from homeport import __version__
 from homeport.engine.llama_types import default_threads
@@ -145,39 +145,20 @@ async def interleaved(endpoints: dict[str, Endpoint], rounds: int,
 
 def summary(figures: dict[str, SideFigures],
             shows: dict[str, list[float]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for side, fig in figures.items():
-        out[side] = {"show_p50_s": percentile(shows[side], 50),
-                     "show_p95_s": percentile(shows[side], 95), "show_s": shows[side]}
-        for level in LEVELS:
-            out[side][f"{level}_streams"] = {
-                "tokens_per_s_median": statistics.median(fig.tps[level]),
-                "tokens_per_s": fig.tps[level],
-                "ttft_p50_s": percentile(fig.ttft_s[level], 50),
-                "ttft_p95_s": percentile(fig.ttft_s[level], 95),
-                "ttft_s": fig.ttft_s[level],
-            }
-    return out
+    return {side: {"show_p50_s": percentile(shows[side], 50),
+                   "show_p95_s": percentile(shows[side], 95), "show_s": shows[side],
+                   **level_figures(fig.tps, fig.ttft_s)}
+            for side, fig in figures.items()}
 
 
 def print_table(result: dict[str, Any], node: dict[str, Any]) -> None:
     direct, gateway = result["direct"], result["gateway"]
-    print(f"{'':24} {'direct':>10} {'gateway':>10} {'gateway/direct':>15}")
-    for level in LEVELS:
-        key = f"{level}_streams"
-        d, g = direct[key], gateway[key]
-        ratio = g["tokens_per_s_median"] / d["tokens_per_s_median"]
-        print(f"{f'{level} stream(s) tokens/s':24} {d['tokens_per_s_median']:10.1f}"
-              f" {g['tokens_per_s_median']:10.1f} {ratio:14.3f}x  (goal >= 0.98x)")
-        for q in (50, 95):
-            added = g[f"ttft_p{q}_s"] - d[f"ttft_p{q}_s"]
-            goal = "  (goal < 1 ms added)" if q == 50 else ""
-            print(f"{f'  TTFT p{q} (ms)':24} {1000 * d[f'ttft_p{q}_s']:10.1f}"
-                  f" {1000 * g[f'ttft_p{q}_s']:10.1f} {1000 * added:+11.1f} ms{goal}")
+    table = SideBySide(label=24, column=10, last="gateway/direct")
+    table.header("direct", "gateway")
+    table.level_rows(direct, gateway, LEVELS, ttft_goal_ms=1)
     for q in (50, 95):
-        added = gateway[f"show_p{q}_s"] - direct[f"show_p{q}_s"]
-        print(f"{f'/api/show p{q} (ms)':24} {1000 * direct[f'show_p{q}_s']:10.2f}"
-              f" {1000 * gateway[f'show_p{q}_s']:10.2f} {1000 * added:+11.2f} ms  (forwarding)")
+        table.added_ms_row(f"/api/show p{q} (ms)", direct[f"show_p{q}_s"], gateway[f"show_p{q}_s"],
+                           2, "  (forwarding)")
     print(f"gateway: answering {node['start_s']:.2f}s after its start, routing after "
           f"{node['routed_s']:.2f}s more; {node['rss_mib']:.1f} MiB resident (upstream "
           f"{node['upstream_rss_mib']:.1f} MiB); llama.cpp mapped: {node['maps_llama_cpp']}")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from bench.results import BASELINE, BenchReport, ConcurrencyLevel, ratio, targets
+from bench.results import BASELINE, BenchReport, ConcurrencyLevel, RunRecord, ratio, targets
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -33,6 +34,11 @@ def _completed(level: ConcurrencyLevel, max_tokens: int | None) -> str:
 
 def _times(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
+
+
+def passed_mark(passed: bool | None) -> str:
+    """A goal's or target's verdict, coloured; None: not measured."""
+    return {True: "[green]ok[/]", False: "[red]MISSED[/]", None: "[dim]n/a[/]"}[passed]
 
 
 def one_stream_table(report: BenchReport) -> Table:
@@ -120,23 +126,29 @@ def targets_table(report: BenchReport) -> Table:
         for name in names:
             check = checks[name][row]
             value = _num(check.value, 0) if check.goal == "= 0" else _times(check.value)
-            mark = {True: "[green]ok[/]", False: "[red]MISSED[/]", None: "[dim]n/a[/]"}[
-                check.passed]
-            cells.append(f"{value} {mark}")
+            cells.append(f"{value} {passed_mark(check.passed)}")
         table.add_row(first.name, first.goal, *cells)
     return table
 
 
-def print_report(report: BenchReport, console: Console) -> None:
-    console.print(f"[bold]command[/]  {report.command}")
+def print_heading(report: RunRecord, console: Console, *details: str) -> None:
+    """The command, the machine, any ``details`` lines, then the settings."""
     machine = report.machine
+    console.print(f"[bold]command[/]  {report.command}")
     console.print(f"[bold]machine[/]  {machine.get('cpu_model')}, {machine.get('cores')} cores, "
                   f"{machine.get('memory_gib') or '?'} GiB, load average at start "
                   f"{machine.get('load_start') or '?'} / end {machine.get('load_end') or '?'}")
-    console.print(f"[bold]versions[/] homeport {machine.get('homeport')} ({machine.get('commit')}), "
+    for line in details:
+        console.print(line)
+    console.print(f"[bold]settings[/] {report.settings}")
+
+
+def print_report(report: BenchReport, console: Console) -> None:
+    machine = report.machine
+    print_heading(report, console,
+                  f"[bold]versions[/] homeport {machine.get('homeport')} ({machine.get('commit')}), "
                   f"llama-cpp-python {machine.get('llama_cpp_python')}, llama.cpp "
                   f"{report.native.llama_cpp_commit or '?'}")
-    console.print(f"[bold]settings[/] {report.settings}")
     for table in (one_stream_table(report), concurrency_table(report), chat_table(report),
                   targets_table(report)):
         console.print(table)
@@ -208,13 +220,23 @@ def write_chart(report: BenchReport, path: Path) -> None:
     chat.set_xticks(range(1, turns + 1))
 
     for axis in (aggregate, p95, chat):
-        axis.set_ylim(bottom=0)
-        if axis.lines:
-            axis.legend(fontsize="small")
-        axis.grid(alpha=0.3)
+        finish_plot(axis)
+    save_chart(figure, "homeport benchmark", report, path)
+
+
+def finish_plot(axis: Axes) -> None:
+    """A line plot's y axis from zero, a legend where there are lines, a light grid."""
+    axis.set_ylim(bottom=0)
+    if axis.lines:
+        axis.legend(fontsize="small")
+    axis.grid(alpha=0.3)
+
+
+def save_chart(figure: Figure, title: str, report: RunRecord, path: Path) -> None:
+    """Title the chart with the machine and start time, note the command under it, and save it."""
     machine = report.machine
-    figure.suptitle(f"homeport benchmark - {machine.get('cpu_model')}, {machine.get('cores')} "
-                    f"cores, {report.started_at}", fontsize=11)
+    figure.suptitle(f"{title} - {machine.get('cpu_model')}, {machine.get('cores')} cores, "
+                    f"{report.started_at}", fontsize=11)
     figure.text(0.01, 0.005, report.command, fontsize=8, color="grey")
     figure.tight_layout(rect=(0, 0.02, 1, 0.97))
     figure.savefig(path, dpi=110)

@@ -49,9 +49,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def _median(values: list[float | None]) -> float | None:
+def median_known(values: list[float | None]) -> float | None:
+    """The median of the values that were measured, None when none was."""
     present = [value for value in values if value is not None]
-    return statistics.median(present) if present else None
+    return float(statistics.median(present)) if present else None
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,11 @@ class SingleStream:
 
     @property
     def decode_tps(self) -> float | None:
-        return _median([run.decode_tps for run in self.runs])
+        return median_known([run.decode_tps for run in self.runs])
 
     @property
     def ttft_s(self) -> float | None:
-        return _median([run.ttft_s for run in self.runs])
+        return median_known([run.ttft_s for run in self.runs])
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class ConcurrencyLevel:
         leaving it out would flatter the server."""
         if not self.rounds or not self.all_started:
             return None
-        return _median([percentile([run.ttft_s for run in round_.runs if run.ttft_s is not None], q)
+        return median_known([percentile([run.ttft_s for run in round_.runs if run.ttft_s is not None], q)
                         for round_ in self.rounds])
 
 
@@ -150,7 +151,7 @@ class ChatRun:
 
     def ttft_s(self, turn: int) -> float | None:
         """The median time to first token of turn ``turn`` (from 0) over the conversations."""
-        return _median([turns[turn].ttft_s for turns in self.conversations if len(turns) > turn])
+        return median_known([turns[turn].ttft_s for turns in self.conversations if len(turns) > turn])
 
     @property
     def last(self) -> StreamSummary | None:
@@ -207,12 +208,18 @@ class NativeResult:
 
 
 @dataclass
-class BenchReport:
+class RunRecord:
+    """How, where and when a bench run was made: the head of every bench's report."""
+
     command: str
     machine: dict[str, Any]
     settings: dict[str, Any]
     started_at: str
     duration_s: float = 0.0
+
+
+@dataclass
+class BenchReport(RunRecord):
     peers: list[PeerResult] = field(default_factory=list)
     native: NativeResult = field(default_factory=NativeResult)
     errors: list[str] = field(default_factory=list)
@@ -225,6 +232,20 @@ def ratio(value: float | None, baseline: float | None) -> float | None:
     if value is None or not baseline:
         return None
     return value / baseline
+
+
+# A checked figure as goals and targets keep it: the value, the goal as text, and whether the
+# value meets it (None: not measured).
+Verdict = tuple[float | None, str, bool | None]
+
+
+def at_least(value: float | None, goal: float) -> Verdict:
+    return value, f">= {goal:.2f}x", None if value is None else value >= goal
+
+
+def at_most(value: float | None, goal: float, failed: bool = False) -> Verdict:
+    """``failed``: the measurement itself failed, which fails the goal whatever the value."""
+    return value, f"<= {goal:.2f}x", False if failed else None if value is None else value <= goal
 
 
 @dataclass(frozen=True)
@@ -242,34 +263,26 @@ def targets(report: BenchReport, name: str) -> list[Target]:
     if peer is None:
         return []
     checks: list[Target] = []
-
-    def at_least(label: str, value: float | None, goal: float) -> None:
-        checks.append(Target(label, value, f">= {goal:.2f}x",
-                             None if value is None else value >= goal))
-
-    def at_most(label: str, value: float | None, goal: float, failed: bool = False) -> None:
-        passed = False if failed else None if value is None else value <= goal
-        checks.append(Target(label, value, f"<= {goal:.2f}x", passed))
-
     single = peer.single.decode_tps if peer.single else None
     base_single = base.single.decode_tps if base and base.single else None
-    at_least("one stream tokens/s vs llama-server", ratio(single, base_single), 0.95)
+    checks.append(Target("one stream tokens/s vs llama-server",
+                         *at_least(ratio(single, base_single), 0.95)))
     for streams in (4, 8):
         mine, theirs = peer.level(streams), base.level(streams) if base else None
-        at_least(f"aggregate tokens/s at {streams} vs llama-server",
-                 ratio(mine.aggregate_tps if mine else None,
-                       theirs.aggregate_tps if theirs else None), 1.0)
-        at_most(f"p95 time to first token at {streams} vs llama-server",
-                ratio(mine.ttft_percentile(95) if mine else None,
-                      theirs.ttft_percentile(95) if theirs else None), 1.0,
-                failed=mine is not None and not mine.all_started)
+        checks.append(Target(f"aggregate tokens/s at {streams} vs llama-server",
+                             *at_least(ratio(mine.aggregate_tps if mine else None,
+                                             theirs.aggregate_tps if theirs else None), 1.0)))
+        checks.append(Target(f"p95 time to first token at {streams} vs llama-server",
+                             *at_most(ratio(mine.ttft_percentile(95) if mine else None,
+                                            theirs.ttft_percentile(95) if theirs else None), 1.0,
+                                      failed=mine is not None and not mine.all_started)))
     for label, count in (("streams cut", peer.streams_cut),
                          ("streams failed (errors, timeouts)", peer.streams_failed)):
         value = float(count) if peer.levels else None
         checks.append(Target(label, value, "= 0", None if value is None else value == 0))
     turns = peer.chat.turns if peer.chat else report.settings.get("turns", 10)
-    at_most(f"turn-{turns} / turn-1 time to first token", peer.chat.growth if peer.chat else None,
-            1.5)
+    checks.append(Target(f"turn-{turns} / turn-1 time to first token",
+                         *at_most(peer.chat.growth if peer.chat else None, 1.5)))
     return checks
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from bench import machine
 from bench.prompts import essay_messages
-from bench.results import percentile
+from bench.sides import SideBySide, level_figures
 from homeport import __version__
 from homeport.engine.llama import ContextSettings, LlamaModel, Sampler, SamplingParams
 from homeport.engine.runner import RunnerClient
@@ -169,41 +169,18 @@ def chatml(question: str) -> str:
     return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def _ms(seconds: float | None) -> str:
-    return f"{1000 * seconds:8.1f}" if seconds is not None else "       -"
-
-
 def summary(figures: dict[str, SideFigures]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for side, fig in figures.items():
-        out[side] = {"load_s_median": statistics.median(fig.load_s), "load_s": fig.load_s}
-        for level in LEVELS:
-            out[side][f"{level}_streams"] = {
-                "tokens_per_s_median": statistics.median(fig.tps[level]),
-                "tokens_per_s": fig.tps[level],
-                "ttft_p50_s": percentile(fig.ttft_s[level], 50),
-                "ttft_p95_s": percentile(fig.ttft_s[level], 95),
-                "ttft_s": fig.ttft_s[level],
-            }
-    return out
+    return {side: {"load_s_median": statistics.median(fig.load_s), "load_s": fig.load_s,
+                   **level_figures(fig.tps, fig.ttft_s)}
+            for side, fig in figures.items()}
 
 
 def print_table(result: dict[str, Any]) -> None:
     base, runner = result["in-process"], result["runner"]
-    print(f"{'':22} {'in-process':>12} {'runner':>12} {'runner/in':>10}")
-    print(f"{'load (s, median)':22} {base['load_s_median']:12.3f} {runner['load_s_median']:12.3f}"
-          f" {runner['load_s_median'] / base['load_s_median']:9.2f}x")
-    for level in LEVELS:
-        key = f"{level}_streams"
-        b, r = base[key], runner[key]
-        ratio = r["tokens_per_s_median"] / b["tokens_per_s_median"]
-        print(f"{f'{level} stream(s) tokens/s':22} {b['tokens_per_s_median']:12.1f}"
-              f" {r['tokens_per_s_median']:12.1f} {ratio:9.3f}x  (goal >= 0.98x)")
-        for q in (50, 95):
-            added = r[f"ttft_p{q}_s"] - b[f"ttft_p{q}_s"]
-            goal = "  (goal < 2 ms added)" if q == 50 else ""
-            print(f"{f'  TTFT p{q} (ms)':22} {_ms(b[f'ttft_p{q}_s'])}    {_ms(r[f'ttft_p{q}_s'])}"
-                  f"    {1000 * added:+7.1f} ms{goal}")
+    table = SideBySide(label=22, column=12, last="runner/in")
+    table.header("in-process", "runner")
+    table.ratio_row("load (s, median)", base["load_s_median"], runner["load_s_median"], 3, 2)
+    table.level_rows(base, runner, LEVELS, ttft_goal_ms=2)
 
 
 async def bench(rounds: int, tokens: int) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -84,6 +85,9 @@ class StreamResult:
         return (self.tokens - 1) / elapsed if elapsed > 0 else None
 
 
+Result = TypeVar("Result", bound=StreamResult)  # a stream's result, with whatever its protocol adds
+
+
 def request_body(endpoint: Endpoint, messages: list[Message], max_tokens: int,
                  seed: int) -> tuple[str, dict[str, Any]]:
     """The path and JSON body of a streamed, greedy chat request of ``max_tokens`` tokens."""
@@ -107,9 +111,17 @@ async def stream_chat(client: httpx.AsyncClient, endpoint: Endpoint, messages: l
     path, body = request_body(endpoint, messages, max_tokens, seed)
     result = StreamResult(started=time.perf_counter())
     parse = _openai_line if endpoint.protocol == "openai" else _ollama_line
+    return await timed_stream(client, endpoint.base_url + path, body, result, parse)
+
+
+async def timed_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], result: Result,
+                       parse: Callable[[str, Result], bool]) -> Result:
+    """POST ``body`` to ``url`` and feed each streamed line to ``parse`` until it says the stream
+    is over; the end time, a bad status, a timeout or a broken stream are recorded in ``result``,
+    never raised."""
     try:
         async with asyncio.timeout(STREAM_LIMIT), client.stream(
-                "POST", endpoint.base_url + path, json=body, timeout=STREAM_TIMEOUT) as response:
+                "POST", url, json=body, timeout=STREAM_TIMEOUT) as response:
             if response.status_code != 200:
                 await response.aread()
                 result.error = f"HTTP {response.status_code}: {response.text[:200]}"
@@ -167,15 +179,25 @@ def _openai_line(line: str, result: StreamResult) -> bool:
 
 
 def _ollama_line(line: str, result: StreamResult) -> bool:
-    """Take one NDJSON line into ``result``; True once the stream is over."""
+    """Take one NDJSON line of /api/chat into ``result``; True once the stream is over."""
+    return ollama_record(line, result, _chat_text)
+
+
+def _chat_text(record: dict[str, Any]) -> str:
+    message = record.get("message") or {}
+    return (message.get("content") or "") + (message.get("thinking") or "")
+
+
+def ollama_record(line: str, result: StreamResult, text_of: Callable[[dict[str, Any]], str]) -> bool:
+    """Take one line of an Ollama NDJSON stream into ``result``, ``text_of`` finding the answer's
+    text in the record (chat and generate keep it apart); True once the stream is over."""
     if not line.strip():
         return False
     record = json.loads(line)
     if "error" in record:
         result.error = str(record["error"])
         return True
-    message = record.get("message") or {}
-    text = (message.get("content") or "") + (message.get("thinking") or "")
+    text = text_of(record)
     if text:
         record_text(result, text)
     if record.get("done"):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import gguf
 import httpx
-import numpy as np
 import ollama
 import pytest
 
@@ -20,6 +19,7 @@ from homeport.errors import InvalidModelFileError
 from homeport.store.gguf import read_gguf
 from tests.conftest import MODEL
 from tests.support.files import snapshot
+from tests.support.gguf_files import add_llama_tensors, write_out, zeros
 from tests.support.models import bundled_gguf, install_model
 from tests.support.server import ServerProcess, isolated_env
 
@@ -41,24 +41,8 @@ def crafted_llama(path: Path, **metadata: int) -> Path:
     writer.add_token_list([f"<0x{i:02X}>" for i in range(N_VOCAB)])
     writer.add_token_scores([0.0] * N_VOCAB)
     writer.add_token_types([gguf.TokenType.BYTE] * N_VOCAB)
-
-    def tensor(name: str, *shape: int) -> None:
-        writer.add_tensor(name, np.zeros(shape, dtype=np.float32))
-
-    tensor("token_embd.weight", N_VOCAB, N_EMBD)
-    tensor("output_norm.weight", N_EMBD)
-    for layer in range(N_LAYER):
-        tensor(f"blk.{layer}.attn_norm.weight", N_EMBD)
-        for part in ("q", "k", "v", "output"):
-            tensor(f"blk.{layer}.attn_{part}.weight", N_EMBD, N_EMBD)
-        tensor(f"blk.{layer}.ffn_norm.weight", N_EMBD)
-        tensor(f"blk.{layer}.ffn_gate.weight", N_FF, N_EMBD)
-        tensor(f"blk.{layer}.ffn_up.weight", N_FF, N_EMBD)
-        tensor(f"blk.{layer}.ffn_down.weight", N_EMBD, N_FF)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    add_llama_tensors(writer, zeros, n_vocab=N_VOCAB, n_embd=N_EMBD, n_ff=N_FF, n_layer=N_LAYER)
+    write_out(writer)
     return path
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import gguf
 import httpx
-import numpy as np
 import pytest
 
 from homeport.engine.devices import Device, discover_devices, list_devices, parse_devices
@@ -26,6 +25,7 @@ from homeport.engine.placement import model_needs, place, proportional_split
 from homeport.store.bundled import find_bundled_gguf
 from homeport.store.gguf import GGUFInfo, read_gguf
 from tests.conftest import MODEL
+from tests.support.gguf_files import add_llama_tensors, write_out, zeros
 from tests.support.server import ServerProcess
 from tests.test_cli_models import homeport
 
@@ -62,31 +62,9 @@ def write_model(path: Path, *, experts: bool) -> GGUFInfo:
     if experts:
         writer.add_expert_count(N_EXPERT)
         writer.add_expert_used_count(2)
-
-    def tensor(name: str, *shape: int) -> None:
-        writer.add_tensor(name, np.zeros(shape, dtype=np.float32))
-
-    tensor("token_embd.weight", N_VOCAB, N_EMBD)
-    tensor("output_norm.weight", N_EMBD)
-    tensor("output.weight", N_VOCAB, N_EMBD)
-    for layer in range(N_LAYER):
-        for part in ("q", "k", "v", "output"):
-            tensor(f"blk.{layer}.attn_{part}.weight", N_EMBD, N_EMBD)
-        tensor(f"blk.{layer}.attn_norm.weight", N_EMBD)
-        tensor(f"blk.{layer}.ffn_norm.weight", N_EMBD)
-        if experts:
-            tensor(f"blk.{layer}.ffn_gate_inp.weight", N_EXPERT, N_EMBD)
-            tensor(f"blk.{layer}.ffn_gate_exps.weight", N_EXPERT, N_FF, N_EMBD)
-            tensor(f"blk.{layer}.ffn_up_exps.weight", N_EXPERT, N_FF, N_EMBD)
-            tensor(f"blk.{layer}.ffn_down_exps.weight", N_EXPERT, N_EMBD, N_FF)
-        else:
-            for part in ("gate", "up"):
-                tensor(f"blk.{layer}.ffn_{part}.weight", N_FF, N_EMBD)
-            tensor(f"blk.{layer}.ffn_down.weight", N_EMBD, N_FF)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    add_llama_tensors(writer, zeros, n_vocab=N_VOCAB, n_embd=N_EMBD, n_ff=N_FF, n_layer=N_LAYER,
+                      n_expert=N_EXPERT if experts else 0, output=True)
+    write_out(writer)
     return read_gguf(path)
 
 

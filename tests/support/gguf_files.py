@@ -4,6 +4,7 @@ broken files for the validator."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,27 +48,59 @@ def write_tiny_llama(path: Path, seed: int = 0, n_embd: int = 32, n_ff: int = 64
     writer.add_unk_token_id(0)
     writer.add_chat_template(CHATML)
 
-    def weights(name: str, *shape: int) -> None:
-        writer.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
+    def fill(name: str, shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+        if name.endswith("norm.weight"):
+            return np.ones(shape, dtype=norm_dtype)
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
 
-    def ones(name: str) -> None:
-        writer.add_tensor(name, np.ones(n_embd, dtype=norm_dtype))
+    add_llama_tensors(writer, fill, n_vocab=len(tokens), n_embd=n_embd, n_ff=n_ff, n_layer=n_layer)
+    write_out(writer)
+    return path
 
-    weights("token_embd.weight", len(tokens), n_embd)
-    ones("output_norm.weight")
+
+def zeros(name: str, shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+    """Weights for files that are read, never run."""
+    return np.zeros(shape, dtype=np.float32)
+
+
+def add_llama_tensors(writer: gguf.GGUFWriter,
+                      fill: Callable[[str, tuple[int, ...]], np.ndarray[Any, Any]], *,
+                      n_vocab: int, n_embd: int, n_ff: int, n_layer: int, n_expert: int = 0,
+                      output: bool = False) -> None:
+    """A llama's tensors, each made by ``fill(name, shape)``: ``n_layer`` layers of attention and a
+    dense feed-forward block, or ``n_expert`` experts and their router; an output matrix of its own
+    where ``output`` (without one, llama.cpp ties it to the embeddings)."""
+
+    def add(name: str, *shape: int) -> None:
+        writer.add_tensor(name, fill(name, shape))
+
+    add("token_embd.weight", n_vocab, n_embd)
+    add("output_norm.weight", n_embd)
+    if output:
+        add("output.weight", n_vocab, n_embd)
     for layer in range(n_layer):
-        ones(f"blk.{layer}.attn_norm.weight")
+        block = f"blk.{layer}"
+        add(f"{block}.attn_norm.weight", n_embd)
         for part in ("q", "k", "v", "output"):
-            weights(f"blk.{layer}.attn_{part}.weight", n_embd, n_embd)
-        ones(f"blk.{layer}.ffn_norm.weight")
-        weights(f"blk.{layer}.ffn_gate.weight", n_ff, n_embd)
-        weights(f"blk.{layer}.ffn_up.weight", n_ff, n_embd)
-        weights(f"blk.{layer}.ffn_down.weight", n_embd, n_ff)
+            add(f"{block}.attn_{part}.weight", n_embd, n_embd)
+        add(f"{block}.ffn_norm.weight", n_embd)
+        if n_expert:
+            add(f"{block}.ffn_gate_inp.weight", n_expert, n_embd)
+            add(f"{block}.ffn_gate_exps.weight", n_expert, n_ff, n_embd)
+            add(f"{block}.ffn_up_exps.weight", n_expert, n_ff, n_embd)
+            add(f"{block}.ffn_down_exps.weight", n_expert, n_embd, n_ff)
+        else:
+            add(f"{block}.ffn_gate.weight", n_ff, n_embd)
+            add(f"{block}.ffn_up.weight", n_ff, n_embd)
+            add(f"{block}.ffn_down.weight", n_embd, n_ff)
+
+
+def write_out(writer: gguf.GGUFWriter) -> None:
+    """The header, the metadata and the tensors, in the order a GGUF holds them; then close."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
 
 
 def renamed_bundled_copy(path: Path, new_name: bytes = b"pulled") -> Path:
