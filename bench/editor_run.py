@@ -27,6 +27,7 @@ from bench.editor_results import (
     CHAT,
     EDIT,
     HOMEPORT,
+    HOMEPORT_EXACT,
     HOMEPORT_NO_SPECULATION,
     LLAMA_SERVER,
     NGRAM_MOD,
@@ -68,14 +69,10 @@ class EditorOptions:
     levels: tuple[int, ...] = (1, 4)
 
 
-def speculation_switch() -> dict[str, str] | None:
-    """The setting that turns homeport's speculative decoding off, once homeport has one
-    (``HOMEPORT_SPECULATION=off``, issue 15); until then None, and the edit workload runs no
-    "speculation off" peer. This is the hook: the identity check needs nothing else."""
-    from homeport import config
-
-    names = {name for setting in config.REGISTRY for name in setting.names}
-    return {"HOMEPORT_SPECULATION": "off"} if "HOMEPORT_SPECULATION" in names else None
+# Speculation is exact only without flash attention (README, issue 15), so its check and the
+# speculating peer run with it off; the plain "homeport" peer is homeport's default setup.
+EXACT = {"HOMEPORT_FLASH_ATTENTION": "false"}
+NO_SPECULATION = {**EXACT, "HOMEPORT_SPECULATION": "off"}
 
 
 def peer_specs(workload: str, settings: Settings, tools: LlamaTools | None, work: Path
@@ -106,9 +103,10 @@ def peer_specs(workload: str, settings: Settings, tools: LlamaTools | None, work
     else:
         specs = [server(LLAMA_SERVER)]
     specs.append(homeport(HOMEPORT))
-    switch = speculation_switch()
-    if workload == EDIT and switch is not None:
-        specs.append(homeport(HOMEPORT_NO_SPECULATION, switch))
+    if workload in (EDIT, CHAT):
+        specs.append(homeport(HOMEPORT_EXACT, EXACT))
+    if workload == EDIT:
+        specs.append(homeport(HOMEPORT_NO_SPECULATION, NO_SPECULATION))
     return specs
 
 
