@@ -9,6 +9,8 @@ itself, the owner's devices, ``[[allow]]`` rules, a capability grant; tagged nod
 tags. A refused connection is closed having sent and forwarded nothing. An admitted one is joined
 to an idle RPC server once its first byte arrives (a bare connect, such as the server's check that
 the worker is up, never reaches ggml), then bytes are copied both ways until either side closes.
+Accepted connections get TCP keepalive (``net.keepalive``): a server that vanishes without closing
+frees its slot within seconds.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 from dataclasses import dataclass
 
 from homeport.errors import ForbiddenError
+from homeport.net import keepalive
 from homeport.net.addresses import format_host_port, parse_ip
 from homeport.net.localapi import LocalAPI, LocalAPIError
 from homeport.net.machine import MachineWatcher
@@ -94,6 +97,9 @@ class WorkerGate:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            keepalive.enable(sock)
         admission = await self.admit(str(peer[0]), int(peer[1]))
         if not admission.allowed:
             log.warning("refused a connection from %s: %s", admission.who, admission.reason)
