@@ -7,9 +7,11 @@ connection it accepts); alice's real ggml client gets through and lists the work
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,3 +184,38 @@ def test_a_worker_that_refuses_the_server_is_left_out_of_placement(
             assert refusing.accepted() == 0
     finally:
         fake.stop()
+
+
+def closed_unserved(sock: socket.socket) -> bool:
+    """Whether the other end closed ``sock`` without sending a byte (a reset counts)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_one_peer_holds_at_most_its_share_of_the_gate(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Each connection's first byte is HELLO's command, so ggml waits for the rest and holds it.
+    hello = bytes([14])
+    home = tmp_path_factory.mktemp("per-peer")
+    with WorkerProcess(home, slots=2, extra_args=["--max-connections-per-peer", "2"]) as worker:
+        address = (worker.host, worker.port)
+        with contextlib.ExitStack() as held:
+            for _ in range(2):
+                sock = held.enter_context(socket.create_connection(address, timeout=30))
+                sock.sendall(hello)
+            assert wait_for(lambda: worker.accepted() == 2, timeout=30), worker.log()
+            with socket.create_connection(address, timeout=30) as extra:
+                extra.sendall(hello)
+                assert closed_unserved(extra)
+            assert "refused a connection from this machine: it holds 2 already, the most one " \
+                   "peer may (--max-connections-per-peer)" in worker.log()
+            assert worker.accepted() == 2  # ggml never saw the third
+        # Those two closed (the gate says so once it has let them go): the peer's next
+        # connection gets through again.
+        assert wait_for(lambda: worker.log().count("this machine disconnected") == 2,
+                        timeout=30), worker.log()
+        with socket.create_connection(address, timeout=30) as again:
+            again.sendall(hello)
+            assert wait_for(lambda: worker.accepted() == 3, timeout=30), worker.log()
