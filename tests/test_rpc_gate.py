@@ -12,6 +12,7 @@ import json
 import re
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from homeport.engine import rpc
+from homeport.net import keepalive
 from tests.conftest import MODEL
 from tests.support.fake_tailscaled import FakeTailscaled, Node
 from tests.support.netns import Lab, Peer
@@ -147,6 +149,40 @@ def test_a_reloaded_policy_lets_bob_through_to_ggml(lab: Lab, worker: WorkerProc
 def test_the_worker_log_names_its_audience(worker: WorkerProcess, tmp_path: Path) -> None:
     assert f"worker listening on {worker.endpoint}: reachable by nodes of your tailnet the " \
            "policy allows" in worker.log()
+
+
+# Connects, sends HELLO's command byte (ggml then waits for the rest, holding a slot), says so and
+# sleeps: a server whose machine is about to vanish.
+HOLD = """
+import socket, sys, time
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+sock.sendall(bytes([14]))
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_server_that_vanishes_frees_its_slot(lab: Lab, worker: WorkerProcess) -> None:
+    # The link is cut under a held connection: nothing reaches the gate, and only its
+    # keepalive probes going unanswered let the connection, and the slot, go.
+    alice = lab.peers["alice"]
+    served = "alice-laptop (alice@example.com) disconnected"
+    before, serving = worker.log().count(served), worker.log().count("serving alice-laptop")
+    holder = subprocess.Popen(["ip", "netns", "exec", alice.namespace, sys.executable, "-c", HOLD,
+                               worker.host, str(worker.port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "holding"
+        assert wait_for(lambda: worker.log().count("serving alice-laptop") > serving,
+                        timeout=30)
+        lab.set_link(alice, up=False)
+        bound = keepalive.KEEPIDLE + keepalive.KEEPCNT * keepalive.KEEPINTVL + 30
+        assert wait_for(lambda: worker.log().count(served) > before, timeout=bound), \
+            worker.log()[-2000:]
+    finally:
+        holder.kill()
+        holder.wait()
+        lab.set_link(alice, up=True)
 
 
 def test_a_worker_that_refuses_the_server_is_left_out_of_placement(
