@@ -31,8 +31,9 @@ POLICY = """
 [[allow]]
 logins = ["home@example.com"]
 """
-# An idle connection is dropped after KEEPIDLE + KEEPCNT * KEEPINTVL, one with data in flight
-# after USER_TIMEOUT_MS; the watch looks every second, and a busy machine adds its delays.
+# An idle connection is dropped after KEEPIDLE + KEEPCNT * KEEPINTVL, or USER_TIMEOUT_MS where
+# Linux lets that decide, one with data in flight after USER_TIMEOUT_MS; the watch looks every
+# second, and a busy machine adds its delays.
 DETECTION = max(keepalive.KEEPIDLE + keepalive.KEEPCNT * keepalive.KEEPINTVL,
                 keepalive.USER_TIMEOUT_MS / 1000)
 BOUND = DETECTION + 45

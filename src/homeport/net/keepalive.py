@@ -7,10 +7,11 @@ listed; the worker's gate, likewise, would hold the slot of a server that vanish
 therefore probe an idle connection and give up on data that goes unacknowledged.
 
 The numbers trade false alarms for detection time: a worker is a machine on the same tailnet, so
-a reply to a probe comes within milliseconds, and several seconds of silence mean it is gone. An
-idle connection is declared dead after ``KEEPIDLE + KEEPCNT * KEEPINTVL`` = 25 s; one with data
-in flight after ``USER_TIMEOUT_MS`` (longer than that, so that a busy worker's slow reply to a big
-tensor upload over Wi-Fi is not cut short: only its TCP acknowledgements count, not the reply).
+a reply to a probe comes within milliseconds, and several seconds of silence mean it is gone. Probes
+start after ``KEEPIDLE`` s of quiet, and data unacknowledged for ``USER_TIMEOUT_MS`` drops the
+connection (only TCP acknowledgements count, not ggml's reply, so a busy worker is not cut short).
+Linux lets that timeout, once set, also decide when unanswered probes drop an idle connection
+(instead of ``KEEPCNT``): either way a vanished peer is noticed after about 30 s.
 """
 
 from __future__ import annotations
