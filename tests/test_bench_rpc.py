@@ -25,7 +25,7 @@ def test_rpc_bench_measures_both_sides_and_writes_its_result(tmp_path: Path) -> 
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "placement of the bundled model here:" in result.stdout
-    assert "rpc side: 20/31 layers on GPU: RPC0 on 127.0.0.1:" in result.stdout
+    assert "rpc side: 20/31 layers on workers: RPC0 on 127.0.0.1:" in result.stdout
     written = list(tmp_path.glob("rpc-*.json"))
     assert len(written) == 1
     report = json.loads(written[0].read_text())

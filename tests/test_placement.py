@@ -245,7 +245,9 @@ def test_two_workers_split_a_model_that_neither_holds(dense: GGUFInfo) -> None:
         ("10.0.0.2:50052", 3, 3 * DENSE_LAYER + COMPUTE),
         ("10.0.0.3:50052", 2, DENSE_LAYER + OUTPUT + COMPUTE)]
     assert placement.local_gpu_bytes == 0  # size_vram: nothing in this machine's GPU memory
-    assert "RPC0 on 10.0.0.2:50052 3 layers" in placement.describe()
+    # The workers' devices are named as such, not as this machine's GPU.
+    assert placement.describe().startswith(
+        f"5/{N_LAYER + 1} layers on workers: RPC0 on 10.0.0.2:50052 3 layers")
 
 
 def test_workers_come_first_in_llama_cpp_s_device_order(dense: GGUFInfo) -> None:
@@ -257,6 +259,8 @@ def test_workers_come_first_in_llama_cpp_s_device_order(dense: GGUFInfo) -> None
     assert placement.offload.rpc_servers == ("10.0.0.2:50052",)
     assert [share.name for share in placement.gpus] == ["RPC0", "CUDA0"]
     assert placement.local_gpu_bytes == DENSE_LAYER + OUTPUT + COMPUTE
+    assert placement.describe().startswith(
+        f"5/{N_LAYER + 1} layers on GPU and workers: RPC0 on 10.0.0.2:50052 3 layers")
 
 
 def test_a_worker_that_gets_no_layer_is_not_registered(dense: GGUFInfo) -> None:

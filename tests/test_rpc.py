@@ -109,7 +109,7 @@ def test_layers_are_placed_across_both_workers_and_the_server(
     assert first.accepted() > before[0]
     assert second.accepted() > before[1]
     assert {first.port, second.port} <= connected_ports(runner_pids(split_server)[MODEL])
-    assert re.search(rf"placing {re.escape(MODEL)}: {OFFLOADED}/{UNITS} layers on GPU: "
+    assert re.search(rf"placing {re.escape(MODEL)}: {OFFLOADED}/{UNITS} layers on workers: "
                      rf"RPC0 on {re.escape(first.endpoint)} \d+ layers .*RPC1 on "
                      rf"{re.escape(second.endpoint)} \d+ layers", split_server.log())
     shown = homeport("ps", endpoint=split_server.url)

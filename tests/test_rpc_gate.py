@@ -7,9 +7,12 @@ connection it accepts); alice's real ggml client gets through and lists the work
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
+import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ import httpx
 import pytest
 
 from homeport.engine import rpc
+from homeport.net import keepalive
 from tests.conftest import MODEL
 from tests.support.fake_tailscaled import FakeTailscaled, Node
 from tests.support.netns import Lab, Peer
@@ -147,6 +151,41 @@ def test_the_worker_log_names_its_audience(worker: WorkerProcess, tmp_path: Path
            "policy allows" in worker.log()
 
 
+# Connects, sends HELLO's command byte (ggml then waits for the rest, holding a slot), says so and
+# sleeps: a server whose machine is about to vanish.
+HOLD = """
+import socket, sys, time
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+sock.sendall(bytes([14]))
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_server_that_vanishes_frees_its_slot(lab: Lab, worker: WorkerProcess) -> None:
+    # The link is cut under a held connection: nothing reaches the gate, and only its
+    # keepalive probes going unanswered let the connection, and the slot, go.
+    alice = lab.peers["alice"]
+    served = "alice-laptop (alice@example.com) disconnected"
+    before, serving = worker.log().count(served), worker.log().count("serving alice-laptop")
+    holder = subprocess.Popen(["ip", "netns", "exec", alice.namespace, sys.executable, "-c", HOLD,
+                               worker.host, str(worker.port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "holding"
+        assert wait_for(lambda: worker.log().count("serving alice-laptop") > serving,
+                        timeout=30)
+        lab.set_link(alice, up=False)
+        bound = max(keepalive.KEEPIDLE + keepalive.KEEPCNT * keepalive.KEEPINTVL,
+                    keepalive.USER_TIMEOUT_MS / 1000) + 30
+        assert wait_for(lambda: worker.log().count(served) > before, timeout=bound), \
+            worker.log()[-2000:]
+    finally:
+        holder.kill()
+        holder.wait()
+        lab.set_link(alice, up=True)
+
+
 def test_a_worker_that_refuses_the_server_is_left_out_of_placement(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     # Userspace networking: tailscaled hands tailnet peers over from 127.0.0.1, so a worker on
@@ -182,3 +221,38 @@ def test_a_worker_that_refuses_the_server_is_left_out_of_placement(
             assert refusing.accepted() == 0
     finally:
         fake.stop()
+
+
+def closed_unserved(sock: socket.socket) -> bool:
+    """Whether the other end closed ``sock`` without sending a byte (a reset counts)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_one_peer_holds_at_most_its_share_of_the_gate(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Each connection's first byte is HELLO's command, so ggml waits for the rest and holds it.
+    hello = bytes([14])
+    home = tmp_path_factory.mktemp("per-peer")
+    with WorkerProcess(home, slots=2, extra_args=["--max-connections-per-peer", "2"]) as worker:
+        address = (worker.host, worker.port)
+        with contextlib.ExitStack() as held:
+            for _ in range(2):
+                sock = held.enter_context(socket.create_connection(address, timeout=30))
+                sock.sendall(hello)
+            assert wait_for(lambda: worker.accepted() == 2, timeout=30), worker.log()
+            with socket.create_connection(address, timeout=30) as extra:
+                extra.sendall(hello)
+                assert closed_unserved(extra)
+            assert "refused a connection from this machine: it holds 2 already, the most one " \
+                   "peer may (--max-connections-per-peer)" in worker.log()
+            assert worker.accepted() == 2  # ggml never saw the third
+        # Those two closed (the gate says so once it has let them go): the peer's next
+        # connection gets through again.
+        assert wait_for(lambda: worker.log().count("this machine disconnected") == 2,
+                        timeout=30), worker.log()
+        with socket.create_connection(address, timeout=30) as again:
+            again.sendall(hello)
+            assert wait_for(lambda: worker.accepted() == 3, timeout=30), worker.log()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
 import textwrap
 
 from homeport.engine.worker_watch import EXIT_STATUS
+from homeport.net import keepalive
 
 # The child connects, starts watching, says so, then idles as a runner with nothing to do would.
 CHILD = textwrap.dedent("""
@@ -57,3 +59,22 @@ def test_a_worker_that_stays_keeps_the_runner() -> None:
             child.kill()
             child.wait()
             accepted.close()
+
+
+def test_keepalive_set_through_a_duplicate_reaches_the_socket_itself() -> None:
+    # As the runner does to ggml's sockets: the options go on through a dup of the descriptor.
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            socket.create_connection(listener.getsockname()) as client:
+        assert keepalive.enable_on_fd(client.fileno())
+        assert client.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == keepalive.KEEPIDLE
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == keepalive.KEEPCNT
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == \
+            keepalive.USER_TIMEOUT_MS
+        client.sendall(b"still open")  # the duplicate's close left the socket alone
+    read, write = os.pipe()  # a descriptor that is not a socket is left alone
+    try:
+        assert not keepalive.enable_on_fd(read)
+    finally:
+        os.close(read)
+        os.close(write)

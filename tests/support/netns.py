@@ -116,6 +116,11 @@ class Lab:
         self.peers[name] = peer
         return peer
 
+    def set_link(self, peer: Peer, up: bool) -> None:
+        """Bring this host's end of a peer's link down (packets either way are lost, and neither
+        side hears a thing: a cable pulled) or back up."""
+        _ip("link", "set", f"hp{self.tag}{peer.name[:2]}o", "up" if up else "down")
+
     def run(self, peer: Peer, argv: Sequence[str], timeout: float = 120,
             env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the peer's namespace, capturing its output."""

@@ -22,12 +22,12 @@ class WorkerProcess:
 
     def __init__(self, home: Path, host: str = "127.0.0.1", port: int | None = None,
                  env: Mapping[str, str] | None = None, slots: int = 2, threads: int = 1,
-                 wrapper: Sequence[str] = ()) -> None:
+                 wrapper: Sequence[str] = (), extra_args: Sequence[str] = ()) -> None:
         self.home = home
         self.host = host
         self.port = port or free_port()
         self.env = isolated_env(home, env)
-        self.args = ["--slots", str(slots), "--threads", str(threads)]
+        self.args = ["--slots", str(slots), "--threads", str(threads), *extra_args]
         self.wrapper = tuple(wrapper)
         self.log_path = home / f"worker-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None

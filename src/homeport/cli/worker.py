@@ -7,6 +7,10 @@ import click
 from homeport.worker.listen import DEFAULT_PORT
 
 MAX_SLOTS = 16
+MAX_PER_PEER = 256
+# A model server opens a few short connections while it loads a model and keeps one per device
+# while the model stays loaded: 8 leaves room for a few models at once, and no more.
+MAX_CONNECTIONS_PER_PEER = 8
 
 
 @click.command()
@@ -18,7 +22,11 @@ MAX_SLOTS = 16
                    "this many run on loopback).")
 @click.option("--threads", type=click.IntRange(0, 1024), default=0,
               help="CPU threads for a served CPU device (default 0: one per core).")
-def worker(listen: str | None, slots: int, threads: int) -> None:
+@click.option("--max-connections-per-peer", "per_peer", type=click.IntRange(1, MAX_PER_PEER),
+              default=MAX_CONNECTIONS_PER_PEER, show_default=True,
+              help="Connections one tailnet node may hold at once; more are closed unserved (a "
+                   "server holds one per device of each loaded model, and a few while loading).")
+def worker(listen: str | None, slots: int, threads: int, per_peer: int) -> None:
     """Serve this machine's GPUs (or its CPU) to a homeport server over ggml's RPC.
 
     The server names workers in HOMEPORT_RPC_WORKERS=host:port,... and places layers on their
@@ -32,4 +40,4 @@ def worker(listen: str | None, slots: int, threads: int) -> None:
     from homeport.worker.run import run_worker
 
     setup_logging()
-    run_worker(listen_address(listen), slots, threads or default_threads())
+    run_worker(listen_address(listen), slots, threads or default_threads(), per_peer)

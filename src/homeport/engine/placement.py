@@ -138,8 +138,16 @@ class Placement:
                      "in host memory)")
         experts = (f", experts of {self.cpu_expert_layers} layers kept on the CPU"
                    if self.cpu_expert_layers else "")
-        return f"{self.gpu_layers}/{self.units} layers on GPU: {', '.join(parts)}{experts}: " \
-               f"{self.reason}"
+        return f"{self.gpu_layers}/{self.units} layers on {self._offload_kinds()}: " \
+               f"{', '.join(parts)}{experts}: {self.reason}"
+
+    def _offload_kinds(self) -> str:
+        """What the offloaded layers sit on: this machine's GPUs, RPC workers, or both (a
+        worker's device is a GPU or a CPU on another machine, not this one's GPU)."""
+        kinds = [kind for kind, present in (
+            ("GPU", any(not share.endpoint for share in self.gpus)),
+            ("workers", any(share.endpoint for share in self.gpus))) if present]
+        return " and ".join(kinds) or "GPU"
 
 
 def compute_buffer_bytes(info: GGUFInfo, settings: ContextSettings) -> int:

@@ -6,6 +6,11 @@ loaded again on what is left. So a runner that uses workers looks at its own TCP
 ``INTERVAL`` seconds (llama.cpp keeps one open to each worker while the model is loaded); when a
 worker has closed its end (the socket waits in CLOSE_WAIT, or a reset removed it), the runner
 exits, and the server forgets the model at once.
+
+A worker that vanishes without closing (switched off, unplugged) never makes its connection close
+on its own: the runner turns on TCP keepalive and a send timeout (``net.keepalive``) on each of its
+connections to a worker, on ggml's own sockets, so the kernel drops such a connection within
+seconds. A stream waiting on it fails (llama.cpp aborts the runner), an idle runner sees it gone.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import threading
 import time
 
 import psutil
+
+from homeport.net import keepalive
 
 log = logging.getLogger("homeport.runner")
 
@@ -35,28 +42,48 @@ def _addresses(endpoint: str) -> set[tuple[str, int]]:
     return {(str(info[4][0]), int(port)) for info in infos}
 
 
+class Prober:
+    """Turns keepalive on for each connection to a worker the first time it is seen."""
+
+    def __init__(self) -> None:
+        self._done: set[tuple[int, int]] = set()  # (fd, local port): a reused fd is a new one
+
+    def see(self, fd: int, local_port: int) -> None:
+        if fd < 0 or (fd, local_port) in self._done:
+            return
+        if keepalive.enable_on_fd(fd):
+            self._done.add((fd, local_port))
+
+
 def open_workers(endpoints: tuple[str, ...], addresses: dict[str, set[tuple[str, int]]],
+                 prober: Prober,
                  states: frozenset[str] = frozenset({psutil.CONN_ESTABLISHED})) -> set[str]:
-    """The workers this process has a connection to in one of ``states``."""
+    """The workers this process has a connection to in one of ``states``; ``prober`` sees each
+    such connection."""
     found: set[str] = set()
     for conn in psutil.Process().net_connections(kind="tcp4"):
-        if conn.raddr and conn.status in states:
-            found.update(endpoint for endpoint in endpoints
-                         if (conn.raddr.ip, conn.raddr.port) in addresses[endpoint])
+        if not conn.raddr or conn.status not in states:
+            continue
+        mine = {endpoint for endpoint in endpoints
+                if (conn.raddr.ip, conn.raddr.port) in addresses[endpoint]}
+        if mine:
+            found |= mine
+            prober.see(conn.fd, conn.laddr.port if conn.laddr else 0)
     return found
 
 
 def watch(endpoints: tuple[str, ...], addresses: dict[str, set[tuple[str, int]]],
-          connected: set[str]) -> None:
-    """Exit this process when a worker it was connected to closes on it (a daemon thread)."""
+          connected: set[str], prober: Prober) -> None:
+    """Exit this process when a worker it was connected to closes on it, or the kernel drops the
+    connection for want of answers (a daemon thread)."""
     while True:
         time.sleep(INTERVAL)
-        now = open_workers(endpoints, addresses)
+        now = open_workers(endpoints, addresses, prober)
         gone = sorted(connected - now)
         connected |= now
         if gone:
             # CRITICAL: the server reads this line as the runner's reason for ending.
-            log.critical("RPC worker %s closed its connection", ", ".join(gone))
+            log.critical("RPC worker %s closed its connection or stopped answering", ", ".join(gone))
             logging.shutdown()
             os._exit(EXIT_STATUS)
 
@@ -66,11 +93,13 @@ def start_watching(endpoints: tuple[str, ...]) -> None:
 
     The connections the load left open are noted here, before any request: a worker killed
     before the watch thread's first look (a busy machine can delay it past a whole request)
-    leaves its connection half-closed, which still counts as one that was open.
+    leaves its connection half-closed, which still counts as one that was open. Keepalive is
+    turned on for each of them here too, and for any opened later when the watch first sees it.
     """
     if not endpoints:
         return
     addresses = {endpoint: _addresses(endpoint) for endpoint in endpoints}
-    connected = open_workers(endpoints, addresses, OPEN_OR_CLOSING)
-    threading.Thread(target=watch, args=(endpoints, addresses, connected), name="worker-watch",
-                     daemon=True).start()
+    prober = Prober()
+    connected = open_workers(endpoints, addresses, prober, OPEN_OR_CLOSING)
+    threading.Thread(target=watch, args=(endpoints, addresses, connected, prober),
+                     name="worker-watch", daemon=True).start()

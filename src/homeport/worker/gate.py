@@ -9,6 +9,10 @@ itself, the owner's devices, ``[[allow]]`` rules, a capability grant; tagged nod
 tags. A refused connection is closed having sent and forwarded nothing. An admitted one is joined
 to an idle RPC server once its first byte arrives (a bare connect, such as the server's check that
 the worker is up, never reaches ggml), then bytes are copied both ways until either side closes.
+One peer holds at most ``per_peer`` connections at once (``--max-connections-per-peer``): the next
+is closed as soon as it is admitted, so a runaway or hostile peer cannot take every slot and all
+the gate's memory. Accepted connections get TCP keepalive (``net.keepalive``): a server that
+vanishes without closing frees its slot within seconds.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 from homeport.errors import ForbiddenError
+from homeport.net import keepalive
 from homeport.net.addresses import format_host_port, parse_ip
 from homeport.net.localapi import LocalAPI, LocalAPIError
 from homeport.net.machine import MachineWatcher
@@ -42,12 +48,14 @@ class Admission:
 class WorkerGate:
     """Admits connections by policy and joins them to ggml's RPC servers; see the module doc."""
 
-    def __init__(self, policy: Policy, localapi: LocalAPI, slots: Slots) -> None:
+    def __init__(self, policy: Policy, localapi: LocalAPI, slots: Slots, per_peer: int) -> None:
         self.policy = policy
         self.localapi = localapi
         self.machine = MachineWatcher(localapi)
         self.slots = slots
+        self.per_peer = per_peer
         self._connections: set[asyncio.Task[None]] = set()
+        self._held: Counter[str] = Counter()  # admitted connections open now, by peer
 
     async def admit(self, host: str, port: int) -> Admission:
         """Whether the peer at ``host:port`` may use this worker."""
@@ -94,10 +102,30 @@ class WorkerGate:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            keepalive.enable(sock)
         admission = await self.admit(str(peer[0]), int(peer[1]))
         if not admission.allowed:
             log.warning("refused a connection from %s: %s", admission.who, admission.reason)
             return
+        # By who the peer is, not its address: in userspace networking every peer comes from
+        # 127.0.0.1, and one node may come from both of its tailnet addresses.
+        if self._held[admission.who] >= self.per_peer:
+            log.warning("refused a connection from %s: it holds %d already, the most one peer may "
+                        "(--max-connections-per-peer)", admission.who, self.per_peer)
+            return
+        self._held[admission.who] += 1
+        try:
+            await self._forward(reader, writer, admission)
+        finally:
+            self._held[admission.who] -= 1
+            if not self._held[admission.who]:
+                del self._held[admission.who]
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       admission: Admission) -> None:
+        """Join an admitted connection to an idle RPC server once it says something."""
         try:
             first = await asyncio.wait_for(reader.read(CHUNK), timeout=FIRST_BYTE_TIMEOUT)
         except TimeoutError:
@@ -123,7 +151,7 @@ class WorkerGate:
             with contextlib.suppress(OSError):
                 await upstream_writer.wait_closed()
             self.slots.give_back(port)
-            log.debug("%s disconnected", admission.who)
+            log.info("%s disconnected", admission.who)
 
     async def close(self) -> None:
         for task in list(self._connections):

@@ -30,7 +30,7 @@ from homeport.worker.slots import Slots
 log = logging.getLogger("homeport.worker")
 
 
-def run_worker(address: ListenAddress, slots: int, threads: int) -> None:
+def run_worker(address: ListenAddress, slots: int, threads: int, per_peer: int) -> None:
     if not rpc.available():
         raise ConfigError("this llama.cpp was built without RPC; run `./dev setup` to rebuild it "
                           "with -DGGML_RPC=on")
@@ -45,21 +45,21 @@ def run_worker(address: ListenAddress, slots: int, threads: int) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     pool = Slots(slots, threads, str(cache))
     pool.start()
-    asyncio.run(_serve(address, listening, policy, pool))
+    asyncio.run(_serve(address, listening, policy, pool, per_peer))
     sys.stdout.flush()
     os._exit(0)  # ggml's server threads cannot be joined
 
 
 async def _serve(address: ListenAddress, listening: socket.socket, policy: Policy,
-                 pool: Slots) -> None:
-    gate = WorkerGate(policy, LocalAPI(config.tailscaled_socket()), pool)
+                 pool: Slots, per_peer: int) -> None:
+    gate = WorkerGate(policy, LocalAPI(config.tailscaled_socket()), pool, per_peer)
     await gate.machine.refresh()
     server = await asyncio.start_server(gate.handle, sock=listening)
     devices = ", ".join(f"{device.name} ({device.description}, {format_bytes(device.free)} free)"
                         for device in map(device_of, rpc.served_devices()))
     log.info("homeport %s worker listening on %s: reachable by %s; serving %s over ggml RPC "
-             "protocol %d (%d slots)", __version__, address.endpoint, address.audience, devices,
-             rpc.PROTOCOL_MAJOR, pool.count)
+             "protocol %d (%d slots, %d connections per peer)", __version__, address.endpoint,
+             address.audience, devices, rpc.PROTOCOL_MAJOR, pool.count, per_peer)
     log.info("policy: %s, allowing %s", policy.source, describe(policy))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
