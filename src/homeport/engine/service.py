@@ -258,8 +258,10 @@ class Engine:
             flash_attention=self.settings.flash_attention,
             kv_cache_type=self.settings.kv_cache_type,
             num_gpu=options.num_gpu,
-            # llama.cpp's CPU flash attention sums one token's attention in another order than a
-            # draft's several: only without it are drafted tokens exactly what decoding alone gives.
+            # llama.cpp's CPU flash attention takes another path for a lone query over 512 or
+            # more cells (the K/V split across threads, partial sums reduced) than for several
+            # queries (each over all cells; tiles from 64): only without it are drafted tokens
+            # exactly what decoding them one by one gives.
             speculation=self.settings.speculation == "on" or (
                 self.settings.speculation == "auto" and self.settings.flash_attention == "off"),
         )
