@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from homeport import config
-from homeport.engine.worker_list import WorkerList, merge_workers
+from homeport.engine.worker_list import Worker, WorkerList, merge_workers
 from homeport.mesh.worker_discovery import worker_candidates
 from homeport.net.localapi import Status
 from tests.conftest import MODEL
@@ -24,6 +25,7 @@ from tests.support.fake_tailscaled import FakeState, FakeTailscaled, Peer
 from tests.support.server import ServerProcess
 from tests.support.waiting import wait_for
 from tests.support.worker import WorkerProcess
+from tests.test_cli_models import homeport
 from tests.test_rpc import (
     GREEDY,
     PROMPT,
@@ -38,6 +40,13 @@ from tests.test_rpc import (
 SELF_IP = "100.80.0.1"
 
 
+def workers_listed(server: ServerProcess) -> list[dict[str, Any]]:
+    reply = httpx.get(f"{server.url}/api/homeport/nodes", timeout=10)
+    assert reply.status_code == 200, reply.text
+    workers: list[dict[str, Any]] = reply.json()["workers"]
+    return workers
+
+
 def test_configured_workers_come_first_each_once_and_at_most_ggml_s_limit() -> None:
     assert merge_workers(("10.0.0.1:50052", "box:6000"), ("100.64.0.9:50052", "10.0.0.1:50052")) \
         == ("10.0.0.1:50052", "box:6000", "100.64.0.9:50052")
@@ -49,9 +58,10 @@ def test_configured_workers_come_first_each_once_and_at_most_ggml_s_limit() -> N
     assert merged[10:] == tuple(discovered[:config.MAX_RPC_WORKERS - 10])
     workers = WorkerList(("10.0.0.1:50052",))
     assert workers() == ("10.0.0.1:50052",)
-    workers.set_discovered(["100.64.0.9:50052", "10.0.0.1:50052"])
+    workers.set_discovered({"100.64.0.9:50052": "desktop", "10.0.0.1:50052": "box"})
     assert workers() == ("10.0.0.1:50052", "100.64.0.9:50052")
-    workers.set_discovered([])  # the peer left
+    assert workers.listing() == [Worker("10.0.0.1:50052"), Worker("100.64.0.9:50052", "desktop")]
+    workers.set_discovered({})  # the peer left
     assert workers() == ("10.0.0.1:50052",)
 
 
@@ -98,6 +108,12 @@ def test_a_tailnet_peer_running_a_worker_takes_what_this_machine_cannot_hold(
                         "workers") in server.log()
                 assert "quiet" not in server.log()
                 assert "visitor" not in server.log()
+                assert workers_listed(server) == [
+                    {"endpoint": lender.endpoint, "peer": "lender", "discovered": True}]
+                shown = homeport("nodes", endpoint=server.url)
+                assert shown.returncode == 0, shown.stderr
+                assert f"RPC workers: {lender.endpoint} (lender, found on the tailnet)" \
+                    in shown.stdout
                 accepted = lender.accepted()
 
                 assert generate(server.url, GREEDY)["response"].strip()
@@ -110,6 +126,7 @@ def test_a_tailnet_peer_running_a_worker_takes_what_this_machine_cannot_hold(
                 fake.state.peers["lender"].online = False
                 gone = f"tailnet worker lender at {lender.endpoint} is gone"
                 assert wait_for(lambda: gone in server.log()), server.log()[-3000:]
+                assert workers_listed(server) == []
                 unload = httpx.post(f"{server.url}/api/generate",
                                     json={"model": MODEL, "keep_alive": 0}, timeout=60)
                 assert unload.status_code == 200, unload.text
@@ -124,14 +141,21 @@ def test_a_tailnet_peer_running_a_worker_takes_what_this_machine_cannot_hold(
         fake.stop()
 
 
-def test_no_worker_discovery_when_turned_off(tmp_path: Path) -> None:
+def test_configured_workers_are_shown_and_discovery_can_be_turned_off(tmp_path: Path) -> None:
     fake = FakeTailscaled(tmp_path / "tailscaled.sock")
     fake.state.tun, fake.state.self_ips = False, [SELF_IP]
     fake.start()
     try:
         env = {"HOMEPORT_TAILSCALED_SOCKET": str(fake.socket_path),
+               "HOMEPORT_RPC_WORKERS": "127.0.0.9:50052",
                "HOMEPORT_DISCOVER_WORKERS": "false", "HOMEPORT_DISCOVER_PEERS": "false"}
         with ServerProcess(tmp_path / "server", env=env, args=("--tailnet",)) as server:
+            assert "RPC workers: 127.0.0.9:50052 (configured)" in server.log()
             assert "become RPC workers" not in server.log()
+            assert workers_listed(server) == [
+                {"endpoint": "127.0.0.9:50052", "peer": None, "discovered": False}]
+            shown = homeport("nodes", endpoint=server.url)
+            assert "RPC workers: 127.0.0.9:50052 (configured)" in shown.stdout
+            assert "no upstreams" in shown.stderr
     finally:
         fake.stop()

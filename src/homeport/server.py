@@ -88,6 +88,7 @@ def engine_settings(workers: WorkerList | None = None) -> EngineSettings:
 
 def build_parts(upstream_urls: tuple[str, ...] = (), no_engine: bool = False,
                 workers: WorkerList | None = None) -> AppParts:
+    workers = workers if workers is not None else WorkerList(config.RPC_WORKERS.get())
     store = open_store(with_bundled=not no_engine)
     if not config.NOPRUNE.get():
         try:
@@ -98,7 +99,7 @@ def build_parts(upstream_urls: tuple[str, ...] = (), no_engine: bool = False,
                           node_id=new_node_id())
     return AppParts(store=store, engine=Engine(engine_settings(workers)),
                     max_body_bytes=config.MAX_BODY_BYTES.get(), upstreams=upstreams,
-                    engine_enabled=not no_engine)
+                    engine_enabled=not no_engine, workers=workers)
 
 
 def _find_workers(parts: AppParts, workers: WorkerList, tailnet: bool) -> None:

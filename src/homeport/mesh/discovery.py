@@ -34,9 +34,9 @@ PEER_PROBE_TIMEOUT = httpx.Timeout(2.0, connect=1.0)
 
 
 def tailnet_peer_addresses(status: Status) -> list[tuple[str, list[IPAddress]]]:
-    """The name and tailnet addresses (IPv4 first) of each online peer of this tailnet: not shared in
-    from another tailnet, under this tailnet's MagicDNS domain (status never lists this node
-    among its peers)."""
+    """The name and tailnet addresses (IPv4 first) of each online peer of this tailnet: not
+    shared in from another tailnet, under this tailnet's MagicDNS domain (status never lists this
+    node among its peers)."""
     suffix = f".{status.MagicDNSSuffix.strip('.').lower()}." if status.MagicDNSSuffix else ""
     found: list[tuple[str, list[IPAddress]]] = []
     for peer in (status.Peer or {}).values():

@@ -28,7 +28,8 @@ WORKER_CONNECT_TIMEOUT = 1.0  # seconds: a tailnet peer that answers at all answ
 
 
 def worker_candidates(status: Status, port: int = config.WORKER_PORT) -> dict[str, str]:
-    """``host:port`` → name of each online peer of this tailnet with an IPv4 address, at ``port``."""
+    """``host:port`` → name of each online peer of this tailnet that has an IPv4 address other
+    than this node's, at ``port``."""
     own = set(status.tailnet_addresses)
     found: dict[str, str] = {}
     for name, addresses in tailnet_peer_addresses(status):
