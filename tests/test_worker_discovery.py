@@ -1,10 +1,12 @@
 """Tailnet peers that run ``homeport worker`` become RPC workers (``serve --tailnet``).
 
-Every part is real but the tailnet: a ``homeport worker`` on 127.0.0.1 at a free port, and a server
-whose fake tailscaled (userspace networking, so the server listens on loopback) lists as peers
-"lender" at 127.0.0.1, "quiet" at 127.0.0.2 where nothing listens, and "visitor", shared in from
-another tailnet, also at 127.0.0.1. The worker port the server probes is set to the worker's
-(HOMEPORT_WORKER_DISCOVERY_PORT), as a tailnet's workers would all be at 50052.
+Every part is real but the tailnet: a ``homeport worker`` on 127.0.0.1 at a free port, another at
+the same port on 127.0.0.2 whose policy refuses the server (its own fake tailscaled, in userspace
+networking, says bob's node made every loopback connection), and a server whose fake tailscaled
+(userspace networking too, so the server listens on loopback) lists as peers "lender" at
+127.0.0.1, "refuser" at 127.0.0.2, "quiet" at 127.0.0.3 where nothing listens, and "visitor",
+shared in from another tailnet, also at 127.0.0.1. The worker port the server probes is set to the
+workers' (HOMEPORT_WORKER_DISCOVERY_PORT), as a tailnet's workers would all be at 50052.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from homeport.engine.worker_list import Worker, WorkerList, merge_workers
 from homeport.mesh.worker_discovery import worker_candidates
 from homeport.net.localapi import Status
 from tests.conftest import MODEL
-from tests.support.fake_tailscaled import FakeState, FakeTailscaled, Peer
+from tests.support.fake_tailscaled import FakeState, FakeTailscaled, Node, Peer
 from tests.support.server import ServerProcess
 from tests.support.waiting import wait_for
 from tests.support.worker import WorkerProcess
@@ -90,9 +92,20 @@ def test_a_tailnet_peer_running_a_worker_takes_what_this_machine_cannot_hold(
     fake.state.tun = False  # userspace networking: the server listens on loopback only
     fake.state.self_ips = [SELF_IP]
     fake.start()
+    refuser_tailscaled = FakeTailscaled(home / "refuser.sock")
+    refuser_tailscaled.state.tun = False
+    refuser_tailscaled.state.self_ips = ["100.80.0.2"]
+    refuser_tailscaled.state.userspace_node = Node("127.0.0.1", "bob@example.com", 20, "bob-pc")
+    refuser_tailscaled.start()
+    policy = home / "policy.toml"
+    policy.write_text("[tailnet]\nowner = true\n")
     try:
-        with WorkerProcess(home / "worker") as lender:
-            for peer in (Peer("lender", ["127.0.0.1"]), Peer("quiet", ["127.0.0.2"]),
+        with WorkerProcess(home / "worker") as lender, \
+                WorkerProcess(home / "refuser", host="127.0.0.2", port=lender.port, env={
+                    "HOMEPORT_TAILSCALED_SOCKET": str(refuser_tailscaled.socket_path),
+                    "HOMEPORT_POLICY": str(policy)}) as refuser:
+            for peer in (Peer("lender", ["127.0.0.1"]), Peer("refuser", ["127.0.0.2"]),
+                         Peer("quiet", ["127.0.0.3"]),
                          Peer("visitor", ["127.0.0.1"], tailnet_suffix="other-tail.ts.net")):
                 fake.state.peers[peer.name] = peer
             env = {**server_env(), "HOMEPORT_SCHED_SPREAD": "",
@@ -106,8 +119,10 @@ def test_a_tailnet_peer_running_a_worker_takes_what_this_machine_cannot_hold(
                 assert wait_for(lambda: found in server.log()), server.log()[-3000:]
                 assert (f"tailnet peers accepting connections on port {lender.port} become RPC "
                         "workers") in server.log()
-                assert "quiet" not in server.log()
-                assert "visitor" not in server.log()
+                # The refuser's gate closed the probes at once: it is not taken.
+                assert wait_for(lambda: "refused a connection from bob-pc" in refuser.log())
+                for name in ("refuser", "quiet", "visitor"):
+                    assert name not in server.log()
                 assert workers_listed(server) == [
                     {"endpoint": lender.endpoint, "peer": "lender", "discovered": True}]
                 shown = homeport("nodes", endpoint=server.url)
@@ -137,8 +152,10 @@ def test_a_tailnet_peer_running_a_worker_takes_what_this_machine_cannot_hold(
                 assert reply.status_code == 400, reply.text
                 assert "of host memory" in reply.json()["error"]
                 assert server.alive()
+            assert refuser.accepted() == 0
     finally:
         fake.stop()
+        refuser_tailscaled.stop()
 
 
 def test_configured_workers_are_shown_and_discovery_can_be_turned_off(tmp_path: Path) -> None:

@@ -3,9 +3,12 @@ accepts a TCP connection on the worker port (50052, ``homeport worker``'s defaul
 models may be placed on, after those configured in HOMEPORT_RPC_WORKERS.
 
 A background task reads tailscaled's status now and then and tries a connection to each peer's
-IPv4 address (ggml's RPC client dials IPv4 only), closing it before sending anything: the worker's
-gate forwards nothing to ggml until a first byte, so a bare connect is the liveness check it
-expects. Peers that left, went offline or stopped accepting are dropped. The found endpoints feed
+IPv4 address (ggml's RPC client dials IPv4 only), closing it without sending anything: the
+worker's gate forwards nothing to ggml until a first byte, so a bare connect is the liveness check
+it expects. The connection is held open a moment first: a gate whose policy refuses this node
+closes it at once (after whois), one that admits it waits for the first byte, so a worker that
+would refuse every load is not taken. Peers that left, went offline or stopped accepting are
+dropped. The found endpoints feed
 a ``WorkerList`` that the model manager reads at its next load; nothing here runs on a request's
 path. The same peers as ``discovery.tailnet_peers`` are considered (this tailnet's, not shared in,
 not this node).
@@ -25,6 +28,8 @@ from homeport.net.localapi import LocalAPI, LocalAPIError, Status
 log = logging.getLogger(__name__)
 
 WORKER_CONNECT_TIMEOUT = 1.0  # seconds: a tailnet peer that answers at all answers by then
+# Seconds a connection must stay open, silent, to count: a refusing gate closes it sooner.
+WORKER_SETTLE = 1.0
 
 
 def worker_candidates(status: Status, port: int = config.WORKER_PORT) -> dict[str, str]:
@@ -39,31 +44,41 @@ def worker_candidates(status: Status, port: int = config.WORKER_PORT) -> dict[st
     return found
 
 
-async def accepts_connection(endpoint: str, timeout: float = WORKER_CONNECT_TIMEOUT) -> bool:
-    """Whether ``endpoint`` accepts a TCP connection, which is closed before a byte is sent."""
+async def accepts_connection(endpoint: str, timeout: float = WORKER_CONNECT_TIMEOUT,
+                             settle: float = WORKER_SETTLE) -> bool:
+    """Whether ``endpoint`` accepts a TCP connection and keeps it open, saying nothing, for
+    ``settle`` seconds; it is closed without a byte sent."""
     host, _, port = endpoint.rpartition(":")
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)),
-                                           timeout=timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)),
+                                                timeout=timeout)
     except (OSError, TimeoutError):
         return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
+    try:
+        await asyncio.wait_for(reader.read(1), timeout=settle)
+    except TimeoutError:
+        return True  # still open and waiting for us: a gate that admitted this node
+    except OSError:
+        return False  # reset
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return False  # closed (refused), or it spoke first: not a worker's gate
 
 
 class WorkerDiscovery:
     """Keeps ``workers.discovered`` in step with the tailnet's peers that run a worker."""
 
     def __init__(self, localapi: LocalAPI, workers: WorkerList, interval: float,
-                 port: int = config.WORKER_PORT,
-                 connect_timeout: float = WORKER_CONNECT_TIMEOUT) -> None:
+                 port: int = config.WORKER_PORT, connect_timeout: float = WORKER_CONNECT_TIMEOUT,
+                 settle: float = WORKER_SETTLE) -> None:
         self.localapi = localapi
         self.workers = workers
         self.interval = interval
         self.port = port
         self.connect_timeout = connect_timeout
+        self.settle = settle
         self.found: dict[str, str] = {}  # endpoint → peer name, as of the last look
         self._task: asyncio.Task[None] | None = None
 
@@ -87,8 +102,9 @@ class WorkerDiscovery:
 
     async def discover(self) -> None:
         candidates = worker_candidates(await self.localapi.status(peers=True), self.port)
-        answers = await asyncio.gather(*(accepts_connection(endpoint, self.connect_timeout)
-                                         for endpoint in candidates))
+        answers = await asyncio.gather(*(
+            accepts_connection(endpoint, self.connect_timeout, self.settle)
+            for endpoint in candidates))
         found = {endpoint: name for (endpoint, name), up in zip(candidates.items(), answers,
                                                                 strict=True) if up}
         for endpoint, name in self.found.items():
