@@ -81,6 +81,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 < value < 65536:
+        raise ValueError("must be a port from 1 to 65535")
+    return value
+
+
 def _non_negative_int(raw: str) -> int:
     value = int(raw)
     if value < 0:
@@ -244,6 +251,7 @@ SCHED_SPREAD = _register(Setting(
 # transport opens AF_INET sockets), so an IPv4 address or a host name, never IPv6.
 _WORKER_ENDPOINT = re.compile(r"(?P<host>[A-Za-z0-9.\-]{1,253}):(?P<port>[0-9]{1,5})")
 MAX_RPC_WORKERS = 16  # GGML_RPC_MAX_SERVERS
+WORKER_PORT = 50052  # where `homeport worker` listens unless told otherwise, as ggml's rpc-server
 
 
 def worker_endpoint(raw: str) -> str:
@@ -330,6 +338,16 @@ PEER_DISCOVERY_INTERVAL = _register(Setting(
     ("HOMEPORT_PEER_DISCOVERY_INTERVAL",), 30.0, _timeout_seconds,
     "How often the tailnet's peers are looked for in the background (default 30s)",
     shown_default="30s",
+))
+DISCOVER_WORKERS = _register(Setting(
+    ("HOMEPORT_DISCOVER_WORKERS",), True, _boolean,
+    "With `serve --tailnet`, also place models on the tailnet's online peers that run "
+    f"`homeport worker` (accept a connection on port {WORKER_PORT}), after HOMEPORT_RPC_WORKERS "
+    "(default true)",
+))
+WORKER_DISCOVERY_PORT = _register(Setting(
+    ("HOMEPORT_WORKER_DISCOVERY_PORT",), WORKER_PORT, _port,
+    f"The port tailnet peers' workers are looked for on (default {WORKER_PORT})",
 ))
 
 def _bundled_names(raw: str) -> tuple[str, ...]:

@@ -18,8 +18,10 @@ from homeport.api.no_engine import RefuseLocalModels
 from homeport.engine.manager import ManagerSettings
 from homeport.engine.memory import available_memory
 from homeport.engine.service import Engine, EngineSettings
+from homeport.engine.worker_list import WorkerList
 from homeport.mesh.discovery import PeerDiscovery
 from homeport.mesh.upstreams import Upstreams, configured_upstreams
+from homeport.mesh.worker_discovery import WorkerDiscovery
 from homeport.net.binding import bind
 from homeport.net.connection import ConnectionLimits, h11_protocol
 from homeport.net.gate import Gate
@@ -53,7 +55,9 @@ def prompt_cache_budget(configured: int, memory_limit: int) -> int:
     return min(8 * 1024**3, (memory_limit or available_memory()) // 16)
 
 
-def engine_settings() -> EngineSettings:
+def engine_settings(workers: WorkerList | None = None) -> EngineSettings:
+    """The engine's settings from the environment; ``workers`` are the RPC workers loads read
+    (by default those configured in HOMEPORT_RPC_WORKERS)."""
     flash_attention, kv_cache_type = config.FLASH_ATTENTION.get(), config.KV_CACHE_TYPE.get()
     if kv_cache_type != "f16" and flash_attention == "off":
         log.warning("a %s K/V cache needs flash attention, which is turned off: using f16",
@@ -68,7 +72,7 @@ def engine_settings() -> EngineSettings:
             memory_limit=config.MEMORY_LIMIT.get(),
             gpu_overhead=config.GPU_OVERHEAD.get(),
             spread=config.SCHED_SPREAD.get(),
-            rpc_workers=config.RPC_WORKERS.get(),
+            rpc_workers=workers if workers is not None else WorkerList(config.RPC_WORKERS.get()),
             load_timeout=config.LOAD_TIMEOUT.get(),
         ),
         default_num_ctx=config.CONTEXT_LENGTH.get() or None,  # 0: chosen per model
@@ -82,7 +86,9 @@ def engine_settings() -> EngineSettings:
     )
 
 
-def build_parts(upstream_urls: tuple[str, ...] = (), no_engine: bool = False) -> AppParts:
+def build_parts(upstream_urls: tuple[str, ...] = (), no_engine: bool = False,
+                workers: WorkerList | None = None) -> AppParts:
+    workers = workers if workers is not None else WorkerList(config.RPC_WORKERS.get())
     store = open_store(with_bundled=not no_engine)
     if not config.NOPRUNE.get():
         try:
@@ -91,9 +97,24 @@ def build_parts(upstream_urls: tuple[str, ...] = (), no_engine: bool = False) ->
             log.warning("the model store was not tidied: %s", exc)
     upstreams = Upstreams(configured_upstreams(upstream_urls), config.UPSTREAM_REFRESH.get(),
                           node_id=new_node_id())
-    return AppParts(store=store, engine=Engine(engine_settings()),
+    return AppParts(store=store, engine=Engine(engine_settings(workers)),
                     max_body_bytes=config.MAX_BODY_BYTES.get(), upstreams=upstreams,
-                    engine_enabled=not no_engine)
+                    engine_enabled=not no_engine, workers=workers)
+
+
+def _find_workers(parts: AppParts, workers: WorkerList, tailnet: bool) -> None:
+    """Say which RPC workers loads use and, with --tailnet, look for more among the peers."""
+    if workers.configured:
+        log.info("RPC workers: %s (configured)", ", ".join(workers.configured))
+    if not tailnet or not config.DISCOVER_WORKERS.get():
+        return
+    discovery = WorkerDiscovery(LocalAPI(config.tailscaled_socket()), workers,
+                                config.PEER_DISCOVERY_INTERVAL.get(),
+                                port=config.WORKER_DISCOVERY_PORT.get())
+    parts.on_startup.append(discovery.start)
+    parts.on_shutdown.append(discovery.close)
+    log.info("tailnet peers accepting connections on port %d become RPC workers (looked for "
+             "every %gs)", discovery.port, discovery.interval)
 
 
 def run_server(address: endpoints.HostAddress, tailnet: bool = False, expose: bool = False,
@@ -104,7 +125,8 @@ def run_server(address: endpoints.HostAddress, tailnet: bool = False, expose: bo
     binding = bind(address, tailnet=tailnet, expose=expose, policy=policy,
                    tokens=tokens.active_count())
     try:
-        parts = build_parts(upstream_urls, no_engine)
+        workers = WorkerList(config.RPC_WORKERS.get())
+        parts = build_parts(upstream_urls, no_engine, workers)
         gate = Gate.from_settings(policy, tokens, bind_host=address.host)
         parts.middleware.append(Middleware(Guard, gate=gate, render_error=error_response))
         parts.on_startup.append(gate.start)
@@ -128,6 +150,8 @@ def run_server(address: endpoints.HostAddress, tailnet: bool = False, expose: bo
             parts.on_shutdown.insert(len(parts.on_shutdown) - 1, discovery.close)
             log.info("tailnet peers answering on port %d become upstreams (looked for every %gs)",
                      discovery.port, discovery.interval)
+        if not no_engine:
+            _find_workers(parts, workers, tailnet)
         if no_engine:  # innermost: what the routing did not forward would be served here
             parts.middleware.append(Middleware(RefuseLocalModels))
             log.info("no engine: this node serves no models itself, it only forwards")

@@ -31,6 +31,7 @@ from homeport.api.errors import homeport_error, http_error, unexpected_error
 from homeport.api.truncation import TruncationHeader
 from homeport.asgi import StatusRecordingSend
 from homeport.engine.service import Engine
+from homeport.engine.worker_list import WorkerList
 from homeport.errors import HomeportError
 from homeport.mesh.upstreams import Upstreams
 from homeport.store import ModelStore
@@ -86,6 +87,7 @@ class AppParts:
     max_body_bytes: int
     upstreams: Upstreams | None = None
     engine_enabled: bool = True  # False: a gateway node (serve --no-engine), nothing runs here
+    workers: WorkerList | None = None  # the RPC workers loads may use, configured and found
     middleware: list[Middleware] = field(default_factory=list)
     routes: list[BaseRoute] = field(default_factory=list)
     on_startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -99,7 +101,8 @@ async def _run_hooks(hooks: list[Callable[[], Awaitable[None]]]) -> None:
 
 def create_app(parts: AppParts) -> Starlette:
     state = AppState(store=parts.store, engine=parts.engine, max_body_bytes=parts.max_body_bytes,
-                     upstreams=parts.upstreams, engine_enabled=parts.engine_enabled)
+                     upstreams=parts.upstreams, engine_enabled=parts.engine_enabled,
+                     workers=parts.workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -13,6 +13,7 @@ from homeport.api.body import parse_json_text
 from homeport.api.schemas import ToolCallIn
 from homeport.engine.parsing import ToolCall
 from homeport.engine.service import Engine
+from homeport.engine.worker_list import WorkerList
 from homeport.errors import BadRequestError
 from homeport.mesh.upstreams import Upstreams
 from homeport.net.caller import caller_of, record_of
@@ -33,6 +34,7 @@ class AppState:
     max_body_bytes: int
     upstreams: Upstreams | None = None  # other machines whose models are listed here too
     engine_enabled: bool = True  # False: a gateway node (serve --no-engine)
+    workers: WorkerList | None = None  # RPC workers: configured, and found on the tailnet
 
 
 def state_of(request: Request) -> AppState:

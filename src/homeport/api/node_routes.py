@@ -1,6 +1,7 @@
-"""``GET /api/homeport/nodes``: this node's upstreams as the refresher last saw them, and whether
-it runs models itself (read-only; ``homeport nodes`` and ``homeport doctor`` print it). Behind the
-guard like every route."""
+"""``GET /api/homeport/nodes``: this node's upstreams as the refresher last saw them, whether
+it runs models itself, and the RPC workers its loads may place layers on, configured or found on
+the tailnet (read-only; ``homeport nodes`` and ``homeport doctor`` print it). Behind the guard like
+every route."""
 
 from __future__ import annotations
 
@@ -47,8 +48,11 @@ def node_summary(upstream: Upstream) -> dict[str, Any]:
 async def nodes(request: Request) -> JSONResponse:
     state = state_of(request)
     upstreams = state.upstreams.all if state.upstreams else []
+    workers = state.workers.listing() if state.workers is not None and state.engine_enabled else []
     return JSONResponse({"engine": state.engine_enabled,
-                         "nodes": [node_summary(upstream) for upstream in upstreams]})
+                         "nodes": [node_summary(upstream) for upstream in upstreams],
+                         "workers": [{"endpoint": worker.endpoint, "peer": worker.peer or None,
+                                      "discovered": bool(worker.peer)} for worker in workers]})
 
 
 routes = [Route(NODES_PATH, nodes, methods=["GET"])]

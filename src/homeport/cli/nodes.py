@@ -1,4 +1,5 @@
-"""``homeport nodes``: the other machines this node routes to, and how each is doing."""
+"""``homeport nodes``: the other machines this node routes to, and how each is doing, and the RPC
+workers its models may be placed on."""
 
 from __future__ import annotations
 
@@ -25,12 +26,23 @@ def _state(node: dict[str, Any]) -> str:
     return f"[red]down[/]{escape(since + error)}"
 
 
+def _worker(worker: dict[str, Any]) -> str:
+    where = f"{worker['peer']}, found on the tailnet" if worker.get("peer") else "configured"
+    return escape(f"{worker.get('endpoint', '')} ({where})")
+
+
 @click.command("nodes")
 @endpoint_option
 def nodes(endpoint: str | None) -> None:
-    """Show the server's upstreams: name, URL, kind, state, round trip, models and load."""
+    """Show the server's upstreams (name, URL, kind, state, round trip, models and load) and its
+    RPC workers."""
     with client_for(endpoint) as client:
-        found = client.nodes()
+        node = client.node()
+    found: list[dict[str, Any]] = list(node.get("nodes", []))
+    workers: list[dict[str, Any]] = list(node.get("workers", []))
+    if workers:
+        console.print("RPC workers: " + ", ".join(_worker(worker) for worker in workers),
+                      highlight=False)
     if not found:
         err_console.print("no upstreams; add one with `homeport serve --upstream URL`",
                           highlight=False)

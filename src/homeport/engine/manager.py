@@ -28,6 +28,7 @@ from homeport.engine.llama_types import ContextSettings
 from homeport.engine.memory import available_memory
 from homeport.engine.placement import Placement, model_needs, place
 from homeport.engine.runner import ModelLoadError, RunnerClient
+from homeport.engine.worker_list import WorkerList, WorkerSource
 from homeport.errors import HomeportError, ModelTooLargeError, ServerBusyError
 from homeport.humanize import format_bytes
 from homeport.store import ModelRecord
@@ -50,7 +51,8 @@ class ManagerSettings:
     memory_limit: int = 0  # 0: what the system reports available (host memory)
     gpu_overhead: int = 0  # bytes kept free on every GPU
     spread: bool = False  # split over every offload device (OLLAMA_SCHED_SPREAD)
-    rpc_workers: tuple[str, ...] = ()  # host:port of `homeport worker`s to place layers on
+    # host:port of the `homeport worker`s to place layers on, asked before each load
+    rpc_workers: WorkerSource = field(default_factory=WorkerList)
     load_timeout: float = 300.0
 
 
@@ -210,7 +212,7 @@ class ModelManager:
     async def _load(self, record: ModelRecord, settings: ContextSettings,
                     keep_alive: float | None) -> Runner:
         self._check_load_failures(record, settings)
-        devices = await discover_devices(self.settings.rpc_workers)
+        devices = await discover_devices(self.settings.rpc_workers())
         # Workers only for what this machine cannot hold (evicting idle models included).
         placement = place(model_needs(record.gguf, settings), devices, settings.num_gpu,
                           self.settings.gpu_overhead, self.settings.spread,

@@ -24,7 +24,7 @@ from homeport.mesh.upstreams import (
     kind_of_version,
     name_from_url,
 )
-from homeport.net.addresses import parse_ip
+from homeport.net.addresses import IPAddress, parse_ip
 from homeport.net.localapi import LocalAPI, LocalAPIError, Status
 
 log = logging.getLogger(__name__)
@@ -33,20 +33,30 @@ PEER_PORT = 11434  # where homeport and Ollama listen unless told otherwise
 PEER_PROBE_TIMEOUT = httpx.Timeout(2.0, connect=1.0)
 
 
-def tailnet_peers(status: Status, port: int = PEER_PORT) -> dict[str, str]:
-    """URL → name of each online peer of this tailnet (by its MagicDNS domain), at ``port``."""
+def tailnet_peer_addresses(status: Status) -> list[tuple[str, list[IPAddress]]]:
+    """The name and tailnet addresses (IPv4 first) of each online peer of this tailnet: not
+    shared in from another tailnet, under this tailnet's MagicDNS domain (status never lists this
+    node among its peers)."""
     suffix = f".{status.MagicDNSSuffix.strip('.').lower()}." if status.MagicDNSSuffix else ""
-    found: dict[str, str] = {}
+    found: list[tuple[str, list[IPAddress]]] = []
     for peer in (status.Peer or {}).values():
         dns_name = peer.DNSName.lower()
         if not peer.Online or peer.ShareeNode or (suffix and not dns_name.endswith(suffix)):
             continue
         addresses = [address for address in map(parse_ip, peer.TailscaleIPs or []) if address]
-        if not addresses:
-            continue
-        address = min(addresses, key=lambda item: item.version)  # IPv4 first
+        if addresses:
+            found.append((dns_name.split(".")[0] or peer.HostName,
+                          sorted(addresses, key=lambda item: item.version)))
+    return found
+
+
+def tailnet_peers(status: Status, port: int = PEER_PORT) -> dict[str, str]:
+    """URL → name of each online peer of this tailnet (by its MagicDNS domain), at ``port``."""
+    found: dict[str, str] = {}
+    for name, addresses in tailnet_peer_addresses(status):
+        address = addresses[0]  # IPv4 first
         host = str(address) if address.version == 4 else f"[{address}]"
-        found[f"http://{host}:{port}"] = dns_name.split(".")[0] or peer.HostName
+        found[f"http://{host}:{port}"] = name
     return found
 
 

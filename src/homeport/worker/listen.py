@@ -16,7 +16,7 @@ from homeport import config
 from homeport.errors import ConfigError
 from homeport.net.binding import TailnetSight, look_for_tailnet
 
-DEFAULT_PORT = 50052
+DEFAULT_PORT = config.WORKER_PORT
 
 
 @dataclass(frozen=True)
