@@ -60,38 +60,59 @@ def tailnet_peers(status: Status, port: int = PEER_PORT) -> dict[str, str]:
     return found
 
 
-class PeerDiscovery:
-    """Keeps ``upstreams`` in step with the tailnet's peers."""
+class TailnetLook:
+    """Looks at the tailnet now and every ``interval`` seconds, in the background, until closed
+    (``discover``, in subclasses); while tailscaled does not answer, what was found stays."""
 
-    def __init__(self, localapi: LocalAPI, upstreams: Upstreams, interval: float,
-                 port: int = PEER_PORT) -> None:
+    what = "tailnet peers"  # for the log
+
+    def __init__(self, localapi: LocalAPI, interval: float) -> None:
         self.localapi = localapi
-        self.upstreams = upstreams
         self.interval = interval
-        self.port = port
-        self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(timeout=PEER_PROBE_TIMEOUT, trust_env=False)
-        self._task = asyncio.create_task(self._discover_forever(), name="peer-discovery")
+        self._task = asyncio.create_task(self._discover_forever(), name=type(self).__name__)
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._client is not None:
-            await self._client.aclose()
         await self.localapi.aclose()
 
     async def _discover_forever(self) -> None:
         while True:
             try:
                 await self.discover()
-            except LocalAPIError as exc:  # tailscaled away: the peers found before stay
-                log.debug("tailnet peers not looked for: %s", exc)
+            except LocalAPIError as exc:
+                log.debug("%s not looked for: %s", self.what, exc)
             await asyncio.sleep(self.interval)
+
+    async def discover(self) -> None:
+        raise NotImplementedError
+
+
+class PeerDiscovery(TailnetLook):
+    """Keeps ``upstreams`` in step with the tailnet's peers."""
+
+    def __init__(self, localapi: LocalAPI, upstreams: Upstreams, interval: float,
+                 port: int = PEER_PORT) -> None:
+        super().__init__(localapi, interval)
+        self.upstreams = upstreams
+        self.port = port
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient(timeout=PEER_PROBE_TIMEOUT, trust_env=False)
+        await super().start()
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            if self._client is not None:
+                await self._client.aclose()
 
     async def discover(self) -> None:
         peers = tailnet_peers(await self.localapi.status(peers=True), self.port)

@@ -22,8 +22,8 @@ import logging
 
 from homeport import config
 from homeport.engine.worker_list import WorkerList
-from homeport.mesh.discovery import tailnet_peer_addresses
-from homeport.net.localapi import LocalAPI, LocalAPIError, Status
+from homeport.mesh.discovery import TailnetLook, tailnet_peer_addresses
+from homeport.net.localapi import LocalAPI, Status
 
 log = logging.getLogger(__name__)
 
@@ -67,38 +67,20 @@ async def accepts_connection(endpoint: str, timeout: float = WORKER_CONNECT_TIME
     return False  # closed (refused), or it spoke first: not a worker's gate
 
 
-class WorkerDiscovery:
+class WorkerDiscovery(TailnetLook):
     """Keeps ``workers.discovered`` in step with the tailnet's peers that run a worker."""
+
+    what = "tailnet workers"
 
     def __init__(self, localapi: LocalAPI, workers: WorkerList, interval: float,
                  port: int = config.WORKER_PORT, connect_timeout: float = WORKER_CONNECT_TIMEOUT,
                  settle: float = WORKER_SETTLE) -> None:
-        self.localapi = localapi
+        super().__init__(localapi, interval)
         self.workers = workers
-        self.interval = interval
         self.port = port
         self.connect_timeout = connect_timeout
         self.settle = settle
         self.found: dict[str, str] = {}  # endpoint → peer name, as of the last look
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._discover_forever(), name="worker-discovery")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.localapi.aclose()
-
-    async def _discover_forever(self) -> None:
-        while True:
-            try:
-                await self.discover()
-            except LocalAPIError as exc:  # tailscaled away: the workers found before stay
-                log.debug("tailnet workers not looked for: %s", exc)
-            await asyncio.sleep(self.interval)
 
     async def discover(self) -> None:
         candidates = worker_candidates(await self.localapi.status(peers=True), self.port)
