@@ -568,8 +568,9 @@ class Scheduler:
     def _leader(self, slot: Slot, prompt: list[int], own: int) -> Awaited | None:
         """Another slot still evaluating a prompt that shares at least PREFIX_COPY_MIN more
         tokens with ``prompt`` than ``own``: rather than evaluate the same tokens beside it,
-        this slot waits and copies them. Waiting costs one step at most over evaluating, and
-        four editors sending one system prompt together evaluate it once instead of four times.
+        this slot waits and copies them: the leader gets the batch's room alone and gets there
+        sooner, so four editors sending one system prompt together evaluate it once, not four
+        times side by side.
         """
         if not self.model.can_roll_back:  # a recurrent state cannot be cut back to the prefix
             return None
