@@ -160,18 +160,25 @@ def _best(workload: Workload, names: tuple[str, ...], figure: Any, *, lower: boo
     return float(min(present) if lower else max(present))
 
 
+def _homeport_setups(workload: Workload | None) -> list[tuple[PeerEntry, str]]:
+    """homeport's default and flash-attention-off peers in ``workload``, each with the words that
+    tell its goals apart ("" for the default)."""
+    if workload is None:
+        return []
+    return [(peer, "" if name == HOMEPORT else f" ({name.removeprefix('homeport ')})")
+            for name in (HOMEPORT, HOMEPORT_EXACT) if (peer := workload.peer(name)) is not None]
+
+
 def goals(report: EditorReport) -> list[Goal]:
     found: list[Goal] = []
     edit = report.workload(EDIT)
-    for name in (HOMEPORT, HOMEPORT_EXACT):
-        if not edit or (mine := edit.peer(name)) is None:
-            continue
-        which = "" if name == HOMEPORT else f" ({name.removeprefix('homeport ')})"
+    for setup, which in _homeport_setups(edit):
+        assert edit is not None
         default = edit.peer(LLAMA_SERVER)
         found.append(Goal(EDIT, f"decode tokens/s{which} vs llama-server default", *at_least(
-            ratio(decode_tps(mine), decode_tps(default) if default else None), 2.0)))
+            ratio(decode_tps(setup), decode_tps(default) if default else None), 2.0)))
         found.append(Goal(EDIT, f"decode tokens/s{which} vs llama-server's best --spec-type",
-                          *at_least(ratio(decode_tps(mine), _best(
+                          *at_least(ratio(decode_tps(setup), _best(
                               edit, (NGRAM_SIMPLE, NGRAM_MOD), decode_tps, lower=False)), 1.2)))
     if edit and (on := edit.peer(HOMEPORT_EXACT)) and (off := edit.peer(HOMEPORT_NO_SPECULATION)):
         identical = same_output(on, off)
@@ -194,12 +201,10 @@ def goals(report: EditorReport) -> list[Goal]:
                                          returning_ttft_p50(with_cache) if with_cache else None),
                                    1.0)))
     chat = report.workload(CHAT)
-    for name in (HOMEPORT, HOMEPORT_EXACT):
-        if not chat or (mine := chat.peer(name)) is None:
-            continue
-        which = "" if name == HOMEPORT else f" ({name.removeprefix('homeport ')})"
+    for setup, which in _homeport_setups(chat):
+        assert chat is not None
         base = chat.peer(LLAMA_SERVER)
-        for level in mine.levels:
+        for level in setup.levels:
             theirs = base.level(level.streams) if base else None
             found.append(Goal(CHAT, f"tokens/s at {level.streams} stream(s){which} vs llama-server",
                               *at_least(ratio(level.aggregate_tps,
