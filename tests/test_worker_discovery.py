@@ -11,6 +11,7 @@ workers' (HOMEPORT_WORKER_DISCOVERY_PORT), as a tailnet's workers would all be a
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ import pytest
 
 from homeport import config
 from homeport.engine.worker_list import Worker, WorkerList, merge_workers
-from homeport.mesh.worker_discovery import worker_candidates
-from homeport.net.localapi import Status
+from homeport.mesh.worker_discovery import WorkerDiscovery, worker_candidates
+from homeport.net.localapi import LocalAPI, Status
 from tests.conftest import MODEL
 from tests.support.fake_tailscaled import FakeState, FakeTailscaled, Node, Peer
 from tests.support.server import ServerProcess
@@ -176,3 +177,43 @@ def test_configured_workers_are_shown_and_discovery_can_be_turned_off(tmp_path: 
             assert "no upstreams" in shown.stderr
     finally:
         fake.stop()
+
+
+def _discovered_beside(configured: tuple[str, ...], tmp_path: Path) -> tuple[tuple[str, ...], int]:
+    """What one look finds when this machine's tailnet lists one peer at 127.0.0.1 whose worker
+    port holds a silent connection open, as an admitting gate does; and that port."""
+    async def look() -> tuple[tuple[str, ...], int]:
+        held: list[asyncio.StreamWriter] = []
+
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)
+
+        listener = await asyncio.start_server(hold, "127.0.0.1", 0)
+        port = int(listener.sockets[0].getsockname()[1])
+        tmp_path.mkdir()
+        fake = FakeTailscaled(tmp_path / "tailscaled.sock")
+        fake.state.self_ips = [SELF_IP]
+        fake.state.peers["desktop"] = Peer("desktop", ["127.0.0.1"])
+        fake.start()
+        workers = WorkerList(tuple(endpoint.format(port=port) for endpoint in configured))
+        discovery = WorkerDiscovery(LocalAPI(fake.socket_path), workers, 60, port=port,
+                                    settle=0.2)
+        try:
+            await discovery.discover()
+            return workers(), port
+        finally:
+            await discovery.localapi.aclose()
+            fake.stop()
+            for writer in held:
+                writer.close()
+            listener.close()
+
+    return asyncio.run(look())
+
+
+def test_a_configured_worker_is_not_found_again_by_its_address(tmp_path: Path) -> None:
+    found, port = _discovered_beside((), tmp_path / "alone")
+    assert found == (f"127.0.0.1:{port}",)
+    # Configured by name, the same worker is one worker, not two.
+    found, port = _discovered_beside(("localhost:{port}",), tmp_path / "named")
+    assert found == (f"localhost:{port}",)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 from homeport import config
 from homeport.engine.worker_list import WorkerList
@@ -67,6 +68,21 @@ async def accepts_connection(endpoint: str, timeout: float = WORKER_CONNECT_TIME
     return False  # closed (refused), or it spoke first: not a worker's gate
 
 
+async def configured_addresses(endpoints: tuple[str, ...]) -> set[str]:
+    """The IPv4 ``address:port`` each configured ``host:port`` stands for (those that resolve)."""
+    loop = asyncio.get_running_loop()
+    found: set[str] = set()
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        try:
+            infos = await loop.getaddrinfo(host, int(port), family=socket.AF_INET,
+                                           type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        found.update(f"{info[4][0]}:{port}" for info in infos)
+    return found
+
+
 class WorkerDiscovery(TailnetLook):
     """Keeps ``workers.discovered`` in step with the tailnet's peers that run a worker."""
 
@@ -84,6 +100,10 @@ class WorkerDiscovery(TailnetLook):
 
     async def discover(self) -> None:
         candidates = worker_candidates(await self.localapi.status(peers=True), self.port)
+        # A worker configured by name (desktop:50052) is not taken a second time by address.
+        configured = await configured_addresses(self.workers.configured)
+        candidates = {endpoint: name for endpoint, name in candidates.items()
+                      if endpoint not in configured}
         answers = await asyncio.gather(*(
             accepts_connection(endpoint, self.connect_timeout, self.settle)
             for endpoint in candidates))
