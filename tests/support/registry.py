@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.server import free_port
+from tests.support.server import end_process, free_port
 
 REGISTRY_BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
@@ -73,13 +73,8 @@ class DockerRegistry:
 
     def stop(self) -> None:
         self.http.close()
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            end_process(self.process, timeout=10)
 
     # --- the OCI push API ----------------------------------------------------------------------
 

@@ -24,6 +24,20 @@ def resident_bytes(pid: int) -> int:
     return sum(process.memory_info().rss for process in [server, *server.children()])
 
 
+def end_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
+                timeout: float = 15.0) -> int:
+    """Send ``sig`` to a process still running, wait ``timeout`` seconds for it, then kill it; its
+    exit status."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return process.returncode
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -103,14 +117,7 @@ class ServerProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
+        return end_process(self.process, sig, timeout)
 
     def __enter__(self) -> ServerProcess:
         return self.start()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.support.server import free_port, isolated_env
+from tests.support.server import end_process, free_port, isolated_env
 
 START_TIMEOUT = 120.0
 READY = "worker listening on"
@@ -74,14 +73,7 @@ class WorkerProcess:
     def stop(self) -> int | None:
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
+        return end_process(self.process)
 
     def __enter__(self) -> WorkerProcess:
         return self.start()
