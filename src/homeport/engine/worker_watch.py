@@ -10,7 +10,7 @@ exits, and the server forgets the model at once.
 A worker that vanishes without closing (switched off, unplugged) never makes its connection close
 on its own: the runner turns on TCP keepalive and a send timeout (``net.keepalive``) on each of its
 connections to a worker, on ggml's own sockets, so the kernel drops such a connection within
-seconds. A stream waiting on it fails (llama.cpp aborts the runner), an idle runner sees it gone.
+about 30 s. A stream waiting on it fails (llama.cpp aborts the runner), an idle runner sees it gone.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ the worker is up, never reaches ggml), then bytes are copied both ways until eit
 One peer holds at most ``per_peer`` connections at once (``--max-connections-per-peer``): the next
 is closed as soon as it is admitted, so a runaway or hostile peer cannot take every slot and all
 the gate's memory. Accepted connections get TCP keepalive (``net.keepalive``): a server that
-vanishes without closing frees its slot within seconds.
+vanishes without closing frees its slot within about 30 s.
 """
 
 from __future__ import annotations
