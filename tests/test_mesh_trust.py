@@ -165,13 +165,14 @@ def test_a_forwarded_caller_gets_only_its_rules_models(tailnet: TailnetServer) -
 def test_a_forwarded_allowed_caller_is_served_and_audited_as_itself(
         tailnet: TailnetServer) -> None:
     gateway = tailnet.lab.peers["gateway"]
+    before = len(audit_lines(tailnet.server.home))
     reply = chat(tailnet, gateway, "alice@example.com")
     assert reply.status == 200, reply.body
     answer = reply.json()
     assert answer["done"] is True
     assert 0 < answer["eval_count"] <= 4
-    line = wait_for_audit(tailnet.server.home, route="/api/chat", identity="alice@example.com",
-                          via="forwarded")
+    line = wait_for_audit(tailnet.server.home, before, route="/api/chat",
+                          identity="alice@example.com", via="forwarded")
     assert line["status"] == 200
     assert line["node"] == "gateway"
     assert line["model"] == MODEL
@@ -188,8 +189,9 @@ def test_a_forwarder_named_by_tag_is_believed(tailnet: TailnetServer) -> None:
     assert 'tags = ["tag:ci"]' in ignored.json()["error"]
     tailnet.fake.add(Node(gateway.ipv4, "bob@example.com", 20, "other-name",
                           tags=["tag:homeport-node"]))
+    before = len(audit_lines(tailnet.server.home))
     believed = chat(tailnet, gateway, "alice@example.com")
     assert believed.status == 200, believed.body
-    line = wait_for_audit(tailnet.server.home, route="/api/chat", identity="alice@example.com",
-                          via="forwarded", node="other-name")
+    line = wait_for_audit(tailnet.server.home, before, route="/api/chat",
+                          identity="alice@example.com", via="forwarded", node="other-name")
     assert line["status"] == 200

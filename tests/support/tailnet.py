@@ -115,12 +115,13 @@ def audit_lines(home: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def wait_for_audit(home: Path, **fields: Any) -> dict[str, Any]:
-    """The newest audit line with these field values; the line is written just after the response
-    is sent, so it may lag the client by a moment."""
+def wait_for_audit(home: Path, after: int = 0, **fields: Any) -> dict[str, Any]:
+    """The newest audit line with these field values, among those after the first ``after`` (the
+    count before the request, so that an earlier request's line is never taken for its own); the
+    line is written just after the response is sent, so it may lag the client by a moment."""
     deadline = time.monotonic() + 10
     while True:
-        found = [entry for entry in audit_lines(home)
+        found = [entry for entry in audit_lines(home)[after:]
                  if all(entry.get(key) == value for key, value in fields.items())]
         if found:
             return found[-1]
