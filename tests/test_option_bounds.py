@@ -91,6 +91,8 @@ def test_a_repeat_penalty_of_zero_is_400(http: httpx.Client) -> None:
     {"repeat_last_n": -1},
     {"repeat_last_n": -(10**9)},
     {"num_gpu": 10**12, "main_gpu": -5},
+    {"draft_num_predict": 10**12},
+    {"draft_num_predict": -(10**12)},
 ])
 def test_absurd_options_are_clamped(http: httpx.Client, options: dict[str, Any]) -> None:
     reply = http.post("/api/chat", json={"model": MODEL, "stream": False, "messages": HI,
@@ -199,6 +201,8 @@ def test_resolve_options_holds_every_number() -> None:
     held = resolve_options({}, {"repeat_last_n": 10**8, "num_ctx": 512}, 2048, 8192)
     assert held.repeat_last_n == 512
     assert resolve_options({}, {"seed": -(10**40)}, 2048, 8192).seed == -1
+    assert resolve_options({}, {"draft_num_predict": 10**9}, 2048, 8192).draft_num_predict == 32
+    assert resolve_options({}, {"draft_num_predict": -9}, 2048, 8192).draft_num_predict == -1
 
 
 def test_modelfile_parameters_must_be_finite() -> None:

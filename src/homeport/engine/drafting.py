@@ -6,7 +6,9 @@ scheduler appends such a draft after a slot's next token, decodes them all in on
 other slots' tokens), and keeps the drafted tokens for as long as the model would have sampled
 exactly them. Making a draft costs a dictionary lookup; a wrong one costs the extra positions of
 one batched decode, so the draft length adapts to how often drafts are taken, and drafting pauses
-for a while after several drafts in a row were refused outright.
+for a while after several drafts in a row were refused outright. The same policy paces a draft
+model's drafts (``engine.draft_model``), which are also capped at a few tokens a step: each one
+costs the draft model a decode.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ DRAFT_MAX = 32
 MISSES_BEFORE_PAUSE = 3  # drafts in a row with no token taken
 PAUSE_START = 8  # steps without drafting after that; doubles while drafts keep missing
 PAUSE_MAX = 256
+DEFAULT_DRAFT_TOKENS = 4  # a draft model's, per step: Ollama's default (draft_num_predict)
 
 
 class NgramDrafter:
@@ -84,3 +87,13 @@ class DraftPolicy:
             self.misses = 0
             self.paused_steps = self.pause
             self.pause = min(PAUSE_MAX, self.pause * 2)
+
+
+@dataclass
+class DraftRequest:
+    """What a draft model is asked for one slot: its tokens so far (the last one not yet decoded
+    by the model) and the most tokens to draft after them (``engine.draft_model``)."""
+
+    seq_id: int
+    tokens: list[int]
+    limit: int

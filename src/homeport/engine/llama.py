@@ -160,8 +160,7 @@ class Sampler:
         """Sample from the logits of ``batch_index`` and accept the token (grammar, penalties)."""
         if self._grammar is None:
             return int(llama_cpp.llama_sampler_sample(self._chain, model.ctx, batch_index))
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(model.ctx, batch_index),
-                                       shape=(model.n_vocab,))
+        logits = model.logits(batch_index)
         token = self._apply(logits, with_grammar=False)
         if not self._grammar_accepts(token, float(logits[token])):
             token = self._sample_rejected(logits)
@@ -421,6 +420,11 @@ class LlamaModel:
         result = llama_cpp.llama_decode(self.ctx, batch.raw)
         if result != 0:
             raise EngineError(f"llama_decode failed ({result})")
+
+    def logits(self, batch_index: int) -> np.ndarray[Any, Any]:
+        """The last decode's logits at ``batch_index`` (a view, valid until the next decode)."""
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, batch_index),
+                                     shape=(self.n_vocab,))
 
     def forget(self, seq_id: int, from_pos: int = 0) -> bool:
         """Drop a sequence's KV cache from ``from_pos`` on; False if that cannot be done partially."""

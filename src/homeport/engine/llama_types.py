@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from homeport.errors import HomeportError
 
@@ -35,6 +36,7 @@ class ContextSettings:
     num_gpu: int = -1  # layers on GPUs: -1 as many as fit (engine.placement), 0 none
     speculation: bool = True  # draft tokens from the request's own text (engine.drafting)
     cache_ram: int = 0  # bytes of slot states kept for returning conversations (prompt_cache)
+    draft_model: Path | None = None  # a model that drafts tokens (engine.draft_model)
 
     @property
     def n_ctx_total(self) -> int:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from homeport import metrics
 from homeport.engine.devices import discover_devices
 from homeport.engine.llama_types import ContextSettings
-from homeport.engine.memory import available_memory
+from homeport.engine.memory import available_memory, draft_model_bytes
 from homeport.engine.placement import Placement, model_needs, place
 from homeport.engine.runner import ModelLoadError, RunnerClient
 from homeport.engine.worker_list import WorkerList, WorkerSource
@@ -71,6 +71,7 @@ class Runner:
     expires_at: float = math.inf  # time.monotonic() deadline, set when the last request ends
     last_used: float = field(default_factory=time.monotonic)
     unloading: bool = False
+    draft_bytes: int = 0  # its draft model's, all in host memory
 
     @property
     def name(self) -> str:
@@ -79,7 +80,7 @@ class Runner:
     @property
     def size(self) -> int:
         """Bytes the model takes on every device together."""
-        return self.placement.total_bytes
+        return self.placement.total_bytes + self.draft_bytes
 
     @property
     def size_vram(self) -> int:
@@ -88,7 +89,7 @@ class Runner:
 
     @property
     def host_size(self) -> int:
-        return self.placement.host_bytes
+        return self.placement.host_bytes + self.draft_bytes
 
     def expires_at_wall(self) -> datetime:
         """When this model will unload, as Ollama's /api/ps shows it."""
@@ -213,12 +214,19 @@ class ModelManager:
                     keep_alive: float | None) -> Runner:
         self._check_load_failures(record, settings)
         devices = await discover_devices(self.settings.rpc_workers())
+        draft_bytes = draft_model_bytes(settings)
         # Workers only for what this machine cannot hold (evicting idle models included).
         placement = place(model_needs(record.gguf, settings), devices, settings.num_gpu,
                           self.settings.gpu_overhead, self.settings.spread,
-                          host_room=self._budget())
-        log.info("placing %s: %s", record.name.display, placement.describe())
-        need = placement.host_bytes
+                          host_room=self._budget() - draft_bytes)
+        if record.draft_path is not None and settings.draft_model is None:
+            log.info("%s names a draft model, left unloaded: speculation is off (flash attention "
+                     "is on; HOMEPORT_FLASH_ATTENTION=off or HOMEPORT_SPECULATION=on uses it)",
+                     record.name.display)
+        log.info("placing %s: %s%s", record.name.display, placement.describe(),
+                 f", and its draft model in {format_bytes(draft_bytes)} of host memory"
+                 if draft_bytes else "")
+        need = placement.host_bytes + draft_bytes
         await self._make_room(record, need)
         started = time.perf_counter()
         client = RunnerClient(record.model_path, settings, record.name.display,
@@ -243,7 +251,7 @@ class ModelManager:
             raise
         runner = Runner(
             record=record, settings=settings, model=vocabulary, scheduler=client,
-            placement=placement,
+            placement=placement, draft_bytes=draft_bytes,
             load_seconds=time.perf_counter() - started,
             keep_alive=self.settings.default_keep_alive if keep_alive is None else keep_alive,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from homeport.engine.llama_types import KV_CACHE_SIZE_FACTOR, ContextSettings
-from homeport.store.gguf import GGUFInfo
+from homeport.store.gguf import GGUFInfo, read_gguf
 
 GIB = 1024**3
 # Compute buffers, logits and allocator slack beyond weights and KV cache; measured at roughly
@@ -47,6 +47,15 @@ def estimate_model_bytes(info: GGUFInfo, settings: ContextSettings) -> int:
     """Weights (the file) + KV cache for every slot + logits + fixed overhead + the RAM prompt
     cache, all in host memory (``placement`` says how much of it a GPU takes instead)."""
     return _fixed_bytes(info, settings.n_seq) + kv_cache_bytes(info, settings) + settings.cache_ram
+
+
+def draft_model_bytes(settings: ContextSettings) -> int:
+    """What the draft model ``settings`` name takes beside the model (0 without one): its
+    weights and a K/V cache as long as the model's, in host memory."""
+    if settings.draft_model is None:
+        return 0
+    draft = read_gguf(settings.draft_model)
+    return _fixed_bytes(draft, settings.n_seq) + kv_cache_bytes(draft, settings)
 
 
 def prompt_cache_bytes(info: GGUFInfo, settings: ContextSettings, budget: int) -> int:

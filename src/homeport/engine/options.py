@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from homeport.engine.drafting import DRAFT_MAX
 from homeport.errors import InvalidOptionError
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class ModelOptions:
     frequency_penalty: float = 0.0
     seed: int = -1
     stop: tuple[str, ...] = ()
+    draft_num_predict: int = -1  # the most tokens drafted per step; 0: none; -1: as fits
 
 
 _INT_FIELDS = {f.name for f in fields(ModelOptions) if f.type in ("int", int)}
@@ -162,5 +164,6 @@ def resolve_options(
         num_predict=max(options.num_predict, -1),
         top_k=max(options.top_k, 0),  # 0: off; llama.cpp takes the least of k and the vocabulary
         repeat_last_n=_clamp(repeat_last_n, 0, num_ctx),
+        draft_num_predict=_clamp(options.draft_num_predict, -1, DRAFT_MAX),
         seed=options.seed % 2**32 if options.seed >= 0 else -1,  # llama.cpp's seed is 32 bits
     )

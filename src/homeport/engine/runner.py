@@ -184,7 +184,8 @@ class RunnerClient:
             raise HomeportError("the model is being unloaded")
         job_id = next(self._ids)
         self._jobs[job_id] = job
-        self._send("submit", (job_id, job.prompt, job.sampling, job.num_predict, job.stop))
+        self._send("submit", (job_id, job.prompt, job.sampling, job.num_predict, job.stop,
+                              job.draft_limit))
 
     def submit_embedding(self, job: EmbeddingJob) -> None:
         if not self.alive or self._stopping:

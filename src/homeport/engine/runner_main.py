@@ -26,7 +26,8 @@ from typing import Any
 from prometheus_client.metrics import Gauge, MetricWrapperBase
 
 from homeport import metrics
-from homeport.engine.llama import LlamaModel, Sampler
+from homeport.engine.draft_model import DraftModel, check_same_vocabulary, draft_context_settings
+from homeport.engine.llama import EngineError, LlamaModel, Sampler
 from homeport.engine.runner_protocol import MetricOp, frame, receive_blocking
 from homeport.engine.scheduler import (
     EmbeddingJob,
@@ -123,13 +124,15 @@ def forward_metrics(channel: Channel) -> None:
 class RunnerLoop:
     """Serves the server's messages with one model and its scheduler."""
 
-    def __init__(self, model: LlamaModel, label: str, channel: Channel) -> None:
+    def __init__(self, model: LlamaModel, label: str, channel: Channel,
+                 draft: DraftModel | None = None) -> None:
         self.model = model
+        self.draft = draft
         self.channel = channel
         self.jobs: dict[int, RunnerJob] = {}
         self.scheduler = Scheduler(model, model.settings.n_seq, model.settings.n_batch, label,
                                    deliver=self._deliver, speculation=model.settings.speculation,
-                                   cache_bytes=model.settings.cache_ram)
+                                   cache_bytes=model.settings.cache_ram, draft_model=draft)
 
     def _deliver(self, outbox: Outbox) -> None:
         events: list[tuple[int, Event, tuple[int, ...], bool]] = []
@@ -149,9 +152,10 @@ class RunnerLoop:
         while True:
             kind, payload = self.channel.receive()
             if kind == "submit":
-                job_id, prompt, sampling, num_predict, stop = payload
+                job_id, prompt, sampling, num_predict, stop, draft_limit = payload
                 job = RunnerJob(prompt=prompt, sampling=sampling, sink=_no_sink,
-                                num_predict=num_predict, stop=stop, job_id=job_id)
+                                num_predict=num_predict, stop=stop, draft_limit=draft_limit,
+                                job_id=job_id)
                 try:
                     # On this thread, not the scheduler's: a grammar takes a while to compile.
                     job.sampler = Sampler(self.model, sampling)
@@ -171,12 +175,30 @@ class RunnerLoop:
                                                                              job_id)))
             elif kind == "stop":
                 self.scheduler.stop()
+                if self.draft is not None:
+                    self.draft.close()
                 self.model.close()
                 return
 
 
 def _no_sink(event: Event) -> None:
     """Events go to the server through ``RunnerLoop._deliver``, never through a sink here."""
+
+
+def load_draft_model(model: LlamaModel) -> DraftModel:
+    """The draft model ``model``'s settings name, checked to share its vocabulary."""
+    assert model.settings.draft_model is not None
+    try:
+        draft = LlamaModel(model.settings.draft_model, draft_context_settings(model.settings))
+    except HomeportError as exc:
+        raise EngineError(f"the draft model: {exc.message}") from None
+    try:
+        check_same_vocabulary(model, draft)
+    except HomeportError:
+        draft.close()
+        raise
+    log.info("drafting with %s", model.settings.draft_model.name)
+    return DraftModel(draft, model.n_vocab)
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -206,10 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     assert kind == "load"
     try:
         model = LlamaModel(path, settings, offload)
+        draft = load_draft_model(model) if settings.draft_model is not None else None
     except HomeportError as exc:
         channel.send("failed", exc)
         return 1
-    loop = RunnerLoop(model, args.model, channel)
+    loop = RunnerLoop(model, args.model, channel, draft)
     start_watching(offload.rpc_servers)
     channel.send("ready", None)
     loop.serve()

@@ -12,8 +12,9 @@ it rather than evaluating it a second time beside it. And when a slot is
 taken by another conversation, its state is kept in host memory (``engine.prompt_cache``, within
 a budget) and restored when a prompt with that prefix returns.
 
-With speculation on, a running request's next token may bring a draft (``engine.drafting``): the
-tokens that followed the same few tokens earlier in its prompt or output. The draft is decoded in
+With speculation on, a running request's next token may bring a draft: the tokens that followed
+the same few tokens earlier in its prompt or output (``engine.drafting``), or, when the model names
+a draft model, that model's greedy guess (``engine.draft_model``). The draft is decoded in
 the same step, with logits at every position, and the request's own sampler samples them in order
 for as long as it picks exactly the drafted token; the first token it picks otherwise ends the
 draft, and the cells of the tokens it refused are dropped. Each emitted token is still sampled once,
@@ -41,13 +42,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from homeport import metrics
-from homeport.engine.drafting import DraftPolicy, NgramDrafter
+from homeport.engine.drafting import DEFAULT_DRAFT_TOKENS, DraftPolicy, DraftRequest, NgramDrafter
 from homeport.engine.llama_types import EngineError, SamplingParams
 from homeport.engine.prompt_cache import PromptCache, SavedState, common_prefix
 from homeport.engine.stops import StopFinder
 from homeport.errors import HomeportError
 
 if TYPE_CHECKING:  # the jobs and events are the server's too, which loads llama.cpp only later
+    from homeport.engine.draft_model import DraftModel
     from homeport.engine.llama import LlamaModel, Sampler
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,7 @@ class Job:
     sampler: Sampler | None = None
     num_predict: int = -1
     stop: tuple[str, ...] = ()
+    draft_limit: int = -1  # the most tokens drafted in one step (-1: as the drafter sees fit)
     cancelled: bool = False
     # set while running
     generated: list[int] = field(default_factory=list)
@@ -200,7 +203,8 @@ class Scheduler:
     """Runs every request for one model; see the module docstring."""
 
     def __init__(self, model: LlamaModel, n_slots: int, n_batch: int, label: str,
-                 deliver: Deliver, speculation: bool = False, cache_bytes: int = 0) -> None:
+                 deliver: Deliver, speculation: bool = False, cache_bytes: int = 0,
+                 draft_model: DraftModel | None = None) -> None:
         from homeport.engine.llama import Batch  # where a model runs: llama.cpp is loaded
 
         self.model = model
@@ -212,6 +216,8 @@ class Scheduler:
         self.label = label
         # A recurrent model's state cannot be rolled back past a refused draft.
         self.speculation = speculation and model.can_roll_back
+        # Drafts come from the draft model when there is one, else from the request's own tokens.
+        self.draft_model = draft_model if self.speculation else None
         self.prompt_cache = PromptCache(cache_bytes) if cache_bytes > 0 else None
         self.pending: deque[Job] = deque()
         self.embeddings: deque[EmbeddingJob] = deque()
@@ -326,8 +332,9 @@ class Scheduler:
         parts: list[Part] = []
         decoding = [slot for slot in self.slots if slot.job is not None and not slot.prefilling]
         room = self.n_batch - len(decoding)
+        drafts = self._drafts(decoding, room)
         for slot in decoding:
-            draft = self._draft(slot, room)
+            draft = drafts.get(slot.seq_id, [])
             room -= len(draft)
             tokens = [slot.next_token, *draft]
             parts.append(Part(slot, tokens, len(slot.cache), sample=True, drafted=len(draft)))
@@ -349,20 +356,54 @@ class Scheduler:
             slot.cursor = end
         return parts
 
-    def _draft(self, slot: Slot, room: int) -> list[int]:
-        """Tokens to verify after the slot's next token this step (none without speculation)."""
+    def _drafts(self, decoding: list[Slot], room: int) -> dict[int, list[int]]:
+        """The tokens to verify after each decoding slot's next token this step, by sequence id
+        (none without speculation), within ``room`` tokens of the batch."""
+        if self.draft_model is None:
+            drafts: dict[int, list[int]] = {}
+            for slot in decoding:
+                limit = self._draft_limit(slot, room)
+                if limit > 0 and slot.drafter is not None:
+                    drafts[slot.seq_id] = draft = slot.drafter.draft(limit)
+                    room -= len(draft)
+            return drafts
+        requests: list[DraftRequest] = []
+        for slot in decoding:
+            limit = min(self._draft_limit(slot, room), self._model_draft_tokens(slot))
+            if limit > 0:
+                requests.append(DraftRequest(slot.seq_id, [*slot.cache, slot.next_token], limit))
+                room -= limit
+        try:
+            return self.draft_model.draft(requests)
+        except EngineError as error:  # the answer does not need a draft: go on without one
+            log.warning("%s: the draft model failed (%s); this step goes without drafts",
+                        self.label, error.message)
+            self.draft_model.reset()
+            return {}
+
+    def _draft_limit(self, slot: Slot, room: int) -> int:
+        """The longest draft the slot may verify this step (0: none); counts a paused step of its
+        draft policy."""
         job = slot.job
-        if slot.drafter is None or job is None:
-            return []
+        if slot.drafter is None or job is None or job.draft_limit == 0:
+            return 0
         # Room in the batch and the context, and no more than the request may still generate
         # after the next token.
         limit = min(room, self.n_ctx_per_seq - len(slot.cache) - 2)
         if job.num_predict >= 0:
             limit = min(limit, job.num_predict - len(job.generated) - 1)
+        if job.draft_limit > 0:
+            limit = min(limit, job.draft_limit)
         if limit <= 0:
-            return []
-        allowed = slot.policy.allowed()
-        return slot.drafter.draft(min(limit, allowed)) if allowed else []
+            return 0
+        return min(limit, slot.policy.allowed())
+
+    @staticmethod
+    def _model_draft_tokens(slot: Slot) -> int:
+        """A draft model's tokens cost a decode each: a request that sets no limit gets
+        Ollama's default for separate draft models."""
+        job = slot.job
+        return job.draft_limit if job is not None and job.draft_limit > 0 else DEFAULT_DRAFT_TOKENS
 
     def _decode(self, parts: list[Part]) -> list[tuple[Part, list[int]]]:
         """Decode ``parts`` in one batch; the parts to sample and their logits' batch indexes

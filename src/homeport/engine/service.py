@@ -250,6 +250,8 @@ class Engine:
             self.templates.close()
 
     def _context_settings(self, record: ModelRecord, options: ModelOptions) -> ContextSettings:
+        speculation = self.settings.speculation == "on" or (
+            self.settings.speculation == "auto" and self.settings.flash_attention == "off")
         settings = ContextSettings(
             n_ctx_per_seq=options.num_ctx,
             n_seq=self.settings.manager.num_parallel,
@@ -262,8 +264,9 @@ class Engine:
             # more cells (the K/V split across threads, partial sums reduced) than for several
             # queries (each over all cells; tiles from 64): only without it are drafted tokens
             # exactly what decoding them one by one gives.
-            speculation=self.settings.speculation == "on" or (
-                self.settings.speculation == "auto" and self.settings.flash_attention == "off"),
+            speculation=speculation,
+            # Loaded only where it drafts: elsewhere it would cost memory for nothing.
+            draft_model=record.draft_path if speculation else None,
         )
         budget = prompt_cache_bytes(record.gguf, settings, self.settings.cache_ram)
         if self.settings.cache_ram_auto:
@@ -343,6 +346,7 @@ class Engine:
                 sink=queue.put_nowait,  # called on the event loop, by the manager's delivery
                 num_predict=options.num_predict if options.num_predict >= 0 else -1,
                 stop=options.stop,
+                draft_limit=options.draft_num_predict,
             )
             parser = OutputParser(
                 thinking=features.thinking and not request.raw,
