@@ -131,10 +131,9 @@ def _source_fields(client: HomeportClient, source: str, base_dir: Path) -> dict[
     return {"from": source}
 
 
-def _draft_fields(client: HomeportClient, draft: str, from_: str, base_dir: Path
-                  ) -> dict[str, Any]:
-    """``draft_files`` for a DRAFT line: a local GGUF file, as Ollama takes it (not a model
-    name), and not the file FROM names (a model is no draft of itself worth sending twice)."""
+def _draft_file(draft: str, from_: str, base_dir: Path) -> Path:
+    """The GGUF file a DRAFT line names: a local file, as Ollama takes it (not a model name),
+    and not the file FROM names. Checked before anything is uploaded."""
     path = _local_path(draft, base_dir)
     _refuse_folder(path, draft)
     if not path.is_file():
@@ -142,16 +141,18 @@ def _draft_fields(client: HomeportClient, draft: str, from_: str, base_dir: Path
     source = _local_path(from_, base_dir)
     if source.is_file() and source.resolve() == path.resolve():
         raise click.ClickException(f"DRAFT must not reference the same local path as FROM: {draft}")
-    return {"draft_files": {path.name: upload_file(client, path)}}
+    return path
 
 
 def create_from(client: HomeportClient, model: str, modelfile: Modelfile, base_dir: Path,
                 quantize: str | None = None) -> None:
     if modelfile.adapters:
         raise click.ClickException("ADAPTER is not supported by homeport")
+    draft = None if modelfile.draft is None else _draft_file(modelfile.draft, modelfile.from_,
+                                                             base_dir)
     fields = _source_fields(client, modelfile.from_, base_dir)
-    if modelfile.draft is not None:
-        fields.update(_draft_fields(client, modelfile.draft, modelfile.from_, base_dir))
+    if draft is not None:
+        fields["draft_files"] = {draft.name: upload_file(client, draft)}
     extras: dict[str, Any] = {
         "template": modelfile.template, "system": modelfile.system,
         "parameters": modelfile.parameters or None, "license": modelfile.license or None,
