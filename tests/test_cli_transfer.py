@@ -126,6 +126,35 @@ def test_create_from_a_modelfile(server: ServerProcess, tmp_path: Path) -> None:
     assert answer.returncode == 0, answer.stderr
 
 
+def test_create_with_a_draft_line(server: ServerProcess, tmp_path: Path) -> None:
+    (tmp_path / "weights").mkdir()
+    write_tiny_llama(tmp_path / "weights" / "tiny.gguf", seed=45)
+    write_tiny_llama(tmp_path / "weights" / "small.gguf", seed=46)
+    (tmp_path / "Modelfile").write_text("FROM ./weights/tiny.gguf\nDRAFT weights/small.gguf\n")
+    created = homeport(server, "create", "drafted", "-f", "Modelfile", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    assert "copied small.gguf" in created.stderr
+    assert "parsing draft GGUF" in created.stderr
+    modelfile = str(show(server, "drafted")["modelfile"])
+    draft = next(line for line in modelfile.splitlines() if line.startswith("DRAFT "))
+    assert Path(draft.removeprefix("DRAFT ")).read_bytes() == (
+        tmp_path / "weights" / "small.gguf").read_bytes()
+    shown = homeport(server, "show", "--modelfile", "drafted")
+    assert draft in shown.stdout
+
+    (tmp_path / "Modelfile").write_text(
+        "FROM ./weights/tiny.gguf\nDRAFT ./weights/../weights/tiny.gguf\n")
+    same = homeport(server, "create", "self-drafted", "-f", "Modelfile", cwd=tmp_path)
+    assert same.returncode == 1
+    assert same.stderr.strip() == ("Error: DRAFT must not reference the same local path as "
+                                   "FROM: ./weights/../weights/tiny.gguf")
+    (tmp_path / "Modelfile").write_text("FROM ./weights/tiny.gguf\nDRAFT smollm2:135m\n")
+    named = homeport(server, "create", "name-drafted", "-f", "Modelfile", cwd=tmp_path)
+    assert named.returncode == 1
+    assert named.stderr.strip() == (
+        "Error: no such file: smollm2:135m (DRAFT takes a GGUF file's path)")
+
+
 def test_import_a_gguf_file(server: ServerProcess, tmp_path: Path) -> None:
     gguf = write_tiny_llama(tmp_path / "downloaded-Q8_0.gguf", seed=42)
     imported = homeport(server, "import", str(gguf), "--name", "hf-download:q8",

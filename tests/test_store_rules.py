@@ -215,8 +215,10 @@ def test_modelfile_instructions() -> None:
         '# comment\nfrom ./model.gguf\nPARAMETER temperature 0.7\nPARAMETER num_ctx 4096\n'
         'PARAMETER stop "<|im_end|>"\nPARAMETER stop <eos>\nPARAMETER use_mmap false\n'
         'SYSTEM """line one\n  line two"""\nTEMPLATE "{{ .Prompt }}"\n'
-        'MESSAGE user "say \\"hi\\""\nMESSAGE assistant hi\nLICENSE """MIT"""\nLICENSE Apache\n')
+        'MESSAGE user "say \\"hi\\""\nMESSAGE assistant hi\nLICENSE """MIT"""\nLICENSE Apache\n'
+        'Draft ./small.gguf\n')
     assert parsed.from_ == "./model.gguf"
+    assert parsed.draft == "./small.gguf"
     assert parsed.parameters == {"temperature": 0.7, "num_ctx": 4096, "use_mmap": False,
                                  "stop": ["<|im_end|>", "<eos>"]}
     assert parsed.system == "line one\n  line two"
@@ -232,6 +234,8 @@ def test_modelfile_instructions() -> None:
     ("FROM a\nSYSTEM \"\"\"never closed\n", 'line 2: unterminated """'),
     ("FROM a\n\nMESSAGE wizard hi\n", "line 3: message role"),
     ("FROM a\nQUANTIZE q4\n", "line 2: unknown instruction 'QUANTIZE'"),
+    ("FROM a\nDRAFT ./b.gguf\nDRAFT ./c.gguf\n", "line 3: more than one DRAFT"),
+    ("FROM a\nDRAFT\n", "line 2: DRAFT needs a path"),
 ])
 def test_modelfile_errors_name_the_line(text: str, error: str) -> None:
     with pytest.raises(ModelfileError, match=error):

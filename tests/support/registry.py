@@ -98,13 +98,14 @@ class DockerRegistry:
 
     def push_model(self, repository: str, tag: str, gguf_file: Path,
                    template: str | None = None, params: dict[str, Any] | None = None,
-                   system: str | None = None) -> Pushed:
-        """Push an Ollama-style model, as ``ollama push`` lays it out."""
+                   system: str | None = None, draft: Path | None = None) -> Pushed:
+        """Push an Ollama-style model, as ``ollama push`` lays it out (``draft``: a draft model's
+        GGUF, as a draft layer)."""
         digests: dict[str, str] = {}
         layers = []
         texts = {"template": template, "system": system,
                  "params": json.dumps(params) if params is not None else None}
-        for kind, content in [("model", gguf_file), *texts.items()]:
+        for kind, content in [("model", gguf_file), ("draft", draft), *texts.items()]:
             if content is None:
                 continue
             data = content if isinstance(content, Path) else content.encode()

@@ -122,10 +122,10 @@ def _create_spec(body: schemas.CreateRequest) -> CreateSpec:
         messages = [{"role": message.role, "content": message.content or ""}
                     for message in body.messages]
     return CreateSpec(
-        model=model, from_=body.from_, files=body.files, adapters=body.adapters,
-        template=body.template, system=body.system, license=license_,
+        model=model, from_=body.from_, files=body.files, draft_files=body.draft_files,
+        adapters=body.adapters, template=body.template, system=body.system, license=license_,
         parameters=body.parameters, messages=messages,
-        quantize=body.quantize or body.quantization,
+        quantize=body.quantize or body.quantization or body.draft_quantize,
     )
 
 

@@ -148,6 +148,7 @@ class CreateRequest(_Request):
     name: str = ""  # legacy spelling
     from_: str | None = Field(default=None, alias="from")
     files: dict[str, str] | None = None
+    draft_files: dict[str, str] | None = None  # the draft model's GGUF, uploaded like files
     adapters: dict[str, str] | None = None
     template: str | None = None
     system: str | None = None
@@ -156,6 +157,7 @@ class CreateRequest(_Request):
     messages: list[MessageIn] | None = None
     quantize: str | None = None
     quantization: str | None = None  # legacy spelling
+    draft_quantize: str | None = None
     modelfile: str | None = None  # the old API; refused with a pointer to the new one
     stream: bool | None = True
 

@@ -107,15 +107,23 @@ def upload_file(client: HomeportClient, path: Path) -> str:
     return digest
 
 
-def _source_fields(client: HomeportClient, source: str, base_dir: Path) -> dict[str, Any]:
-    """``from`` for a model name, or ``files`` for a GGUF path (uploaded first)."""
+def _local_path(source: str, base_dir: Path) -> Path:
+    """A Modelfile's path as written (``~`` expanded), relative to the Modelfile's folder."""
     path = Path(source).expanduser()
-    if not path.is_absolute():
-        path = base_dir / path
+    return path if path.is_absolute() else base_dir / path
+
+
+def _refuse_folder(path: Path, source: str) -> None:
     if path.is_dir():
         raise click.ClickException(
             f"{source} is a folder; homeport creates models from one GGUF file (convert "
             "safetensors with llama.cpp's convert_hf_to_gguf.py first)")
+
+
+def _source_fields(client: HomeportClient, source: str, base_dir: Path) -> dict[str, Any]:
+    """``from`` for a model name, or ``files`` for a GGUF path (uploaded first)."""
+    path = _local_path(source, base_dir)
+    _refuse_folder(path, source)
     if path.is_file():
         return {"files": {path.name: upload_file(client, path)}}
     if source.startswith((".", "/", "~")) or source.endswith(".gguf"):
@@ -123,11 +131,28 @@ def _source_fields(client: HomeportClient, source: str, base_dir: Path) -> dict[
     return {"from": source}
 
 
+def _draft_file(draft: str, from_: str, base_dir: Path) -> Path:
+    """The GGUF file a DRAFT line names: a local file, as Ollama takes it (not a model name),
+    and not the file FROM names. Checked before anything is uploaded."""
+    path = _local_path(draft, base_dir)
+    _refuse_folder(path, draft)
+    if not path.is_file():
+        raise click.ClickException(f"no such file: {draft} (DRAFT takes a GGUF file's path)")
+    source = _local_path(from_, base_dir)
+    if source.is_file() and source.resolve() == path.resolve():
+        raise click.ClickException(f"DRAFT must not reference the same local path as FROM: {draft}")
+    return path
+
+
 def create_from(client: HomeportClient, model: str, modelfile: Modelfile, base_dir: Path,
                 quantize: str | None = None) -> None:
     if modelfile.adapters:
         raise click.ClickException("ADAPTER is not supported by homeport")
+    draft = None if modelfile.draft is None else _draft_file(modelfile.draft, modelfile.from_,
+                                                             base_dir)
     fields = _source_fields(client, modelfile.from_, base_dir)
+    if draft is not None:
+        fields["draft_files"] = {draft.name: upload_file(client, draft)}
     extras: dict[str, Any] = {
         "template": modelfile.template, "system": modelfile.system,
         "parameters": modelfile.parameters or None, "license": modelfile.license or None,
@@ -144,7 +169,7 @@ def create_from(client: HomeportClient, model: str, modelfile: Modelfile, base_d
 @click.option("-q", "--quantize", default=None, help="Refused: homeport does not quantize.")
 @endpoint_option
 def create(model: str, modelfile_path: Path, quantize: str | None, endpoint: str | None) -> None:
-    """Create a model from a Modelfile (FROM a GGUF file or another model)."""
+    """Create a model from a Modelfile (FROM a GGUF file or another model, DRAFT a GGUF file)."""
     try:
         text = modelfile_path.read_text()
     except OSError as exc:

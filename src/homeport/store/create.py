@@ -1,8 +1,9 @@
 """Creating a model from an uploaded GGUF blob or an existing model, with Modelfile settings.
 
 What ``POST /api/create`` does (Ollama's newer API: ``from`` or ``files``, plus ``template``,
-``system``, ``parameters``, ``license``, ``messages``). The model file is validated as a GGUF before
-anything is written; text layers are stored as blobs; the manifest is written last, atomically,
+``system``, ``parameters``, ``license``, ``messages`` and ``draft_files``). The model file and the
+draft's are validated as GGUFs (the draft's vocabulary against the model's) before anything is
+written; text layers are stored as blobs; the manifest is written last, atomically,
 and layers the replaced manifest used and nothing uses now are removed. Everything here is quick
 (no conversion, no quantization), so callers may run it to the end before answering.
 """
@@ -10,7 +11,7 @@ and layers the replaced manifest used and nothing uses now are removed. Everythi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -23,7 +24,8 @@ from homeport.errors import (
 )
 from homeport.store import manifests as mf
 from homeport.store.digests import normalize_digest, sha256_bytes
-from homeport.store.gguf import read_gguf
+from homeport.store.draft import check_draft
+from homeport.store.gguf import GGUFInfo, read_gguf
 from homeport.store.names import parse_name
 from homeport.store.progress import Progress
 from homeport.store.store import MAX_TEXT_LAYER_BYTES, ModelStore, gguf_config
@@ -38,6 +40,7 @@ class CreateSpec:
     model: str
     from_: str | None = None
     files: dict[str, str] | None = None
+    draft_files: dict[str, str] | None = None
     adapters: dict[str, str] | None = None
     template: str | None = None
     system: str | None = None
@@ -53,10 +56,11 @@ def _check_file_name(name: str) -> None:
         raise BadRequestError("file path must be relative")
 
 
-def _model_layer_from_files(store: ModelStore, files: dict[str, str]
-                            ) -> tuple[mf.Layer, dict[str, Any]]:
+def _single_gguf(store: ModelStore, files: dict[str, str], what: str
+                 ) -> tuple[str, int, GGUFInfo]:
+    """The one GGUF file of ``files`` (name -> uploaded blob digest): digest, size, header."""
     if not files:
-        raise BadRequestError("no files provided to create the model from")
+        raise BadRequestError(f"no files provided to create the {what} from")
     for file_name in files:
         _check_file_name(file_name)
         if file_name.endswith(".safetensors"):
@@ -64,16 +68,29 @@ def _model_layer_from_files(store: ModelStore, files: dict[str, str]
                 "safetensors models need converting to GGUF first "
                 "(llama.cpp's convert_hf_to_gguf.py), then create from the .gguf file")
     if len(files) > 1:
-        raise UnsupportedError("only one GGUF file per model is supported (not split GGUF files)")
+        raise UnsupportedError(
+            f"only one GGUF file per {what} is supported (not split GGUF files)")
     digest = normalize_digest(next(iter(files.values())))
     path = store.blob_file(digest)
     if path is None:
         raise _blob_not_found(digest)
-    info = read_gguf(path)
+    return digest, path.stat().st_size, read_gguf(path)
+
+
+def _model_layer_from_files(store: ModelStore, files: dict[str, str]
+                            ) -> tuple[mf.Layer, dict[str, Any], GGUFInfo]:
+    digest, size, info = _single_gguf(store, files, "model")
     if info.metadata.get("general.type") == "adapter":
         raise UnsupportedError("this GGUF is an adapter (LoRA); adapters are not supported")
     config = gguf_config(info.architecture, info.parameter_size, info.quantization)
-    return mf.Layer(mediaType=mf.MODEL_LAYER, digest=digest, size=path.stat().st_size), config
+    return mf.Layer(mediaType=mf.MODEL_LAYER, digest=digest, size=size), config, info
+
+
+def _draft_layer(store: ModelStore, files: dict[str, str], model: GGUFInfo) -> mf.Layer:
+    """The draft layer for ``files``, once its GGUF proves a model sharing ``model``'s vocabulary."""
+    digest, size, info = _single_gguf(store, files, "draft model")
+    check_draft(info, model)
+    return mf.Layer(mediaType=mf.DRAFT_LAYER, digest=digest, size=size)
 
 
 def _blob_not_found(digest: str) -> BadRequestError:
@@ -126,19 +143,27 @@ def create_model(store: ModelStore, spec: CreateSpec) -> Iterator[Progress]:
     if spec.adapters:
         raise UnsupportedError("adapters (LoRA) are not supported by homeport")
     base_parameters: dict[str, Any] = {}
+    model_gguf: Callable[[], GGUFInfo]  # the model's header, read only if a draft needs it
     if spec.from_:
         base = store.resolve(spec.from_)
         layers = list(base.manifest.layers)
         config = dict(base.config)
         base_parameters = dict(base.parameters)
+        model_gguf = lambda: base.gguf  # noqa: E731
     elif spec.files is not None:
         yield Progress("parsing GGUF")
-        model_layer, config = _model_layer_from_files(store, spec.files)
+        model_layer, config, info = _model_layer_from_files(store, spec.files)
         layers = [model_layer]
+        model_gguf = lambda: info  # noqa: E731
     else:
         raise BadRequestError("neither 'from' or 'files' was specified")
     if not any(layer.media_type == mf.MODEL_LAYER for layer in layers):
         raise InvalidModelFileError("the base model has no model file")
+    draft: mf.Layer | None = None
+    if spec.draft_files is not None:  # replaces the base model's draft, if it has one
+        yield Progress("parsing draft GGUF")
+        draft = _draft_layer(store, spec.draft_files, model_gguf())
+        layers = [layer for layer in layers if layer.media_type != mf.DRAFT_LAYER] + [draft]
     replacements = _text_layers(spec, base_parameters)
     kept = [layer for layer in layers if layer.media_type not in replacements]
     added = [(mf.Layer(mediaType=media_type, digest=sha256_bytes(data), size=len(data)), data)
@@ -153,8 +178,8 @@ def create_model(store: ModelStore, spec: CreateSpec) -> Iterator[Progress]:
     with store.hold(manifest.digests()):  # from here on, no layer it names can be removed
         for layer in kept:
             if store.blob_file(layer.digest) is None:  # a delete since it was read above
-                raise ModelNotFoundError(spec.from_) if spec.from_ else _blob_not_found(
-                    layer.digest)
+                raise ModelNotFoundError(spec.from_) if spec.from_ and layer is not draft else (
+                    _blob_not_found(layer.digest))
             yield Progress(f"using existing layer {layer.digest}")
         for layer, data in added:
             verb = "using existing" if store.has_blob(layer.digest) else "creating new"

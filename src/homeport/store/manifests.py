@@ -21,6 +21,7 @@ LICENSE_LAYER = LAYER_PREFIX + "license"
 MESSAGES_LAYER = LAYER_PREFIX + "messages"
 ADAPTER_LAYER = LAYER_PREFIX + "adapter"
 PROJECTOR_LAYER = LAYER_PREFIX + "projector"
+DRAFT_LAYER = LAYER_PREFIX + "draft"  # a smaller GGUF that proposes tokens for the model
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_LAYERS = 256

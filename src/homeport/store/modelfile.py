@@ -2,9 +2,10 @@
 
 Instructions (case-insensitive), one per line: ``FROM`` (a model name or a path to a GGUF file),
 ``PARAMETER name value``, ``TEMPLATE``, ``SYSTEM``, ``LICENSE``, ``MESSAGE role content``,
-``ADAPTER``; ``#`` starts a comment line. A value runs to the end of the line, or is quoted with
-``"…"`` or, across lines, ``\"\"\"…\"\"\"``. ``REQUIRES``, ``RENDERER`` and ``PARSER`` (Ollama's own) are
-read and ignored. Errors name the line.
+``ADAPTER``, ``DRAFT`` (a path to a draft model's GGUF file, for speculative decoding; one at most,
+as homeport takes no split GGUF files); ``#`` starts a comment line. A value runs to the end of the
+line, or is quoted with ``"…"`` or, across lines, ``\"\"\"…\"\"\"``. ``REQUIRES``, ``RENDERER`` and
+``PARSER`` (Ollama's own) are read and ignored. Errors name the line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 from homeport.errors import BadRequestError
 
 _IGNORED = {"requires", "renderer", "parser"}
-_KNOWN = {"from", "parameter", "template", "system", "license", "message", "adapter"} | _IGNORED
+_KNOWN = {"from", "parameter", "template", "system", "license", "message", "adapter",
+          "draft"} | _IGNORED
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 MESSAGE_ROLES = ("system", "user", "assistant")
 
@@ -31,6 +33,7 @@ class Modelfile:
     license: list[str] = field(default_factory=list)
     messages: list[dict[str, str]] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
+    draft: str | None = None
 
     def add_parameter(self, name: str, raw: str) -> None:
         """One PARAMETER: every ``stop`` is kept, in a list; any other name's last value wins."""
@@ -167,6 +170,12 @@ def parse_modelfile(text: str) -> Modelfile:
                 result.license.append(value)
             elif command == "adapter":
                 result.adapters.append(value)
+            elif command == "draft":
+                if result.draft is not None:
+                    raise cursor.fail("more than one DRAFT")
+                if not value:
+                    raise cursor.fail("DRAFT needs a path to a GGUF file")
+                result.draft = value
     if not result.from_:
         raise ModelfileError("the Modelfile has no FROM line")
     return result

@@ -2,9 +2,10 @@
 
 The order is what keeps the store whole: the manifest is fetched and checked (every digest
 ``sha256:<64 hex>``, no config sharing a digest with a layer, small layers small, a model layer
-present); each layer is downloaded and verified (``download``); the model file is validated as a
-GGUF; only then is the manifest written, atomically; last, layers the replaced manifest used and
-nothing uses now are removed. A pull cut off anywhere before the manifest leaves no visible model.
+present, at most one draft layer); each layer is downloaded and verified (``download``); the model
+file is validated as a GGUF, and so is a draft model's, whose vocabulary must be the model's; only
+then is the manifest written, atomically; last, layers the replaced manifest used and nothing uses
+now are removed. A pull cut off anywhere before the manifest leaves no visible model.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from homeport.errors import InvalidModelFileError, RegistryRefusedError
 from homeport.store import manifests as mf
 from homeport.store.digests import sha256_bytes, short_digest
 from homeport.store.download import DownloadSettings
+from homeport.store.draft import check_draft
 from homeport.store.gguf import read_gguf
 from homeport.store.names import parse_name
 from homeport.store.progress import Progress
@@ -23,7 +25,7 @@ from homeport.store.registry import RegistryClient
 from homeport.store.store import MAX_TEXT_LAYER_BYTES, ModelStore
 
 # Layers whose bytes may be large; every other layer is text or JSON and is kept small.
-_LARGE_LAYERS = {mf.MODEL_LAYER, mf.ADAPTER_LAYER, mf.PROJECTOR_LAYER}
+_LARGE_LAYERS = {mf.MODEL_LAYER, mf.ADAPTER_LAYER, mf.PROJECTOR_LAYER, mf.DRAFT_LAYER}
 _KNOWN_LAYERS = _LARGE_LAYERS | {mf.TEMPLATE_LAYER, mf.SYSTEM_LAYER, mf.PARAMS_LAYER,
                                  mf.LICENSE_LAYER, mf.MESSAGES_LAYER}
 
@@ -42,6 +44,8 @@ def check_pulled_manifest(data: bytes) -> mf.Manifest:
             "the manifest has no GGUF model layer; homeport runs GGUF models only")
     if len(models) > 1:
         raise RegistryRefusedError("models split into several GGUF layers are not supported")
+    if len(manifest.layers_of(mf.DRAFT_LAYER)) > 1:
+        raise RegistryRefusedError("draft models split into several GGUF layers are not supported")
     for layer in manifest.layers:
         if layer.media_type not in _KNOWN_LAYERS:
             raise RegistryRefusedError(f"unsupported layer type {layer.media_type[:100]!r}")
@@ -83,11 +87,17 @@ async def _pull_layer(store: ModelStore, registry: RegistryClient, layer: mf.Lay
 
 
 def _validate_model_file(store: ModelStore, manifest: mf.Manifest) -> None:
+    """The model file, and the draft model's if there is one, are GGUFs homeport can load."""
     layer = manifest.layer_of(mf.MODEL_LAYER)
     path = store.blob_file(layer.digest) if layer else None
     if path is None:
         raise InvalidModelFileError("the pulled model file is missing from the store")
-    read_gguf(path)
+    model = read_gguf(path)
+    if draft := manifest.layer_of(mf.DRAFT_LAYER):
+        draft_path = store.blob_file(draft.digest)
+        if draft_path is None:
+            raise InvalidModelFileError("the pulled draft model file is missing from the store")
+        check_draft(read_gguf(draft_path), model)
 
 
 async def pull_model(store: ModelStore, text: str, *, insecure: bool,

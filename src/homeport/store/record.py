@@ -39,6 +39,9 @@ class ModelRecord:
     manifest_digest: str
     modified_at: datetime
     model_path: Path
+    # The draft model's GGUF (the blob of the manifest's draft layer) for speculative decoding;
+    # None when the model has no draft.
+    draft_path: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
     template: str | None = None
     system: str | None = None

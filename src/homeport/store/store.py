@@ -169,12 +169,19 @@ class ModelStore:
         model_path = self.blob_file(model_layer.digest) if model_layer else None
         if model_path is None:
             raise InvalidModelFileError(f"model '{name.display}' has no model file in the store")
+        draft_path: Path | None = None
+        if draft_layer := manifest.layer_of(mf.DRAFT_LAYER):
+            draft_path = self.blob_file(draft_layer.digest)
+            if draft_path is None:
+                raise InvalidModelFileError(
+                    f"model '{name.display}' has no draft model file in the store")
         record = ModelRecord(
             name=name,
             manifest=manifest,
             manifest_digest=sha256_bytes(data).removeprefix("sha256:"),
             modified_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
             model_path=model_path,
+            draft_path=draft_path,
             read_only=not root.writable,
         )
         try:
