@@ -49,7 +49,6 @@ class ModelRecord:
     license: list[str] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     read_only: bool = False
-    draft_path: Path | None = None  # a DRAFT model's file (speculative decoding)
 
     @property
     def size(self) -> int:
