@@ -84,7 +84,7 @@ def test_the_bundled_gguf_as_its_own_draft(client: ollama.Client, server: Server
     assert layers_of(stored, mf.DRAFT_LAYER) == [
         {"mediaType": mf.DRAFT_LAYER, "digest": digest, "size": gguf.stat().st_size}]
     blob = blob_path(models / "blobs", digest)
-    assert f"\nDRAFT {blob}\n" in modelfile(client, "smol-drafted")
+    assert f"\nDRAFT {blob.name}\n" in modelfile(client, "smol-drafted")
     assert "DRAFT" not in modelfile(client, MODEL)
     listed = {model.model: model for model in client.list().models}
     assert listed["smol-drafted:latest"].size == stored["config"]["size"] + sum(
@@ -124,10 +124,10 @@ def test_copies_and_derived_models_keep_the_draft_and_the_last_user_removes_it(
     assert response.status_code == 200, response.text
 
     client.copy("tiny-drafted", "tiny-drafted-copy")
-    assert f"\nDRAFT {draft_blob}\n" in modelfile(client, "tiny-drafted-copy")
+    assert f"\nDRAFT {draft_blob.name}\n" in modelfile(client, "tiny-drafted-copy")
     derived = create(server, "tiny-derived", **{"from": "tiny-drafted"}, system="Be brief.")
     assert derived.status_code == 200, derived.text
-    assert f"\nDRAFT {draft_blob}\n" in modelfile(client, "tiny-derived")
+    assert f"\nDRAFT {draft_blob.name}\n" in modelfile(client, "tiny-derived")
     # A new draft replaces the base model's: one draft layer, the new one.
     redrafted = create(server, "tiny-redrafted", **{"from": "tiny-drafted"},
                        draft_files={"target.gguf": target})
@@ -190,5 +190,5 @@ def test_a_pulled_model_brings_its_draft(client: ollama.Client, registry: Docker
     assert list(client.pull(name, insecure=True, stream=True))[-1].status == "success"
     draft_blob = blob_path(models / "blobs", pushed.digests["draft"])
     assert draft_blob.read_bytes() == draft.read_bytes()
-    assert f"\nDRAFT {draft_blob}\n" in modelfile(client, name)
+    assert f"\nDRAFT {draft_blob.name}\n" in modelfile(client, name)
     assert ModelStore(models).resolve(name).draft_path == draft_blob

@@ -4,6 +4,8 @@ Two servers on freshly loaded models, one with speculation (the default) and one
 HOMEPORT_SPECULATION=false, get the same greedy requests: an edit that copies code, an ordinary
 chat, and both at once beside a third stream (another batch composition). The answers must match
 token for token, and only the speculating server's /metrics count drafted and accepted tokens.
+The same holds for a model whose drafts come from a draft model (Ollama's DRAFT line): SmolLM2
+drafting for itself, which can only change how many tokens a step confirms.
 
 Both run without flash attention: llama.cpp's CPU flash attention sums a single token's attention
 in another order than several tokens', so with it a drafted token's logits differ from its logits
@@ -19,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import ollama
 import pytest
 
 from tests.conftest import MODEL
 from tests.support.metrics import value
+from tests.support.models import bundled_gguf
 from tests.support.server import ServerProcess
 
 REGION = "\n".join((Path(__file__).resolve().parents[1] / "src" / "homeport" / "engine"
@@ -59,17 +63,20 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield from _server(tmp_path_factory, "false")
 
 
-def _answers(url: str) -> dict[str, Any]:
-    """Each request alone on a freshly loaded model, then all three at once."""
+DRAFTED = "smol-drafted"
+
+
+def _answers(url: str, model: str = MODEL) -> dict[str, Any]:
+    """Each request alone on a freshly loaded ``model``, then all three at once."""
 
     async def post(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> Any:
-        reply = await http.post(path, json=body)
+        reply = await http.post(path, json={**body, "model": model})
         assert reply.status_code == 200, reply.text
         return reply.json()
 
     async def run() -> dict[str, Any]:
         async with httpx.AsyncClient(base_url=url, timeout=600) as http:
-            await post(http, "/api/generate", {"model": MODEL, "keep_alive": 0})
+            await post(http, "/api/generate", {"keep_alive": 0})
             edit = await post(http, "/api/generate", EDIT)
             chat = await post(http, "/api/chat", CHAT)
             together = await asyncio.gather(post(http, "/api/generate", EDIT),
@@ -82,9 +89,9 @@ def _answers(url: str) -> dict[str, Any]:
     return asyncio.run(run())
 
 
-def _drafted(url: str) -> tuple[float, float]:
-    return (value(url, "homeport_drafted_tokens_total", model=MODEL),
-            value(url, "homeport_draft_accepted_tokens_total", model=MODEL))
+def _drafted(url: str, model: str = MODEL) -> tuple[float, float]:
+    return (value(url, "homeport_drafted_tokens_total", model=model),
+            value(url, "homeport_draft_accepted_tokens_total", model=model))
 
 
 def test_greedy_answers_are_the_same_with_and_without_speculation(
@@ -96,3 +103,26 @@ def test_greedy_answers_are_the_same_with_and_without_speculation(
     assert drafted > 0
     assert 0 < accepted <= drafted
     assert _drafted(plain.url) == (0, 0)
+
+
+def test_a_draft_model_changes_no_greedy_answer(speculating: ServerProcess,
+                                                plain: ServerProcess) -> None:
+    client = ollama.Client(host=speculating.url)
+    gguf = bundled_gguf()
+    created = httpx.post(f"{speculating.url}/api/create", timeout=120, json={
+        "model": DRAFTED, "from": MODEL, "stream": False,
+        "draft_files": {gguf.name: client.create_blob(gguf)}})
+    assert created.status_code == 200, created.text
+
+    assert _answers(speculating.url, DRAFTED) == _answers(plain.url)
+    drafted, accepted = _drafted(speculating.url, f"{DRAFTED}:latest")
+    assert drafted > 0
+    assert 0 < accepted <= drafted
+    assert "drafting with sha256-" in speculating.log()
+    # /api/ps counts the draft model beside the model: its weights and caches besides.
+    client.generate(DRAFTED, prompt="", keep_alive="5m")
+    drafting = next(model for model in client.ps().models if model.model == f"{DRAFTED}:latest")
+    plain_client = ollama.Client(host=plain.url)
+    plain_client.generate(MODEL, prompt="", keep_alive="5m")
+    alone = next(model for model in plain_client.ps().models if model.model == MODEL)
+    assert drafting.size > alone.size + gguf.stat().st_size
