@@ -12,9 +12,10 @@ peers as ``discovery.tailnet_peers`` are considered (this tailnet's, not shared 
 Quietly: a peer that did not accept (nothing listening, or a gate that refuses this node, which
 logs each refusal on its side) is probed again after 1, 2, 4, ... looks, at most 10 minutes apart
 (``worker_probe.ProbeBackoff``); a peer that goes offline, or leaves, starts afresh. So a worker
-started on a peer that is online is found within about 11 minutes (10 minutes and the probes' own
-time, at any interval), and at the first look after its machine comes back online (its status
-goes offline then online), 30 s with the default interval; restarting the server finds it at once.
+started on a peer that is online is found within 10 minutes' worth of looks (20 at the default
+30 s: about 11 minutes with the probes' own second or two each), or at the next look when looks
+are rarer than that; and at the first look after its machine comes back online (its status goes
+offline then online). Restarting the server finds it at its first look.
 """
 
 from __future__ import annotations
