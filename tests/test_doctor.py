@@ -1,10 +1,14 @@
-"""``homeport doctor`` against the real server, an unreachable one, and a fake that wants a token."""
+"""``homeport doctor`` against the real server, an unreachable one, a fake that wants a token, and
+a server with two RPC workers configured: a real ``homeport worker`` and a port where nothing
+listens."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from homeport.client.doctor import feel, parameter_billions
@@ -12,7 +16,10 @@ from homeport.config import config_file
 from tests.conftest import MODEL
 from tests.support.cli import homeport
 from tests.support.fake_ollama import FakeOllama, _now, pieces
-from tests.support.server import free_port
+from tests.support.server import ServerProcess, free_port
+from tests.support.waiting import wait_for
+from tests.support.worker import WorkerProcess
+from tests.test_rpc import require_rpc
 
 
 def doctor(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
@@ -126,6 +133,36 @@ def test_the_anthropic_key_of_the_adapter_each_strategy_uses(
                                  "which has no API key")
         assert "no Anthropic API key, so inline uses the ollama adapter" in detail
         assert "chat uses the ollama adapter" not in detail
+
+
+def test_each_rpc_worker_and_whether_the_server_last_found_it_accepting(tmp_path: Path) -> None:
+    require_rpc()
+    with WorkerProcess(tmp_path / "worker") as worker:
+        silent = f"127.0.0.1:{free_port()}"
+        env = {"HOMEPORT_RPC_WORKERS": f"{worker.endpoint},{silent}"}
+        with ServerProcess(tmp_path / "server", env=env) as server:
+            def probed() -> bool:
+                listed = httpx.get(f"{server.url}/api/homeport/nodes", timeout=10).json()
+                return all(item["reachable"] is not None for item in listed["workers"])
+
+            # The server probes its configured workers as it starts.
+            assert wait_for(probed), server.log()[-3000:]
+            code, report = doctor("--no-measure", "--endpoint", server.url)
+        assert code == 0  # a worker that does not accept warns; loads go without it
+        found = checks(report)
+        status, detail = found[f"worker {worker.endpoint}"]
+        assert status == "ok"
+        assert detail.startswith("configured, accepting connections (checked ")
+        status, detail = found[f"worker {silent}"]
+        assert status == "warn"
+        assert detail.startswith("configured, not accepting connections (checked ")
+        assert "not seen accepting since the node started" in detail
+        assert "start `homeport worker` on that machine, or check that its policy allows this " \
+               "node" in detail
+        assert f"RPC worker {silent} (configured) does not accept connections" in server.log()
+        assert f"RPC worker {worker.endpoint} (configured) does not" not in server.log()
+    names = [check["name"] for check in report["checks"]]
+    assert names.index(f"worker {worker.endpoint}") + 1 == names.index(f"worker {silent}")
 
 
 @pytest.mark.parametrize(("text", "billions"), [("134.52M", 0.13452), ("7.2B", 7.2),

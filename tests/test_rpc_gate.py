@@ -22,6 +22,7 @@ import pytest
 
 from homeport.engine import rpc
 from homeport.net import keepalive
+from homeport.worker.refusals import RefusalLog
 from tests.conftest import MODEL
 from tests.support.fake_tailscaled import FakeTailscaled, Node
 from tests.support.netns import Lab, Peer
@@ -256,3 +257,17 @@ def test_one_peer_holds_at_most_its_share_of_the_gate(
         with socket.create_connection(address, timeout=30) as again:
             again.sendall(hello)
             assert wait_for(lambda: worker.accepted() == 3, timeout=30), worker.log()
+
+
+def test_a_peer_refused_again_is_logged_once_per_interval_with_the_count_unsaid() -> None:
+    refusals = RefusalLog(interval=600, most=2)
+    reason = "bob@example.com (node bob-desktop) may not use this server"
+    assert refusals.note("bob-desktop", reason, now=0) == 0  # the first: logged
+    assert [refusals.note("bob-desktop", reason, now=t) for t in (30, 90, 599)] == [None] * 3
+    assert refusals.note("bob-desktop", reason, now=600) == 3  # and 3 more since
+    assert refusals.note("bob-desktop", reason, now=601) is None
+    # Another reason, or another peer, is a line of its own.
+    assert refusals.note("bob-desktop", "it is not on this tailnet", now=602) == 0
+    assert refusals.note("100.64.0.7", "it is not on this tailnet", now=603) == 0
+    # At most 2 remembered: the oldest (bob's first reason) was forgotten, so logged again.
+    assert refusals.note("bob-desktop", reason, now=604) == 0

@@ -22,6 +22,7 @@ import pytest
 from homeport import config
 from homeport.engine.worker_list import Worker, WorkerList, merge_workers
 from homeport.mesh.worker_discovery import WorkerDiscovery, worker_candidates
+from homeport.mesh.worker_probe import ProbeBackoff, looks_between
 from homeport.net.localapi import LocalAPI, Status
 from tests.conftest import MODEL
 from tests.support.fake_tailscaled import FakeState, FakeTailscaled, Node, Peer
@@ -43,11 +44,15 @@ from tests.test_rpc import (
 SELF_IP = "100.80.0.1"
 
 
+LISTED = ("endpoint", "peer", "discovered", "reachable")
+
+
 def workers_listed(server: ServerProcess) -> list[dict[str, Any]]:
+    """Each worker's entry in ``/api/homeport/nodes``, but the probes' times."""
     reply = httpx.get(f"{server.url}/api/homeport/nodes", timeout=10)
     assert reply.status_code == 200, reply.text
     workers: list[dict[str, Any]] = reply.json()["workers"]
-    return workers
+    return [{key: worker[key] for key in LISTED} for worker in workers]
 
 
 def test_configured_workers_come_first_each_once_and_at_most_ggml_s_limit() -> None:
@@ -124,8 +129,8 @@ def test_a_tailnet_peer_running_a_worker_takes_what_this_machine_cannot_hold(
                 assert wait_for(lambda: "refused a connection from bob-pc" in refuser.log())
                 for name in ("refuser", "quiet", "visitor"):
                     assert name not in server.log()
-                assert workers_listed(server) == [
-                    {"endpoint": lender.endpoint, "peer": "lender", "discovered": True}]
+                assert workers_listed(server) == [{"endpoint": lender.endpoint, "peer": "lender",
+                                                   "discovered": True, "reachable": True}]
                 shown = homeport("nodes", endpoint=server.url)
                 assert shown.returncode == 0, shown.stderr
                 assert f"RPC workers: {lender.endpoint} (lender, found on the tailnet)" \
@@ -170,8 +175,10 @@ def test_configured_workers_are_shown_and_discovery_can_be_turned_off(tmp_path: 
         with ServerProcess(tmp_path / "server", env=env, args=("--tailnet",)) as server:
             assert "RPC workers: 127.0.0.9:50052 (configured)" in server.log()
             assert "become RPC workers" not in server.log()
-            assert workers_listed(server) == [
-                {"endpoint": "127.0.0.9:50052", "peer": None, "discovered": False}]
+            # Nothing listens there: the server's probe at startup finds it not accepting.
+            assert wait_for(lambda: workers_listed(server) == [
+                {"endpoint": "127.0.0.9:50052", "peer": None, "discovered": False,
+                 "reachable": False}]), workers_listed(server)
             shown = homeport("nodes", endpoint=server.url)
             assert "RPC workers: 127.0.0.9:50052 (configured)" in shown.stdout
             assert "no upstreams" in shown.stderr
@@ -217,3 +224,103 @@ def test_a_configured_worker_is_not_found_again_by_its_address(tmp_path: Path) -
     # Configured by name, the same worker is one worker, not two.
     found, port = _discovered_beside(("localhost:{port}",), tmp_path / "named")
     assert found == (f"localhost:{port}",)
+
+
+def test_a_peer_that_does_not_accept_is_probed_after_1_2_4_looks_at_most_10_minutes_apart() -> None:
+    assert [looks_between(failures, 30) for failures in range(8)] == [1, 1, 2, 4, 8, 16, 20, 20]
+    assert [30 * looks_between(failures, 30) for failures in range(1, 8)] == \
+        [30, 60, 120, 240, 480, 600, 600]
+    assert looks_between(30, 0.5) == 1200  # 10 minutes of half-second looks
+    assert looks_between(5, 3600) == 1  # looks rarer than the cap: every look
+    assert looks_between(10_000, 30) == 20
+
+    backoff = ProbeBackoff(30)
+    probed = []
+    for look in range(80):
+        if backoff.due("quiet"):
+            probed.append(look)
+            backoff.record("quiet", False)
+    assert probed == [0, 1, 3, 7, 15, 31, 51, 71]
+    assert backoff.failures("quiet") == 8
+    # It went offline (discovery keeps only the online peers): back, it is probed at once.
+    backoff.keep(set())
+    assert backoff.failures("quiet") == 0
+    assert backoff.due("quiet")
+    # One that accepts is probed at every look, and failing again starts from the beginning.
+    for _ in range(5):
+        backoff.record("quiet", False)
+    assert backoff.failures("quiet") == 5
+    while not backoff.due("quiet"):
+        pass
+    backoff.record("quiet", True)
+    assert all(backoff.due("quiet") for _ in range(3))
+    backoff.record("quiet", False)
+    assert backoff.due("quiet")
+
+
+def test_discovery_backs_off_a_refusing_peer_and_finds_it_once_it_admits(tmp_path: Path) -> None:
+    """One peer whose worker port closes each connection at once, as a gate that refuses this node
+    does, then holds them open, as one that admits it: each look is one ``discover()``."""
+    async def looks() -> None:
+        connections = 0
+        admitting = False
+        held: list[asyncio.StreamWriter] = []
+
+        async def gate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            if admitting:
+                held.append(writer)
+            else:
+                writer.close()
+
+        listener = await asyncio.start_server(gate, "127.0.0.1", 0)
+        port = int(listener.sockets[0].getsockname()[1])
+        fake = FakeTailscaled(tmp_path / "tailscaled.sock")
+        fake.state.self_ips = [SELF_IP]
+        fake.state.peers["desktop"] = Peer("desktop", ["127.0.0.1"])
+        fake.start()
+        workers = WorkerList()
+        interval = 60.0  # at most 10 looks apart
+        discovery = WorkerDiscovery(LocalAPI(fake.socket_path), workers, interval, port=port,
+                                    settle=0.2)
+        endpoint = f"127.0.0.1:{port}"
+        try:
+            for _ in range(8):
+                await discovery.discover()
+            assert connections == 4  # looks 0, 1, 3 and 7
+            assert workers() == ()
+            # Offline, it is not probed; back online, it is probed at the next look.
+            fake.state.peers["desktop"].online = False
+            await discovery.discover()
+            assert connections == 4
+            fake.state.peers["desktop"].online = True
+            await discovery.discover()
+            assert connections == 5
+            for _ in range(7):  # looks 1 to 7: probed at 1, 3 and 7, the next at 15
+                await discovery.discover()
+            assert connections == 8
+            assert discovery.backoff.failures(endpoint) == 4
+            # The worker starts admitting this node: found within the schedule's looks.
+            admitting = True
+            taken = 0
+            while not workers():
+                await discovery.discover()
+                taken += 1
+                assert taken <= looks_between(4, interval)
+            assert taken == looks_between(4, interval)
+            assert workers.listing()[0].peer == "desktop"
+            seen = workers.seen(endpoint)
+            assert seen is not None
+            assert seen.accepting
+            # Found, it is probed at every look.
+            await discovery.discover()
+            assert connections == 10
+        finally:
+            await discovery.localapi.aclose()
+            fake.stop()
+            for writer in held:
+                writer.close()
+            listener.close()
+
+    asyncio.run(looks())

@@ -336,7 +336,8 @@ DISCOVER_PEERS = _register(Setting(
 ))
 PEER_DISCOVERY_INTERVAL = _register(Setting(
     ("HOMEPORT_PEER_DISCOVERY_INTERVAL",), 30.0, _timeout_seconds,
-    "How often the tailnet's peers are looked for in the background (default 30s)",
+    "How often the tailnet's peers are looked for, and RPC workers probed, in the background "
+    "(default 30s)",
     shown_default="30s",
 ))
 DISCOVER_WORKERS = _register(Setting(

@@ -21,6 +21,7 @@ from homeport.engine.service import Engine, EngineSettings
 from homeport.engine.worker_list import WorkerList
 from homeport.mesh.discovery import PeerDiscovery
 from homeport.mesh.upstreams import Upstreams, configured_upstreams
+from homeport.mesh.worker_check import ConfiguredWorkerCheck
 from homeport.mesh.worker_discovery import WorkerDiscovery
 from homeport.net.binding import bind
 from homeport.net.connection import ConnectionLimits, h11_protocol
@@ -106,6 +107,9 @@ def _find_workers(parts: AppParts, workers: WorkerList, tailnet: bool) -> None:
     """Say which RPC workers loads use and, with --tailnet, look for more among the peers."""
     if workers.configured:
         log.info("RPC workers: %s (configured)", ", ".join(workers.configured))
+        check = ConfiguredWorkerCheck(workers, config.PEER_DISCOVERY_INTERVAL.get())
+        parts.on_startup.append(check.start)
+        parts.on_shutdown.append(check.close)
     if not tailnet or not config.DISCOVER_WORKERS.get():
         return
     discovery = WorkerDiscovery(LocalAPI(config.tailscaled_socket()), workers,

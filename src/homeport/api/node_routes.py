@@ -1,7 +1,7 @@
 """``GET /api/homeport/nodes``: this node's upstreams as the refresher last saw them, whether
 it runs models itself, and the RPC workers its loads may place layers on, configured or found on
-the tailnet (read-only; ``homeport nodes`` and ``homeport doctor`` print it). Behind the guard like
-every route."""
+the tailnet, each with how its last probe went (read-only; ``homeport nodes`` and ``homeport
+doctor`` print it). Behind the guard like every route."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from homeport.api.common import rfc3339, state_of
+from homeport.engine.worker_list import Worker
 from homeport.mesh.upstreams import Upstream
 
 NODES_PATH = "/api/homeport/nodes"
@@ -45,14 +46,27 @@ def node_summary(upstream: Upstream) -> dict[str, Any]:
     }
 
 
+def worker_summary(worker: Worker) -> dict[str, Any]:
+    # "reachable": whether its last probe was accepted; None: not probed yet
+    seen = worker.seen
+    return {
+        "endpoint": worker.endpoint,
+        "peer": worker.peer or None,
+        "discovered": bool(worker.peer),
+        "reachable": seen.accepting if seen is not None else None,
+        "checked": _wall_clock(seen.checked) if seen is not None else None,
+        "last_accepted": (_wall_clock(seen.last_accepted)
+                          if seen is not None and seen.last_accepted is not None else None),
+    }
+
+
 async def nodes(request: Request) -> JSONResponse:
     state = state_of(request)
     upstreams = state.upstreams.all if state.upstreams else []
     workers = state.workers.listing() if state.workers is not None and state.engine_enabled else []
     return JSONResponse({"engine": state.engine_enabled,
                          "nodes": [node_summary(upstream) for upstream in upstreams],
-                         "workers": [{"endpoint": worker.endpoint, "peer": worker.peer or None,
-                                      "discovered": bool(worker.peer)} for worker in workers]})
+                         "workers": [worker_summary(worker) for worker in workers]})
 
 
 routes = [Route(NODES_PATH, nodes, methods=["GET"])]

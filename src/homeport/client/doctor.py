@@ -2,8 +2,9 @@
 
 Checks in order (each a line with ok / warn / fail): the config file, the endpoint and its source,
 the server and its version, access (token), models, on a homeport node which node it is (this
-machine's or another's, a gateway or not) and each of its upstreams as the node last saw them
-(one down fails the check), the default model, the Anthropic key.
+machine's or another's, a gateway or not), each of its upstreams as the node last saw them
+(one down fails the check) and each of its RPC workers as its last probe found it (one that did
+not accept is a warning), the default model, the Anthropic key.
 Then a bounded measurement: round-trip latency (a few tiny requests) and one short streamed
 answer, timed on both sides: the server's own tokens/s against the tokens/s that arrive here.
 From those, an estimate of how fast models of other sizes would feel over this link.
@@ -161,7 +162,8 @@ def _server_checks(report: Report, client: HomeportClient) -> list[dict[str, Any
 
 
 def _node_checks(report: Report, client: HomeportClient) -> None:
-    """Which node this is, then one line per upstream, as its refresher last saw them."""
+    """Which node this is, then one line per upstream, as its refresher last saw them, and one per
+    RPC worker, as its last probe found it (none: no line)."""
     try:
         node = client.node()
     except ServerError as exc:  # an older homeport without the route: nothing to check
@@ -171,6 +173,8 @@ def _node_checks(report: Report, client: HomeportClient) -> None:
     report.add("node", "ok", f"{where(client.endpoint.url)}, {role(node)}")
     for upstream in node.get("nodes", []):
         report.add(f"node {upstream.get('name', '?')}", *_upstream_check(upstream))
+    for worker in node.get("workers", []):
+        report.add(f"worker {worker.get('endpoint', '?')}", *_worker_check(worker))
 
 
 def _since(timestamp: str | None) -> str:
@@ -201,6 +205,31 @@ def _upstream_check(node: dict[str, Any]) -> tuple[Status, str]:
     kind = "kind not known yet" if kind == "auto" else kind
     return "fail", (f"down{_since(node.get('down_since'))}: {url} ({kind}): "
                     f"{node.get('last_error') or 'no answer'}; {remedy}")
+
+
+def _ago(timestamp: str | None) -> str:
+    try:
+        moment = datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
+    except ValueError:
+        return "at an unknown time"
+    seconds = (datetime.now(UTC) - moment).total_seconds()
+    return "just now" if seconds < 1 else f"{format_duration(seconds)} ago"
+
+
+def _worker_check(worker: dict[str, Any]) -> tuple[Status, str]:
+    found = (f"found on the tailnet (peer {worker.get('peer')})" if worker.get("discovered")
+             else "configured")
+    reachable = worker.get("reachable")
+    if reachable is None:
+        return "warn", f"{found}, not probed yet (the node started moments ago): run doctor again"
+    checked = f"checked {_ago(worker.get('checked'))}"
+    if reachable:
+        return "ok", f"{found}, accepting connections ({checked})"
+    last = worker.get("last_accepted")
+    accepted = f"last accepted {_ago(last)}" if last else "not seen accepting since the node started"
+    return "warn", (f"{found}, not accepting connections ({checked}, {accepted}): start "
+                    "`homeport worker` on that machine, or check that its policy allows this node "
+                    "(the node asks again at least every 10 minutes); loads go without it")
 
 
 def _default_model(report: Report, settings: ClientSettings, models: list[dict[str, Any]]

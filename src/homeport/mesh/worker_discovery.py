@@ -2,35 +2,40 @@
 accepts a TCP connection on the worker port (50052, ``homeport worker``'s default) is a worker that
 models may be placed on, after those configured in HOMEPORT_RPC_WORKERS.
 
-A background task reads tailscaled's status now and then and tries a connection to each peer's
-IPv4 address (ggml's RPC client dials IPv4 only), closing it without sending anything: the
-worker's gate forwards nothing to ggml until a first byte, so a bare connect is the liveness check
-it expects. The connection is held open a moment first: a gate whose policy refuses this node
-closes it at once (after whois), one that admits it waits for the first byte, so a worker that
-would refuse every load is not taken. Peers that left, went offline or stopped accepting are
-dropped. The found endpoints feed
-a ``WorkerList`` that the model manager reads at its next load; nothing here runs on a request's
-path. The same peers as ``discovery.tailnet_peers`` are considered (this tailnet's, not shared in,
-not this node).
+A background task reads tailscaled's status every ``interval`` seconds and probes each peer's IPv4
+address (ggml's RPC client dials IPv4 only) with ``worker_probe.accepts_connection``: a bare
+connect held open a moment, so a worker whose gate refuses this node is not taken. Peers that
+left, went offline or stopped accepting are dropped. The found endpoints feed a ``WorkerList``
+that the model manager reads at its next load; nothing here runs on a request's path. The same
+peers as ``discovery.tailnet_peers`` are considered (this tailnet's, not shared in, not this node).
+
+Quietly: a peer that did not accept (nothing listening, or a gate that refuses this node, which
+logs each refusal on its side) is probed again after 1, 2, 4, ... looks, at most 10 minutes apart
+(``worker_probe.ProbeBackoff``); a peer that goes offline, or leaves, starts afresh. So a worker
+started on a peer that is online is found within 10 minutes' worth of looks (20 at the default
+30 s: about 11 minutes with the probes' own second or two each), or at the next look when looks
+are rarer than that; and at the first look after its machine comes back online (its status goes
+offline then online). Restarting the server finds it at its first look.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 
 from homeport import config
 from homeport.engine.worker_list import WorkerList
 from homeport.mesh.discovery import TailnetLook, tailnet_peer_addresses
+from homeport.mesh.worker_probe import (
+    WORKER_CONNECT_TIMEOUT,
+    WORKER_SETTLE,
+    ProbeBackoff,
+    accepts_connection,
+)
 from homeport.net.localapi import LocalAPI, Status
 
 log = logging.getLogger(__name__)
-
-WORKER_CONNECT_TIMEOUT = 1.0  # seconds: a tailnet peer that answers at all answers by then
-# Seconds a connection must stay open, silent, to count: a refusing gate closes it sooner.
-WORKER_SETTLE = 1.0
 
 
 def worker_candidates(status: Status, port: int = config.WORKER_PORT) -> dict[str, str]:
@@ -43,29 +48,6 @@ def worker_candidates(status: Status, port: int = config.WORKER_PORT) -> dict[st
         if ipv4:
             found.setdefault(f"{ipv4[0]}:{port}", name)
     return found
-
-
-async def accepts_connection(endpoint: str, timeout: float = WORKER_CONNECT_TIMEOUT,
-                             settle: float = WORKER_SETTLE) -> bool:
-    """Whether ``endpoint`` accepts a TCP connection and keeps it open, saying nothing, for
-    ``settle`` seconds; it is closed without a byte sent."""
-    host, _, port = endpoint.rpartition(":")
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)),
-                                                timeout=timeout)
-    except (OSError, TimeoutError):
-        return False
-    try:
-        await asyncio.wait_for(reader.read(1), timeout=settle)
-    except TimeoutError:
-        return True  # still open and waiting for us: a gate that admitted this node
-    except OSError:
-        return False  # reset
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    return False  # closed (refused), or it spoke first: not a worker's gate
 
 
 async def configured_addresses(endpoints: tuple[str, ...]) -> set[str]:
@@ -97,6 +79,7 @@ class WorkerDiscovery(TailnetLook):
         self.connect_timeout = connect_timeout
         self.settle = settle
         self.found: dict[str, str] = {}  # endpoint → peer name, as of the last look
+        self.backoff = ProbeBackoff(interval)
 
     async def discover(self) -> None:
         candidates = worker_candidates(await self.localapi.status(peers=True), self.port)
@@ -104,11 +87,17 @@ class WorkerDiscovery(TailnetLook):
         configured = await configured_addresses(self.workers.configured)
         candidates = {endpoint: name for endpoint, name in candidates.items()
                       if endpoint not in configured}
+        # A peer no longer online (or gone, or now a configured worker) starts afresh.
+        self.backoff.keep(set(candidates))
+        probed = [endpoint for endpoint in candidates if self.backoff.due(endpoint)]
         answers = await asyncio.gather(*(
             accepts_connection(endpoint, self.connect_timeout, self.settle)
-            for endpoint in candidates))
-        found = {endpoint: name for (endpoint, name), up in zip(candidates.items(), answers,
-                                                                strict=True) if up}
+            for endpoint in probed))
+        for endpoint, up in zip(probed, answers, strict=True):
+            self.backoff.record(endpoint, up)
+        # A worker that accepted is probed at every look, so one not probed did not accept.
+        found = {endpoint: candidates[endpoint]
+                 for endpoint, up in zip(probed, answers, strict=True) if up}
         for endpoint, name in self.found.items():
             if endpoint not in found:
                 log.info("tailnet worker %s at %s is gone: models are no longer placed on it",
@@ -119,3 +108,5 @@ class WorkerDiscovery(TailnetLook):
                          name, endpoint)
         self.found = found
         self.workers.set_discovered(found)
+        for endpoint in found:
+            self.workers.saw(endpoint, True)

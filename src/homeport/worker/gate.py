@@ -6,9 +6,11 @@ through tensors. So the RPC servers listen on loopback (``slots``) and this gate
 worker's address. For each connection, before reading a byte from it, tailscaled says who the peer
 is (whois of its full ip:port) and the policy decides, as it does for the model server: the machine
 itself, the owner's devices, ``[[allow]]`` rules, a capability grant; tagged nodes only by their
-tags. A refused connection is closed having sent and forwarded nothing. An admitted one is joined
-to an idle RPC server once its first byte arrives (a bare connect, such as the server's check that
-the worker is up, never reaches ggml), then bytes are copied both ways until either side closes.
+tags. A refused connection is closed having sent and forwarded nothing; the first refusal of a
+peer is logged, the same one again at most every 10 minutes (``refusals``). An admitted one is
+joined to an idle RPC server once its first byte arrives (a bare connect, such as the server's
+check that the worker is up, never reaches ggml), then bytes are copied both ways until either
+side closes.
 One peer holds at most ``per_peer`` connections at once (``--max-connections-per-peer``): the next
 is closed as soon as it is admitted, so a runaway or hostile peer cannot take every slot and all
 the gate's memory. Accepted connections get TCP keepalive (``net.keepalive``): a server that
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -29,6 +32,7 @@ from homeport.net.addresses import format_host_port, parse_ip
 from homeport.net.localapi import LocalAPI, LocalAPIError
 from homeport.net.machine import MachineWatcher
 from homeport.net.policy import Policy
+from homeport.worker.refusals import RefusalLog
 from homeport.worker.slots import LOOPBACK, Slots
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ class Admission:
     allowed: bool
     who: str
     reason: str = ""
+    peer: str = ""  # who it is for the refusal log: its node, or its address without the port
 
 
 class WorkerGate:
@@ -56,12 +61,13 @@ class WorkerGate:
         self.per_peer = per_peer
         self._connections: set[asyncio.Task[None]] = set()
         self._held: Counter[str] = Counter()  # admitted connections open now, by peer
+        self.refusals = RefusalLog()
 
     async def admit(self, host: str, port: int) -> Admission:
         """Whether the peer at ``host:port`` may use this worker."""
         peer = parse_ip(host)
         if peer is None:
-            return Admission(False, host, "its address could not be read")
+            return Admission(False, host, "its address could not be read", host)
         view = await self.machine.current()
         # In userspace networking, tailscaled hands tailnet peers over from 127.0.0.1: only whois
         # tells them from this machine's own processes.
@@ -73,16 +79,17 @@ class WorkerGate:
         except LocalAPIError as exc:
             if exc.unreachable and peer.is_loopback:
                 return Admission(True, "this machine")
-            return Admission(False, address, f"tailscaled could not say who it is ({exc.message})")
+            return Admission(False, address, f"tailscaled could not say who it is ({exc.message})",
+                             str(peer))
         if whois is None:
             if peer.is_loopback:
                 return Admission(True, "this machine")  # not a peer tailscaled handed over
-            return Admission(False, address, "it is not on this tailnet")
+            return Admission(False, address, "it is not on this tailnet", str(peer))
         who = f"{whois.node_name} ({','.join(whois.tags) or whois.UserProfile.LoginName})"
         try:
             self.policy.grant_for(whois, view.owner_user_id)
         except ForbiddenError as exc:
-            return Admission(False, who, exc.message)
+            return Admission(False, who, exc.message, who)
         return Admission(True, who)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -107,7 +114,10 @@ class WorkerGate:
             keepalive.enable(sock)
         admission = await self.admit(str(peer[0]), int(peer[1]))
         if not admission.allowed:
-            log.warning("refused a connection from %s: %s", admission.who, admission.reason)
+            unsaid = self.refusals.note(admission.peer, admission.reason, time.monotonic())
+            if unsaid is not None:
+                log.warning("refused a connection from %s: %s%s", admission.who, admission.reason,
+                            f" (and {unsaid} more since the last such line)" if unsaid else "")
             return
         # By who the peer is, not its address: in userspace networking every peer comes from
         # 127.0.0.1, and one node may come from both of its tailnet addresses.
