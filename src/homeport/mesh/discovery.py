@@ -10,11 +10,11 @@ skipped, and so is this node itself. Nothing here runs on a request's path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import httpx
 
+from homeport.mesh.periodic import Periodic
 from homeport.mesh.upstreams import (
     NODE_ID_HEADER,
     Kind,
@@ -60,34 +60,25 @@ def tailnet_peers(status: Status, port: int = PEER_PORT) -> dict[str, str]:
     return found
 
 
-class TailnetLook:
+class TailnetLook(Periodic):
     """Looks at the tailnet now and every ``interval`` seconds, in the background, until closed
     (``discover``, in subclasses); while tailscaled does not answer, what was found stays."""
 
     what = "tailnet peers"  # for the log
 
     def __init__(self, localapi: LocalAPI, interval: float) -> None:
+        super().__init__(interval)
         self.localapi = localapi
-        self.interval = interval
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._discover_forever(), name=type(self).__name__)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().close()
         await self.localapi.aclose()
 
-    async def _discover_forever(self) -> None:
-        while True:
-            try:
-                await self.discover()
-            except LocalAPIError as exc:
-                log.debug("%s not looked for: %s", self.what, exc)
-            await asyncio.sleep(self.interval)
+    async def look(self) -> None:
+        try:
+            await self.discover()
+        except LocalAPIError as exc:
+            log.debug("%s not looked for: %s", self.what, exc)
 
     async def discover(self) -> None:
         raise NotImplementedError

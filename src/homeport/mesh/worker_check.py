@@ -13,11 +13,11 @@ configured worker, and one that fails is placed without (``engine.devices``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from homeport.engine.worker_list import WorkerList
 from homeport.humanize import format_duration
+from homeport.mesh.periodic import Periodic
 from homeport.mesh.worker_probe import (
     RETRY_CAP,
     WORKER_CONNECT_TIMEOUT,
@@ -29,33 +29,21 @@ from homeport.mesh.worker_probe import (
 log = logging.getLogger(__name__)
 
 
-class ConfiguredWorkerCheck:
+class ConfiguredWorkerCheck(Periodic):
     """Probes ``workers.configured`` now and every ``interval`` seconds until closed, and records
     each probe in ``workers`` (``WorkerList.saw``)."""
 
     def __init__(self, workers: WorkerList, interval: float,
                  connect_timeout: float = WORKER_CONNECT_TIMEOUT,
                  settle: float = WORKER_SETTLE) -> None:
+        super().__init__(interval)
         self.workers = workers
-        self.interval = interval
         self.connect_timeout = connect_timeout
         self.settle = settle
         self.backoff = ProbeBackoff(interval)
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._check_forever(), name=type(self).__name__)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _check_forever(self) -> None:
-        while True:
-            await self.check()
-            await asyncio.sleep(self.interval)
+    async def look(self) -> None:
+        await self.check()
 
     async def check(self) -> None:
         """One look: probe the workers that are due, and say when one starts or stops
