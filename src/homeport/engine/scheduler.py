@@ -369,7 +369,11 @@ class Scheduler:
             return drafts
         requests: list[DraftRequest] = []
         for slot in decoding:
-            limit = min(self._draft_limit(slot, room), self._model_draft_tokens(slot))
+            limit = self._draft_limit(slot, room)
+            if slot.job is not None and slot.job.draft_limit < 0:
+                # Each of a draft model's tokens costs it a decode: a request that sets no limit
+                # gets Ollama's default for separate draft models.
+                limit = min(limit, DEFAULT_DRAFT_TOKENS)
             if limit > 0:
                 requests.append(DraftRequest(slot.seq_id, [*slot.cache, slot.next_token], limit))
                 room -= limit
@@ -397,13 +401,6 @@ class Scheduler:
         if limit <= 0:
             return 0
         return min(limit, slot.policy.allowed())
-
-    @staticmethod
-    def _model_draft_tokens(slot: Slot) -> int:
-        """A draft model's tokens cost a decode each: a request that sets no limit gets
-        Ollama's default for separate draft models."""
-        job = slot.job
-        return job.draft_limit if job is not None and job.draft_limit > 0 else DEFAULT_DRAFT_TOKENS
 
     def _decode(self, parts: list[Part]) -> list[tuple[Part, list[int]]]:
         """Decode ``parts`` in one batch; the parts to sample and their logits' batch indexes
