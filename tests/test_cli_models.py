@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import httpx
 import pexpect
+import pytest
 
 from tests.conftest import MODEL
-from tests.support.server import PROJECT_SRC, free_port
+from tests.support.server import PROJECT_SRC, ServerProcess, free_port
 from tests.support.waiting import wait_for
 
 
@@ -23,14 +25,27 @@ def homeport(*args: str, endpoint: str | None, input_text: str | None = None,
                           capture_output=True, timeout=timeout, input=input_text)
 
 
-def test_run_with_a_prompt_streams_an_answer(base_url: str) -> None:
-    result = homeport("run", MODEL, "Write a haiku about ports", endpoint=base_url)
+@pytest.fixture(scope="module")
+def short(server: ServerProcess) -> Iterator[str]:
+    """A copy of the model whose parameters bound every answer: ``run`` has no num_predict flag,
+    and an unbounded answer may go on to the end of the context on a busy machine."""
+    name = "short-answers:latest"
+    created = httpx.post(f"{server.url}/api/create", timeout=120, json={
+        "model": name, "from": MODEL, "stream": False,
+        "parameters": {"num_predict": 24, "temperature": 0}})
+    assert created.status_code == 200, created.text
+    yield name
+    httpx.request("DELETE", f"{server.url}/api/delete", json={"model": name}, timeout=30)
+
+
+def test_run_with_a_prompt_streams_an_answer(base_url: str, short: str) -> None:
+    result = homeport("run", short, "Write a haiku about ports", endpoint=base_url)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.split()) >= 5
 
 
-def test_run_reads_the_prompt_from_stdin(base_url: str) -> None:
-    result = homeport("run", MODEL, endpoint=base_url, input_text="Say hello.")
+def test_run_reads_the_prompt_from_stdin(base_url: str, short: str) -> None:
+    result = homeport("run", short, endpoint=base_url, input_text="Say hello.")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
 
@@ -103,14 +118,7 @@ def test_interactive_run(base_url: str) -> None:
     assert child.exitstatus == 0
 
 
-def test_run_flags_as_ollama_run_has_them(base_url: str) -> None:
-    # ``run`` has no num_predict flag: a copy of the model whose parameters bound every answer
-    # keeps each run short however busy the machine is.
-    short = "short-answers:latest"
-    created = httpx.post(f"{base_url}/api/create", timeout=120, json={
-        "model": short, "from": MODEL, "stream": False,
-        "parameters": {"num_predict": 12, "temperature": 0}})
-    assert created.status_code == 200, created.text
+def test_run_flags_as_ollama_run_has_them(base_url: str, short: str) -> None:
     verbose = homeport("run", short, "Say hello.", "--verbose", endpoint=base_url)
     assert verbose.returncode == 0, verbose.stderr
     assert verbose.stdout.strip()
@@ -125,7 +133,6 @@ def test_run_flags_as_ollama_run_has_them(base_url: str) -> None:
     refused = homeport("run", short, "hi", "--think", "true", endpoint=base_url)
     assert refused.returncode == 1
     assert "does not support thinking" in refused.stderr
-    httpx.request("DELETE", f"{base_url}/api/delete", json={"model": short}, timeout=30)
 
 
 
