@@ -4,8 +4,9 @@ Two servers on freshly loaded models, one with speculation (the default) and one
 HOMEPORT_SPECULATION=false, get the same greedy requests: an edit that copies code, an ordinary
 chat, and both at once beside a third stream (another batch composition). The answers must match
 token for token, and only the speculating server's /metrics count drafted and accepted tokens.
-The same holds for a model whose drafts come from a draft model (Ollama's DRAFT line): SmolLM2
-drafting for itself, which can only change how many tokens a step confirms.
+The same holds for a model with a draft model (Ollama's DRAFT line): SmolLM2 drafting for itself,
+which can only change how many tokens a step confirms; its drafts come from the request's own text
+where that has one and from the draft model otherwise, both counted.
 
 Both run without flash attention: llama.cpp's CPU flash attention sums a single token's attention
 in another order than several tokens', so with it a drafted token's logits differ from its logits
@@ -89,9 +90,9 @@ def _answers(url: str, model: str = MODEL) -> dict[str, Any]:
     return asyncio.run(run())
 
 
-def _drafted(url: str, model: str = MODEL) -> tuple[float, float]:
-    return (value(url, "homeport_drafted_tokens_total", model=model),
-            value(url, "homeport_draft_accepted_tokens_total", model=model))
+def _drafted(url: str, model: str = MODEL, source: str = "prompt") -> tuple[float, float]:
+    return (value(url, "homeport_drafted_tokens_total", model=model, source=source),
+            value(url, "homeport_draft_accepted_tokens_total", model=model, source=source))
 
 
 def test_greedy_answers_are_the_same_with_and_without_speculation(
@@ -102,6 +103,7 @@ def test_greedy_answers_are_the_same_with_and_without_speculation(
     drafted, accepted = _drafted(speculating.url)
     assert drafted > 0
     assert 0 < accepted <= drafted
+    assert _drafted(speculating.url, source="model") == (0, 0)
     assert _drafted(plain.url) == (0, 0)
 
 
@@ -115,9 +117,10 @@ def test_a_draft_model_changes_no_greedy_answer(speculating: ServerProcess,
     assert created.status_code == 200, created.text
 
     assert _answers(speculating.url, DRAFTED) == _answers(plain.url)
-    drafted, accepted = _drafted(speculating.url, f"{DRAFTED}:latest")
-    assert drafted > 0
-    assert 0 < accepted <= drafted
+    for source in ("model", "prompt"):
+        drafted, accepted = _drafted(speculating.url, f"{DRAFTED}:latest", source)
+        assert drafted > 0, source
+        assert 0 < accepted <= drafted, source
     assert "drafting with sha256-" in speculating.log()
     # /api/ps counts the draft model beside the model: its weights and caches besides.
     client.generate(DRAFTED, prompt="", keep_alive="5m")

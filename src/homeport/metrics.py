@@ -30,12 +30,13 @@ PROMPT_CACHE_EVENTS = Counter(
     "Slot states saved for returning conversations, and restored when one returned, by model",
     ["model", "event"], registry=REGISTRY)
 DRAFTED_TOKENS = Counter(
-    "homeport_drafted_tokens", "Tokens drafted for speculative decoding, by model", ["model"],
-    registry=REGISTRY)
+    "homeport_drafted_tokens",
+    "Tokens drafted for speculative decoding, by model and source (the request's own tokens: "
+    "prompt; a draft model: model)", ["model", "source"], registry=REGISTRY)
 DRAFT_ACCEPTED_TOKENS = Counter(
     "homeport_draft_accepted_tokens",
-    "Drafted tokens the model confirmed (each saved one decode step), by model", ["model"],
-    registry=REGISTRY)
+    "Drafted tokens the model confirmed (each saved one decode step), by model and source",
+    ["model", "source"], registry=REGISTRY)
 TIME_TO_FIRST_TOKEN = Histogram(
     "homeport_time_to_first_token_seconds", "From submission to the first sampled token",
     ["model"], registry=REGISTRY,

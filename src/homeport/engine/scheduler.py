@@ -13,8 +13,9 @@ taken by another conversation, its state is kept in host memory (``engine.prompt
 a budget) and restored when a prompt with that prefix returns.
 
 With speculation on, a running request's next token may bring a draft: the tokens that followed
-the same few tokens earlier in its prompt or output (``engine.drafting``), or, when the model names
-a draft model, that model's greedy guess (``engine.draft_model``). The draft is decoded in
+the same few tokens earlier in its prompt or output (``engine.drafting``), or, when there are none
+and the model names a draft model, that model's greedy guess (``engine.draft_model``): the first
+costs nothing to make, the second a decode of the draft model per token. The draft is decoded in
 the same step, with logits at every position, and the request's own sampler samples them in order
 for as long as it picks exactly the drafted token; the first token it picks otherwise ends the
 draft, and the cells of the tokens it refused are dropped. Each emitted token is still sampled once,
@@ -180,7 +181,8 @@ class Slot:
     next_token: int = -1  # sampled, to be decoded in the next step
     last_used: float = 0.0
     drafter: NgramDrafter | None = None  # the running request's tokens, when speculating
-    policy: DraftPolicy = field(default_factory=DraftPolicy)
+    policy: DraftPolicy = field(default_factory=DraftPolicy)  # paces drafts from its own tokens
+    model_policy: DraftPolicy = field(default_factory=DraftPolicy)  # and the draft model's
     awaiting: Awaited | None = None  # evaluates nothing until its leader has the prefix
 
     @property
@@ -197,6 +199,7 @@ class Part:
     start: int  # the position of the first token
     sample: bool  # whether to sample from the last token's logits
     drafted: int = 0  # the last ``drafted`` tokens are a draft, each with its logits
+    drafted_by_model: bool = False  # the draft model's draft, not one from the request's tokens
 
 
 class Scheduler:
@@ -334,10 +337,11 @@ class Scheduler:
         room = self.n_batch - len(decoding)
         drafts = self._drafts(decoding, room)
         for slot in decoding:
-            draft = drafts.get(slot.seq_id, [])
+            draft, by_model = drafts.get(slot.seq_id, ([], False))
             room -= len(draft)
             tokens = [slot.next_token, *draft]
-            parts.append(Part(slot, tokens, len(slot.cache), sample=True, drafted=len(draft)))
+            parts.append(Part(slot, tokens, len(slot.cache), sample=True, drafted=len(draft),
+                              drafted_by_model=by_model))
             slot.cache.extend(tokens)
         for slot in sorted((s for s in self.slots if s.prefilling and s.awaiting is None),
                            key=lambda s: s.job.admitted_at if s.job else 0.0):
@@ -356,20 +360,22 @@ class Scheduler:
             slot.cursor = end
         return parts
 
-    def _drafts(self, decoding: list[Slot], room: int) -> dict[int, list[int]]:
-        """The tokens to verify after each decoding slot's next token this step, by sequence id
-        (none without speculation), within ``room`` tokens of the batch."""
-        if self.draft_model is None:
-            drafts: dict[int, list[int]] = {}
-            for slot in decoding:
-                limit = self._draft_limit(slot, room)
-                if limit > 0 and slot.drafter is not None:
-                    drafts[slot.seq_id] = draft = slot.drafter.draft(limit)
-                    room -= len(draft)
-            return drafts
+    def _drafts(self, decoding: list[Slot], room: int) -> dict[int, tuple[list[int], bool]]:
+        """The tokens to verify after each decoding slot's next token this step, by sequence id,
+        and whether the draft model made them (none without speculation), within ``room`` tokens
+        of the batch. The request's own tokens are asked first: copying needs no model."""
+        drafts: dict[int, tuple[list[int], bool]] = {}
         requests: list[DraftRequest] = []
         for slot in decoding:
-            limit = self._draft_limit(slot, room)
+            limit = self._draft_limit(slot, room, slot.policy)
+            draft = slot.drafter.draft(limit) if slot.drafter is not None and limit > 0 else []
+            if draft:
+                drafts[slot.seq_id] = (draft, False)
+                room -= len(draft)
+                continue
+            if self.draft_model is None:
+                continue
+            limit = self._draft_limit(slot, room, slot.model_policy)
             if slot.job is not None and slot.job.draft_limit < 0:
                 # Each of a draft model's tokens costs it a decode: a request that sets no limit
                 # gets Ollama's default for separate draft models.
@@ -377,6 +383,13 @@ class Scheduler:
             if limit > 0:
                 requests.append(DraftRequest(slot.seq_id, [*slot.cache, slot.next_token], limit))
                 room -= limit
+        if requests:
+            drafts.update((seq_id, (draft, True))
+                          for seq_id, draft in self._model_drafts(requests).items())
+        return drafts
+
+    def _model_drafts(self, requests: list[DraftRequest]) -> dict[int, list[int]]:
+        assert self.draft_model is not None
         try:
             return self.draft_model.draft(requests)
         except EngineError as error:  # the answer does not need a draft: go on without one
@@ -385,9 +398,9 @@ class Scheduler:
             self.draft_model.reset()
             return {}
 
-    def _draft_limit(self, slot: Slot, room: int) -> int:
-        """The longest draft the slot may verify this step (0: none); counts a paused step of its
-        draft policy."""
+    def _draft_limit(self, slot: Slot, room: int, policy: DraftPolicy) -> int:
+        """The longest draft the slot may verify this step (0: none); counts a paused step of
+        ``policy``."""
         job = slot.job
         if slot.drafter is None or job is None or job.draft_limit == 0:
             return 0
@@ -400,7 +413,7 @@ class Scheduler:
             limit = min(limit, job.draft_limit)
         if limit <= 0:
             return 0
-        return min(limit, slot.policy.allowed())
+        return min(limit, policy.allowed())
 
     def _decode(self, parts: list[Part]) -> list[tuple[Part, list[int]]]:
         """Decode ``parts`` in one batch; the parts to sample and their logits' batch indexes
@@ -471,9 +484,11 @@ class Scheduler:
             job.draft_accepted += 1
         if not self.model.forget(slot.seq_id, len(slot.cache)):
             raise EngineError("the cells of a refused draft could not be dropped")
-        slot.policy.record(len(draft), confirmed)
-        metrics.DRAFTED_TOKENS.labels(self.label).inc(len(draft))
-        metrics.DRAFT_ACCEPTED_TOKENS.labels(self.label).inc(confirmed)
+        policy = slot.model_policy if part.drafted_by_model else slot.policy
+        policy.record(len(draft), confirmed)
+        source = "model" if part.drafted_by_model else "prompt"
+        metrics.DRAFTED_TOKENS.labels(self.label, source).inc(len(draft))
+        metrics.DRAFT_ACCEPTED_TOKENS.labels(self.label, source).inc(confirmed)
 
     def _accept(self, slot: Slot, token: int, now: float) -> bool:
         """Take one sampled token; False when it ended the request."""
@@ -645,6 +660,7 @@ class Scheduler:
         if self.speculation:
             slot.drafter = NgramDrafter(job.prompt)
             slot.policy = DraftPolicy()
+            slot.model_policy = DraftPolicy()
         slot.awaiting = self._leader(slot, job.prompt, common_prefix(slot.cache, job.prompt))
         job.admitted_at = time.perf_counter()
         metrics.BUSY_SLOTS.labels(self.label).inc()
