@@ -24,7 +24,7 @@ from tests.conftest import MODEL
 from tests.support.fake_tailscaled import FakeTailscaled, Node
 from tests.support.netns import Lab, Peer
 from tests.support.server import ServerProcess
-from tests.support.tailnet import TailnetServer, tailnet_lab, wait_for_audit
+from tests.support.tailnet import TailnetServer, audit_lines, tailnet_lab, wait_for_audit
 
 CAPABILITY = "example.com/cap/homeport"
 
@@ -154,6 +154,7 @@ def test_a_stranger_routing_to_the_tailnet_address_is_still_refused(
 
 def test_an_allowed_user_streams_an_answer(tailnet: TailnetServer) -> None:
     alice = tailnet.lab.peers["alice"]
+    before = len(audit_lines(tailnet.server.home))
     result = tailnet.ollama(alice, "chat", MODEL, "--num-predict", "6")
     assert result["status"] == 200, result
     assert result["chunks"] >= 2
@@ -162,7 +163,8 @@ def test_an_allowed_user_streams_an_answer(tailnet: TailnetServer) -> None:
     # whois was asked with the peer's full ip:port
     assert any(re.fullmatch(rf"{re.escape(alice.ipv4)}:\d+", addr)
                for addr in whois_addresses(tailnet))
-    line = wait_for_audit(tailnet.server.home, route="/api/chat", identity="alice@example.com")
+    line = wait_for_audit(tailnet.server.home, before, route="/api/chat",
+                          identity="alice@example.com")
     assert line["node"] == "alice-laptop"
     assert line["via"] == "tailnet"
     assert line["model"] == MODEL
@@ -499,9 +501,10 @@ def test_tailscale_serve_through_the_unix_socket_proxy(tailnet: TailnetServer) -
         args = [item for header in headers for item in ("-H", header)]
         return tailnet.curl(None, url, "--unix-socket", sock, *args, *show).status
 
+    before = len(audit_lines(tailnet.server.home))
     assert through_serve(f"X-Forwarded-For: {alice.ipv4}",
                          "Tailscale-User-Login: alice@example.com") == 200
-    entry = wait_for_audit(tailnet.server.home, route="/api/show", via="proxy")
+    entry = wait_for_audit(tailnet.server.home, before, route="/api/show", via="proxy")
     assert entry["identity"] == "alice@example.com"
     assert entry["address"] == alice.ipv4  # the client tailscale serve forwarded
     assert through_serve(f"X-Forwarded-For: {bob.ipv4}",
@@ -524,11 +527,12 @@ def test_a_loopback_proxy_must_be_named_in_the_policy(tailnet: TailnetServer) ->
     assert '[serve] proxy = "127.0.0.1"' in refused.json()["error"]
     tailnet.apply_policy('[[allow]]\nlogins = ["alice@example.com"]\nmodels = ["llama*"]\n'
                          '[serve]\nproxy = "127.0.0.1"\n')
+    before = len(audit_lines(tailnet.server.home))
     as_alice = tailnet.curl(None, url, *forwarded, *show)
     assert as_alice.status == 403  # now it is alice, and alice may only use llama*
     assert "alice@example.com may not use model" in as_alice.json()["error"]
-    entry = wait_for_audit(tailnet.server.home, route="/api/show", via="proxy", status=403,
-                           identity="alice@example.com")
+    entry = wait_for_audit(tailnet.server.home, before, route="/api/show", via="proxy",
+                           status=403, identity="alice@example.com")
     assert entry["address"] == alice.ipv4  # where she is, not the proxy's 127.0.0.1
     assert tailnet.curl(None, url, *show).status == 200
 
@@ -560,9 +564,10 @@ def test_a_loopback_proxy_in_userspace_mode_is_told_apart_from_forwarded_peers(
 
 def test_homeport_audit_summarises_who_used_what(tailnet: TailnetServer) -> None:
     alice, bob = tailnet.lab.peers["alice"], tailnet.lab.peers["bob"]
+    before = len(audit_lines(tailnet.server.home))
     assert tailnet.ollama(alice, "show", MODEL)["status"] == 200
     assert tailnet.ollama(bob, "show", MODEL)["status"] == 403
-    wait_for_audit(tailnet.server.home, identity="bob@example.com", status=403)
+    wait_for_audit(tailnet.server.home, before, identity="bob@example.com", status=403)
     env = dict(tailnet.server.env)
     table = subprocess.run([sys.executable, "-m", "homeport", "audit", "--since", "1h"],
                            env={**env, "COLUMNS": "160"}, capture_output=True, text=True,

@@ -186,34 +186,61 @@ def test_configured_workers_are_shown_and_discovery_can_be_turned_off(tmp_path: 
         fake.stop()
 
 
-def _discovered_beside(configured: tuple[str, ...], tmp_path: Path) -> tuple[tuple[str, ...], int]:
-    """What one look finds when this machine's tailnet lists one peer at 127.0.0.1 whose worker
-    port holds a silent connection open, as an admitting gate does; and that port."""
-    async def look() -> tuple[tuple[str, ...], int]:
-        held: list[asyncio.StreamWriter] = []
+class _Desktop:
+    """A fake tailscaled listing one online peer, "desktop", at 127.0.0.1, whose worker port
+    counts each connection and holds it open, as a gate that admits this node does, or closes it
+    at once, as one that refuses it does; and the discoveries made over it, closed with it."""
 
-        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            held.append(writer)
+    def __init__(self, home: Path, admitting: bool = True) -> None:
+        self.admitting = admitting
+        self.connections = 0
+        self.port = 0
+        self.fake = FakeTailscaled(home / "tailscaled.sock")
+        self.fake.state.self_ips = [SELF_IP]
+        self.fake.state.peers["desktop"] = Peer("desktop", ["127.0.0.1"])
+        self._held: list[asyncio.StreamWriter] = []
+        self._listener: asyncio.Server | None = None
+        self._discoveries: list[WorkerDiscovery] = []
 
-        listener = await asyncio.start_server(hold, "127.0.0.1", 0)
-        port = int(listener.sockets[0].getsockname()[1])
-        tmp_path.mkdir()
-        fake = FakeTailscaled(tmp_path / "tailscaled.sock")
-        fake.state.self_ips = [SELF_IP]
-        fake.state.peers["desktop"] = Peer("desktop", ["127.0.0.1"])
-        fake.start()
-        workers = WorkerList(tuple(endpoint.format(port=port) for endpoint in configured))
-        discovery = WorkerDiscovery(LocalAPI(fake.socket_path), workers, 60, port=port,
-                                    settle=0.2)
-        try:
-            await discovery.discover()
-            return workers(), port
-        finally:
+    async def _gate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        if self.admitting:
+            self._held.append(writer)
+        else:
+            writer.close()
+
+    def discovery(self, workers: WorkerList, interval: float) -> WorkerDiscovery:
+        discovery = WorkerDiscovery(LocalAPI(self.fake.socket_path), workers, interval,
+                                    port=self.port, settle=0.2)
+        self._discoveries.append(discovery)
+        return discovery
+
+    async def __aenter__(self) -> _Desktop:
+        self._listener = await asyncio.start_server(self._gate, "127.0.0.1", 0)
+        self.port = int(self._listener.sockets[0].getsockname()[1])
+        self.fake.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for discovery in self._discoveries:
             await discovery.localapi.aclose()
-            fake.stop()
-            for writer in held:
-                writer.close()
-            listener.close()
+        self.fake.stop()
+        for writer in self._held:
+            writer.close()
+        if self._listener is not None:
+            self._listener.close()
+
+
+def _discovered_beside(configured: tuple[str, ...], home: Path) -> tuple[tuple[str, ...], int]:
+    """What one look finds when this machine's tailnet lists one peer at 127.0.0.1 whose worker
+    port admits this node; and that port."""
+    async def look() -> tuple[tuple[str, ...], int]:
+        home.mkdir()
+        async with _Desktop(home) as desktop:
+            workers = WorkerList(tuple(endpoint.format(port=desktop.port)
+                                       for endpoint in configured))
+            await desktop.discovery(workers, 60).discover()
+            return workers(), desktop.port
 
     return asyncio.run(look())
 
@@ -262,47 +289,28 @@ def test_discovery_backs_off_a_refusing_peer_and_finds_it_once_it_admits(tmp_pat
     """One peer whose worker port closes each connection at once, as a gate that refuses this node
     does, then holds them open, as one that admits it: each look is one ``discover()``."""
     async def looks() -> None:
-        connections = 0
-        admitting = False
-        held: list[asyncio.StreamWriter] = []
-
-        async def gate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal connections
-            connections += 1
-            if admitting:
-                held.append(writer)
-            else:
-                writer.close()
-
-        listener = await asyncio.start_server(gate, "127.0.0.1", 0)
-        port = int(listener.sockets[0].getsockname()[1])
-        fake = FakeTailscaled(tmp_path / "tailscaled.sock")
-        fake.state.self_ips = [SELF_IP]
-        fake.state.peers["desktop"] = Peer("desktop", ["127.0.0.1"])
-        fake.start()
-        workers = WorkerList()
-        interval = 60.0  # at most 10 looks apart
-        discovery = WorkerDiscovery(LocalAPI(fake.socket_path), workers, interval, port=port,
-                                    settle=0.2)
-        endpoint = f"127.0.0.1:{port}"
-        try:
+        async with _Desktop(tmp_path, admitting=False) as desktop:
+            workers = WorkerList()
+            interval = 60.0  # at most 10 looks apart
+            discovery = desktop.discovery(workers, interval)
+            endpoint = f"127.0.0.1:{desktop.port}"
             for _ in range(8):
                 await discovery.discover()
-            assert connections == 4  # looks 0, 1, 3 and 7
+            assert desktop.connections == 4  # looks 0, 1, 3 and 7
             assert workers() == ()
             # Offline, it is not probed; back online, it is probed at the next look.
-            fake.state.peers["desktop"].online = False
+            desktop.fake.state.peers["desktop"].online = False
             await discovery.discover()
-            assert connections == 4
-            fake.state.peers["desktop"].online = True
+            assert desktop.connections == 4
+            desktop.fake.state.peers["desktop"].online = True
             await discovery.discover()
-            assert connections == 5
+            assert desktop.connections == 5
             for _ in range(7):  # looks 1 to 7: probed at 1, 3 and 7, the next at 15
                 await discovery.discover()
-            assert connections == 8
+            assert desktop.connections == 8
             assert discovery.backoff.failures(endpoint) == 4
             # The worker starts admitting this node: found within the schedule's looks.
-            admitting = True
+            desktop.admitting = True
             taken = 0
             while not workers():
                 await discovery.discover()
@@ -315,12 +323,6 @@ def test_discovery_backs_off_a_refusing_peer_and_finds_it_once_it_admits(tmp_pat
             assert seen.accepting
             # Found, it is probed at every look.
             await discovery.discover()
-            assert connections == 10
-        finally:
-            await discovery.localapi.aclose()
-            fake.stop()
-            for writer in held:
-                writer.close()
-            listener.close()
+            assert desktop.connections == 10
 
     asyncio.run(looks())
