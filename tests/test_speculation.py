@@ -23,12 +23,15 @@ from typing import Any
 
 import httpx
 import ollama
+import psutil
 import pytest
 
+from bench.editor_prompts import edit_task
 from tests.conftest import MODEL
 from tests.support.metrics import value
-from tests.support.models import bundled_gguf
+from tests.support.models import GEMMA, WITH_GEMMA, bundled_gguf
 from tests.support.server import ServerProcess
+from tests.test_runners import runner_pids
 
 REGION = "\n".join((Path(__file__).resolve().parents[1] / "src" / "homeport" / "engine"
                     / "drafting.py").read_text().splitlines()[24:52])
@@ -48,7 +51,7 @@ def _server(tmp_path_factory: pytest.TempPathFactory, speculation: str) -> Itera
     process = ServerProcess(tmp_path_factory.mktemp(f"speculation-{speculation}"),
                             env={"HOMEPORT_CONTEXT_LENGTH": "2048",
                                  "HOMEPORT_FLASH_ATTENTION": "false",
-                                 "HOMEPORT_SPECULATION": speculation})
+                                 "HOMEPORT_SPECULATION": speculation, **WITH_GEMMA})
     process.start()
     yield process
     process.stop()
@@ -90,6 +93,12 @@ def _answers(url: str, model: str = MODEL) -> dict[str, Any]:
     return asyncio.run(run())
 
 
+# Gemma 3 270M is a base model that copies its input: the editor bench's edit (a region, a comment
+# asking for it again with one change, and its first line), raw.
+GEMMA_EDIT = {"model": GEMMA, "raw": True, "stream": False, "prompt": edit_task().prompt,
+              "options": {"temperature": 0, "num_predict": 300}}
+
+
 def _drafted(url: str, model: str = MODEL, source: str = "prompt") -> tuple[float, float]:
     return (value(url, "homeport_drafted_tokens_total", model=model, source=source),
             value(url, "homeport_draft_accepted_tokens_total", model=model, source=source))
@@ -129,3 +138,30 @@ def test_a_draft_model_changes_no_greedy_answer(speculating: ServerProcess,
     plain_client.generate(MODEL, prompt="", keep_alive="5m")
     alone = next(model for model in plain_client.ps().models if model.model == MODEL)
     assert drafting.size > alone.size + gguf.stat().st_size
+
+
+def test_gemma_copies_the_same_with_and_without_speculation(speculating: ServerProcess,
+                                                             plain: ServerProcess) -> None:
+    """Gemma's Q4_K and Q6_K weights have kernels of their own for 4 and for 8 tokens a step
+    (repacked weights, tiled matmuls): a speculating runner keeps them off, so a draft changes
+    none of its logits either, alone or beside another stream."""
+
+    async def copies(url: str) -> list[str]:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+            alone = await http.post("/api/generate", json=GEMMA_EDIT)
+            beside = await asyncio.gather(http.post("/api/generate", json=GEMMA_EDIT),
+                                          http.post("/api/chat", json={**CHAT, "model": GEMMA}))
+        assert all(reply.status_code == 200 for reply in (alone, *beside))
+        return [alone.json()["response"], beside[0].json()["response"],
+                beside[1].json()["message"]["content"]]
+
+    with_drafts = asyncio.run(copies(speculating.url))
+    assert with_drafts == asyncio.run(copies(plain.url))
+    assert len(with_drafts[0]) > 200
+    drafted, accepted = _drafted(speculating.url, GEMMA)
+    assert 100 < accepted <= drafted  # much of the copy came from drafts
+    # The runners, still loaded: only the speculating one runs without the tiled kernels.
+    speculating_env = psutil.Process(runner_pids(speculating)[GEMMA]).environ()
+    plain_env = psutil.Process(runner_pids(plain)[GEMMA]).environ()
+    assert speculating_env.get("GGML_CPU_TILED_MM") == "0"
+    assert "GGML_CPU_TILED_MM" not in plain_env

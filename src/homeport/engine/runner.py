@@ -28,7 +28,12 @@ from typing import Any
 from prometheus_client import Gauge
 
 from homeport import metrics
-from homeport.engine.llama_types import ContextSettings, EngineError, Offload
+from homeport.engine.llama_types import (
+    ContextSettings,
+    EngineError,
+    Offload,
+    kernel_environment,
+)
 from homeport.engine.runner_protocol import HEADER, MetricOp, body_size, frame, parse
 from homeport.engine.scheduler import EmbeddingJob, Failed, Finished, Job
 from homeport.errors import BadRequestError, HomeportError
@@ -112,7 +117,7 @@ class RunnerClient:
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
                 # An abort's message is enough: ggml's backtrace attaches gdb to the dying
                 # runner, which takes seconds (minutes on a busy machine) and prints paths.
-                env={**os.environ, "GGML_NO_BACKTRACE": "1"},
+                env={**os.environ, "GGML_NO_BACKTRACE": "1", **kernel_environment(self.settings)},
                 stderr=asyncio.subprocess.PIPE, limit=STDERR_LINE_LIMIT)
         except BaseException:
             ours.close()

@@ -1,0 +1,78 @@
+"""Run as a process (ggml reads its kernel switches once per process): how many positions' logits
+differ, bit for bit, between a greedy continuation decoded one token a step and the same tokens
+decoded ``--step`` at a time, on a model loaded as a runner with ``--speculation`` loads it.
+
+    python -m tests.support.step_logits MODEL.gguf --speculation true --step 8
+
+prints one JSON object: {"positions": N, "differ": D}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+
+PROMPT = (Path(__file__).resolve().parents[2] / "src" / "homeport" / "engine"
+          / "drafting.py").read_text()[:2400]
+CONTINUATION = 48
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("gguf", type=Path)
+    parser.add_argument("--speculation", choices=("true", "false"), required=True)
+    parser.add_argument("--step", type=int, default=8)
+    args = parser.parse_args()
+    from homeport.engine.llama_types import ContextSettings, kernel_environment
+
+    settings = ContextSettings(n_ctx_per_seq=2048, n_seq=1, flash_attention="off",
+                               speculation=args.speculation == "true")
+    os.environ.update(kernel_environment(settings))  # as the runner's spawn does
+    from homeport.engine.llama import Batch, LlamaModel
+
+    model = LlamaModel(args.gguf, settings)
+    batch = Batch(settings.n_batch)
+    prompt = model.tokenize(PROMPT)[:1000]
+
+    def decode(tokens: list[int], start: int) -> list[str]:
+        """Decode ``tokens`` from ``start`` on, ``len(tokens)`` at most a step of n_batch; the
+        digest of each one's logits."""
+        batch.clear()
+        for offset, token in enumerate(tokens):
+            batch.add(token, start + offset, 0, want_logits=True)
+        model.decode(batch)
+        return [hashlib.sha256(model.logits(index).tobytes()).hexdigest()
+                for index in range(len(tokens))]
+
+    def evaluate_prompt() -> None:
+        model.forget(0)
+        for start in range(0, len(prompt), settings.n_batch):
+            chunk = prompt[start:start + settings.n_batch]
+            batch.clear()
+            for offset, token in enumerate(chunk):
+                batch.add(token, start + offset, 0, want_logits=offset == len(chunk) - 1)
+            model.decode(batch)
+
+    evaluate_prompt()
+    continuation = [int(model.logits(batch.n_tokens - 1).argmax())]
+    alone: list[str] = []
+    for _ in range(CONTINUATION):
+        [digest] = decode([continuation[-1]], len(prompt) + len(continuation) - 1)
+        alone.append(digest)
+        continuation.append(int(model.logits(0).argmax()))
+
+    evaluate_prompt()
+    stepped: list[str] = []
+    for start in range(0, CONTINUATION, args.step):
+        tokens = continuation[start:min(start + args.step, CONTINUATION)]
+        stepped += decode(tokens, len(prompt) + start)
+    model.close()
+    print(json.dumps({"positions": CONTINUATION,
+                      "differ": sum(a != b for a, b in zip(alone, stepped, strict=True))}))
+
+
+if __name__ == "__main__":
+    main()
