@@ -6,9 +6,9 @@ scheduler appends such a draft after a slot's next token, decodes them all in on
 other slots' tokens), and keeps the drafted tokens for as long as the model would have sampled
 exactly them. Making a draft costs a dictionary lookup; a wrong one costs the extra positions of
 one batched decode, so the draft length adapts to how often drafts are taken, and drafting pauses
-for a while after several drafts in a row were refused outright. The same policy paces a draft
-model's drafts (``engine.draft_model``), which are also capped at a few tokens a step: each one
-costs the draft model a decode.
+for a while after several drafts in a row were refused outright. A policy of its own paces a draft
+model's drafts (``engine.draft_model``, asked when the request's own tokens have none), which are
+also capped at a few tokens a step: each one costs the draft model a decode.
 """
 
 from __future__ import annotations
