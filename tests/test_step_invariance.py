@@ -1,10 +1,12 @@
-"""Speculation is exact only if a token's logits do not depend on how many tokens its step holds.
+"""Speculation and batching are exact only if a token's logits do not depend on how many tokens
+its step holds.
 
-A runner that speculates loads its model without ggml's repacked CPU weights and its tiled K-quant
-kernels (``kernel_environment``, ``LlamaModel``); these tests load Gemma 3 270M (Q4_K) that way in
-a process of its own (ggml reads its switches once per process) and compare each position's logits,
-bit for bit, decoded one token a step and several. Loaded as a runner that does not speculate
-loads it, the same model's logits do change with the step size: what the first test guards against.
+A runner that speculates, or runs without flash attention, loads its model without ggml's
+repacked CPU weights and its tiled K-quant kernels (``kernel_environment``, ``LlamaModel``); these
+tests load Gemma 3 270M (Q4_K) as such a runner would, in a process of its own (ggml reads its
+switches once per process), and compare each position's logits, bit for bit, decoded one token a
+step and several. Loaded for speed (flash attention on, no speculation: the default), the same
+model's logits do change with the step size: what the first test guards against.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from tests.support.models import gemma_gguf
 from tests.support.server import PROJECT_SRC
 
 
-def _positions_that_differ(speculation: str, step: int) -> int:
+def _positions_that_differ(step: int, *, speculation: str, flash_attention: str) -> int:
     result = subprocess.run(
         [sys.executable, "-m", "tests.support.step_logits", str(gemma_gguf()),
-         "--speculation", speculation, "--step", str(step)],
+         "--speculation", speculation, "--flash-attention", flash_attention, "--step", str(step)],
         capture_output=True, text=True, timeout=600, check=True,
         env={**{name: value for name, value in os.environ.items()
                 if not name.startswith("GGML_")},
@@ -35,8 +37,12 @@ def _positions_that_differ(speculation: str, step: int) -> int:
 
 @pytest.mark.parametrize("step", [2, 4, 8, 16])
 def test_a_speculating_runners_logits_do_not_depend_on_the_step_size(step: int) -> None:
-    assert _positions_that_differ("true", step) == 0
+    assert _positions_that_differ(step, speculation="true", flash_attention="off") == 0
 
 
-def test_loaded_to_decode_only_its_logits_do() -> None:
-    assert _positions_that_differ("false", 8) > 0
+def test_without_flash_attention_they_do_not_either() -> None:
+    assert _positions_that_differ(8, speculation="false", flash_attention="off") == 0
+
+
+def test_loaded_for_speed_they_do() -> None:
+    assert _positions_that_differ(8, speculation="false", flash_attention="on") > 0

@@ -1,8 +1,8 @@
 """Run as a process (ggml reads its kernel switches once per process): how many positions' logits
 differ, bit for bit, between a greedy continuation decoded one token a step and the same tokens
-decoded ``--step`` at a time, on a model loaded as a runner with ``--speculation`` loads it.
+decoded ``--step`` at a time, on a model loaded as a runner with these settings loads it.
 
-    python -m tests.support.step_logits MODEL.gguf --speculation true --step 8
+    python -m tests.support.step_logits MODEL.gguf --speculation true --flash-attention off --step 8
 
 prints one JSON object: {"positions": N, "differ": D}.
 """
@@ -24,11 +24,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("gguf", type=Path)
     parser.add_argument("--speculation", choices=("true", "false"), required=True)
+    parser.add_argument("--flash-attention", choices=("on", "off"), required=True)
     parser.add_argument("--step", type=int, default=8)
     args = parser.parse_args()
     from homeport.engine.llama_types import ContextSettings, kernel_environment
 
-    settings = ContextSettings(n_ctx_per_seq=2048, n_seq=1, flash_attention="off",
+    settings = ContextSettings(n_ctx_per_seq=2048, n_seq=1, flash_attention=args.flash_attention,
                                speculation=args.speculation == "true")
     os.environ.update(kernel_environment(settings))  # as the runner's spawn does
     from homeport.engine.llama import Batch, LlamaModel

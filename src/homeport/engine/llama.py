@@ -328,9 +328,9 @@ class LlamaModel:
             rpc.add_servers(list(offload.rpc_servers))  # aborts when a worker does not answer
         model_params = llama_cpp.llama_model_default_params()
         model_params.use_mmap = True
-        # Repacked CPU weights are multiplied by other kernels from 4 tokens a step on: a drafted
-        # token's logits would then differ from its logits decoded alone (kernel_environment).
-        model_params.use_extra_bufts = not settings.speculation
+        # Repacked CPU weights are multiplied by other kernels from 4 tokens a step on: a token's
+        # logits would then depend on how many its step holds (kernel_environment).
+        model_params.use_extra_bufts = not settings.same_logits_at_any_step
         self._offload_arrays = _set_offload(model_params, offload or Offload())
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
         if not self.model:

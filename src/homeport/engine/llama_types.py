@@ -42,6 +42,13 @@ class ContextSettings:
     def n_ctx_total(self) -> int:
         return self.n_ctx_per_seq * self.n_seq
 
+    @property
+    def same_logits_at_any_step(self) -> bool:
+        """Whether a token's logits must not depend on how many tokens its step holds: where
+        speculation verifies drafts, and without flash attention, the setting that keeps answers
+        exact under batching (see ``kernel_environment``)."""
+        return self.speculation or self.flash_attention == "off"
+
 
 @dataclass(frozen=True)
 class Offload:
@@ -89,11 +96,12 @@ def default_threads() -> int:
 def kernel_environment(settings: ContextSettings) -> dict[str, str]:
     """The environment a process that loads a model with ``settings`` needs besides its own.
 
-    Speculation verifies a draft in one step with the next token and takes the drafted tokens
-    the model would have picked alone, which is exact only if a token's logits do not depend on
-    how many tokens its step holds. ggml's CPU backend switches K-quant weights to tiled kernels
-    from 8 tokens a step (and repacked weights to other kernels from 4, which ``LlamaModel``
-    turns off at load): measured on Gemma 3 270M with flash attention off, logits at 119 of 120
-    positions differed in their last bits between 1 and 4, 8 or 16 tokens a step, and at none
-    without them, for about 10% of its prompt speed. ggml reads this switch once per process."""
-    return {"GGML_CPU_TILED_MM": "0"} if settings.speculation else {}
+    Speculation verifies a draft in one step with the next token and takes the drafted tokens the
+    model would have picked alone, and batching decodes several requests' tokens in one step:
+    both are exact only if a token's logits do not depend on how many tokens its step holds.
+    ggml's CPU backend switches K-quant weights to tiled kernels from 8 tokens a step (and
+    repacked weights to other kernels from 4, which ``LlamaModel`` turns off at load): measured on
+    Gemma 3 270M with flash attention off, logits at 119 of 120 positions differed in their last
+    bits between 1 and 4, 8 or 16 tokens a step, and at none without them, for about 10% of its
+    prompt speed. ggml reads this switch once per process."""
+    return {"GGML_CPU_TILED_MM": "0"} if settings.same_logits_at_any_step else {}
