@@ -15,8 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.editor_prompts import edit_task
 from tests.conftest import MODEL
 from tests.support.metrics import value
+from tests.support.models import GEMMA, WITH_GEMMA
 from tests.support.server import ServerProcess
 
 BUDGET = 24 * 1024**2  # one ~700-token SmolLM2 state (about 16 MiB), not two
@@ -89,3 +91,44 @@ def test_the_cache_keeps_its_budget_and_counts_in_the_memory_estimate(
             (loaded,) = http.get("/api/ps").json()["models"]
             sizes.append(loaded["size"])
     assert sizes[0] - sizes[1] == BUDGET
+
+
+def test_a_sliding_window_state_is_restored_only_to_go_on_from_its_end(tmp_path: Path) -> None:
+    """Gemma 3 attends through a sliding window in most of its layers, and llama.cpp saves only
+    the window's cells before a sequence's last position: a state cut back further would answer
+    from a window with holes (a copy of code restored and cut from 1,370 to 770 tokens answered
+    with a run of "[" lines). Such a state is restored only for a prompt that goes on from its
+    end; any other prompt is evaluated again, and answers the same."""
+    server = ServerProcess(tmp_path, env={"HOMEPORT_CONTEXT_LENGTH": "2048",
+                                          "HOMEPORT_NUM_PARALLEL": "1",
+                                          "HOMEPORT_FLASH_ATTENTION": "false", **WITH_GEMMA})
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=600) as http:
+
+            def generate(**body: Any) -> dict[str, Any]:
+                reply = http.post("/api/generate", json={"model": GEMMA, "stream": False,
+                                                         "raw": True, **body})
+                assert reply.status_code == 200, reply.text
+                answer: dict[str, Any] = reply.json()
+                return answer
+
+            def push_out() -> None:  # another conversation takes the only slot
+                generate(prompt="Rivers of Europe:", options=OPTIONS)
+
+            def events(event: str) -> float:
+                return value(server.url, "homeport_prompt_cache_total", model=GEMMA,
+                             event=event)
+
+            copy = {"prompt": edit_task().prompt,
+                    "options": {"temperature": 0, "num_predict": 600}}
+            first = generate(**copy)
+            push_out()
+            assert events("saved") >= 1  # the copy's state is kept...
+            again = generate(**copy)  # ...but it shares only 770 of its 1,370 tokens
+            assert events("restored") == 0
+            assert again["response"] == first["response"]
+            # evaluated again, all but the first token, which the slot still shares
+            assert again["prompt_eval_count"] >= first["prompt_eval_count"] - 1
+    finally:
+        server.stop()

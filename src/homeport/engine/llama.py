@@ -442,6 +442,15 @@ class LlamaModel:
         return not (llama_cpp.llama_model_is_recurrent(self.model)
                     or llama_cpp.llama_model_is_hybrid(self.model))
 
+    @property
+    def saved_state_can_be_cut(self) -> bool:
+        """Whether a restored sequence state may be cut back to any earlier position. With a
+        sliding window (Gemma 3), llama.cpp saves only the window's cells before the last
+        position, so a restored state can go on from its last token (re-evaluated or not) but
+        cut back further its window would miss cells: measured, a Gemma copy restored and cut
+        from 1,370 to 770 tokens answered with a run of "[" lines instead of the code."""
+        return int(llama_cpp.llama_model_n_swa(self.model)) == 0
+
     def save_sequence(self, seq_id: int) -> bytes:
         """A sequence's state (its cells' positions and K/V), for ``restore_sequence``."""
         size = int(llama_cpp.llama_state_seq_get_size(self.ctx, seq_id))

@@ -52,12 +52,17 @@ class PromptCache:
         self.used += len(state.data)
         return self.used - before
 
-    def best(self, prompt: list[int], longer_than: int) -> tuple[SavedState, int] | None:
+    def best(self, prompt: list[int], longer_than: int,
+             whole: bool = False) -> tuple[SavedState, int] | None:
         """The state sharing the longest prefix with ``prompt``, if over ``longer_than`` tokens,
-        and that prefix's length; it becomes the most recently used."""
+        and that prefix's length; it becomes the most recently used. ``whole``: only a state that
+        ``prompt`` continues from its last token on (a model with a sliding window: see
+        ``LlamaModel.saved_state_can_be_cut``)."""
         found: tuple[SavedState, int] | None = None
         for state in self._entries.values():
             shared = common_prefix(state.tokens, prompt)
+            if whole and shared < len(state.tokens) - 1:
+                continue
             if shared > longer_than and (found is None or shared > found[1]):
                 found = (state, shared)
         if found is not None:

@@ -649,7 +649,9 @@ class Scheduler:
     def _assign(self, slot: Slot, job: Job) -> None:
         reuse = common_prefix(slot.cache, job.prompt)
         donor, shared = self._prefix_donor(slot, job.prompt, reuse)
-        kept = self.prompt_cache.best(job.prompt, shared) if self.prompt_cache else None
+        kept = (self.prompt_cache.best(job.prompt, shared,
+                                       whole=not self.model.saved_state_can_be_cut)
+                if self.prompt_cache else None)
         # Saved after the lookup: keeping this slot's state may evict the one found, which is
         # restored all the same.
         self._save_before_reuse(slot, reuse)
