@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.editor_prompts import edit_task
 from tests.conftest import MODEL
 from tests.support.metrics import value
 from tests.support.models import GEMMA, WITH_GEMMA
 from tests.support.server import ServerProcess
+from tests.test_speculation import GEMMA_EDIT
 
 BUDGET = 24 * 1024**2  # one ~700-token SmolLM2 state (about 16 MiB), not two
 SOURCE = (Path(__file__).resolve().parents[1] / "src" / "homeport" / "engine" / "scheduler.py"
@@ -120,12 +120,10 @@ def test_a_sliding_window_state_is_restored_only_to_go_on_from_its_end(tmp_path:
                 return value(server.url, "homeport_prompt_cache_total", model=GEMMA,
                              event=event)
 
-            copy = {"prompt": edit_task().prompt,
-                    "options": {"temperature": 0, "num_predict": 600}}
-            first = generate(**copy)
+            first = generate(**GEMMA_EDIT)
             push_out()
             assert events("saved") >= 1  # the copy's state is kept...
-            again = generate(**copy)  # ...but it shares only 770 of its 1,370 tokens
+            again = generate(**GEMMA_EDIT)  # ...but it shares only 770 of its 1,370 tokens
             assert events("restored") == 0
             assert again["response"] == first["response"]
             # evaluated again, all but the first token, which the slot still shares
