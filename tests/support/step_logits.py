@@ -1,6 +1,8 @@
 """Run as a process (ggml reads its kernel switches once per process): how many positions' logits
 differ, bit for bit, between a greedy continuation decoded one token a step and the same tokens
-decoded ``--step`` at a time, on a model loaded as a runner with these settings loads it.
+decoded ``--step`` at a time, on a model loaded as a runner with these settings loads it. Where the
+settings ask for the same logits at any step, a lone token gets a pad token after it, as the
+scheduler gives it (``engine.step_shape``).
 
     python -m tests.support.step_logits MODEL.gguf --speculation true --flash-attention off --step 8
 
@@ -26,12 +28,14 @@ def main() -> None:
     parser.add_argument("--speculation", choices=("true", "false"), required=True)
     parser.add_argument("--flash-attention", choices=("on", "off"), required=True)
     parser.add_argument("--step", type=int, default=8)
+    parser.add_argument("--no-pad", action="store_true", help="decode a lone token alone anyway")
     args = parser.parse_args()
     from homeport.engine.llama_types import ContextSettings, kernel_environment
 
     settings = ContextSettings(n_ctx_per_seq=2048, n_seq=1, flash_attention=args.flash_attention,
                                speculation=args.speculation == "true")
     os.environ.update(kernel_environment(settings))  # as the runner's spawn does
+    from homeport.engine import step_shape
     from homeport.engine.llama import Batch, LlamaModel
 
     model = LlamaModel(args.gguf, settings)
@@ -44,7 +48,13 @@ def main() -> None:
         batch.clear()
         for offset, token in enumerate(tokens):
             batch.add(token, start + offset, 0, want_logits=True)
+        pad = (settings.same_logits_at_any_step and not args.no_pad
+               and len(tokens) < step_shape.MIN_TOKENS)
+        if pad:
+            batch.add(tokens[-1], start + len(tokens), 0, want_logits=False)
         model.decode(batch)
+        if pad:
+            model.forget(0, start + len(tokens))
         return [hashlib.sha256(model.logits(index).tobytes()).hexdigest()
                 for index in range(len(tokens))]
 

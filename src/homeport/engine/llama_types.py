@@ -103,5 +103,6 @@ def kernel_environment(settings: ContextSettings) -> dict[str, str]:
     repacked weights to other kernels from 4, which ``LlamaModel`` turns off at load): measured on
     Gemma 3 270M with flash attention off, logits at 119 of 120 positions differed in their last
     bits between 1 and 4, 8 or 16 tokens a step, and at none without them, for about 10% of its
-    prompt speed. ggml reads this switch once per process."""
+    prompt speed. (llamafile's kernels, which take over from 2 tokens, are what the scheduler's
+    pads are for: ``engine.step_shape``.) ggml reads this switch once per process."""
     return {"GGML_CPU_TILED_MM": "0"} if settings.same_logits_at_any_step else {}

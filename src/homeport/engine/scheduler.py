@@ -1,7 +1,9 @@
 """Continuous batching for one loaded model, on its own thread.
 
 Each step builds one ``llama_batch``: one decode token for every running request, then prefill
-chunks of newly admitted prompts in the room left, and makes one ``llama_decode`` call. Every
+chunks of newly admitted prompts in the room left, and makes one ``llama_decode`` call (where a
+token's logits must not depend on the step, as many as ``engine.step_shape`` asks, each sampled
+before the next). Every
 request owns a slot (a llama.cpp sequence id). A slot keeps its KV cache when its request ends, and
 a new request goes to the free slot sharing the longest token prefix with its prompt, so a chat whose
 history grows turn by turn evaluates only the new tokens. When another slot's cache, busy or idle,
@@ -43,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from homeport import metrics
+from homeport.engine import step_shape
 from homeport.engine.drafting import DEFAULT_DRAFT_TOKENS, DraftPolicy, DraftRequest, NgramDrafter
 from homeport.engine.llama_types import EngineError, SamplingParams
 from homeport.engine.prompt_cache import PromptCache, SavedState, common_prefix
@@ -222,6 +225,9 @@ class Scheduler:
         # Drafts come from the draft model when there is one, else from the request's own tokens.
         self.draft_model = draft_model if self.speculation else None
         self.prompt_cache = PromptCache(cache_bytes) if cache_bytes > 0 else None
+        # Pads and calls that keep every token's logits what they would be alone (step_shape);
+        # a recurrent model's pad could not be dropped again.
+        self._shaped = model.settings.same_logits_at_any_step and model.can_roll_back
         self.pending: deque[Job] = deque()
         self.embeddings: deque[EmbeddingJob] = deque()
         self._cond = threading.Condition()
@@ -319,15 +325,13 @@ class Scheduler:
             self._gather()
         self._admit()
         self._resume_awaiting()
-        parts = self._plan()
-        if not parts:
-            return
-        try:
-            outputs = self._decode(parts)
-        except EngineError as error:
-            self._decode_apart(parts, error)
-            return
-        self._sample(outputs)
+        for call in self._calls(self._plan()):
+            try:
+                outputs = self._decode(call)
+            except EngineError as error:
+                self._decode_apart(call, error)
+                continue
+            self._sample(outputs)
 
     def _plan(self) -> list[Part]:
         """This step's batch: every running request's next token, then prompt chunks in the room
@@ -415,12 +419,24 @@ class Scheduler:
             return 0
         return min(limit, policy.allowed())
 
+    def _calls(self, parts: list[Part]) -> list[list[Part]]:
+        """The step's ``llama_decode`` calls: one, or, where a token's logits must not depend on
+        the step, as many as ``engine.step_shape`` needs."""
+        if not parts:
+            return []
+        if not self._shaped:
+            return [parts]
+        groups = step_shape.calls([(part.slot.seq_id, len(part.tokens)) for part in parts],
+                                  self.n_batch)
+        return [[parts[index] for index in group] for group in groups]
+
     def _decode(self, parts: list[Part]) -> list[tuple[Part, list[int]]]:
         """Decode ``parts`` in one batch; the parts to sample and their logits' batch indexes
         (the last prompt token's, or the next token's and each drafted token's)."""
         batch = self._batch
         batch.clear()
         outputs: list[tuple[Part, list[int]]] = []
+        padded: list[Part] = []
         # In sequence order: with one K/V stream per slot, llama.cpp puts sequences in one
         # ubatch (one pass over the weights) only when their ids follow each other in the batch.
         for part in sorted(parts, key=lambda part: part.slot.seq_id):
@@ -432,9 +448,15 @@ class Scheduler:
                 index = batch.add(token, part.start + offset, part.slot.seq_id, wanted)
                 if wanted:
                     indexes.append(index)
+            if self._shaped and len(part.tokens) < step_shape.MIN_TOKENS:
+                batch.add(part.tokens[-1], part.start + len(part.tokens), part.slot.seq_id, False)
+                padded.append(part)
             if part.sample:
                 outputs.append((part, indexes))
         self.model.decode(batch)
+        for part in padded:
+            if not self.model.forget(part.slot.seq_id, part.start + len(part.tokens)):
+                raise EngineError("the cell of a pad token could not be dropped")
         return outputs
 
     def _decode_apart(self, parts: list[Part], error: EngineError) -> None:
