@@ -129,6 +129,10 @@ class Sampler:
         penalised = bool(params.repeat_penalty != 1.0 or params.presence_penalty
                          or params.frequency_penalty)
         self._greedy = params.temperature <= 0
+        # Greedy without penalties is the first highest logit, as llama.cpp's greedy sampler picks
+        # it; numpy finds it without building the 262,144 candidates of a large vocabulary
+        # (0.03 against 0.28 ms a token on Gemma 3, a few percent of a step at four streams).
+        self._argmax = self._greedy and not penalised
         self._deciding: int | None = None
         if narrow and not penalised:
             self._deciding = 1 if self._greedy else (params.top_k if params.top_k > 0 else None)
@@ -159,6 +163,8 @@ class Sampler:
     def sample(self, model: LlamaModel, batch_index: int) -> int:
         """Sample from the logits of ``batch_index`` and accept the token (grammar, penalties)."""
         if self._grammar is None:
+            if self._argmax:
+                return int(np.argmax(model.logits(batch_index)))
             return int(llama_cpp.llama_sampler_sample(self._chain, model.ctx, batch_index))
         logits = model.logits(batch_index)
         token = self._apply(logits, with_grammar=False)
