@@ -1,14 +1,14 @@
 """Speculation and batching are exact only if a token's logits do not depend on how many tokens
 its step holds.
 
-A runner that speculates, or runs without flash attention, loads its model without ggml's repacked
-CPU weights and takes its tiled K-quant kernels at any step (``kernel_environment``,
-``LlamaModel``), and its scheduler gives a lone token a pad token, as llamafile's kernels sum two
-or more tokens in another order than one (``engine.step_shape``); these tests load Gemma 3 270M
-(Q4_K, Q5_0, Q8_0) as such a runner would, in a process of its own (ggml reads its switches once
-per process), and compare each position's logits, bit for bit, decoded one token a step and
-several. Without the pad, or loaded for speed (flash attention on, no speculation: the default),
-the same model's logits do change with the step size: what the first tests guard against.
+A runner that speculates, or runs without flash attention, loads its model without ggml's
+repacked CPU weights and its tiled K-quant kernels (``kernel_environment``, ``LlamaModel``), and
+its scheduler gives a lone token a pad token, as llamafile's kernels sum two or more tokens in
+another order than one (``engine.step_shape``); these tests load Gemma 3 270M (Q4_K, Q5_0, Q8_0)
+as such a runner would, in a process of its own (ggml reads its switches once per process), and
+compare each position's logits, bit for bit, decoded one token a step and several. Without the
+pad, or loaded for speed (flash attention on, no speculation: the default), the same model's
+logits do change with the step size: what the first tests guard against.
 """
 
 from __future__ import annotations

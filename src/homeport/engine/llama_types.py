@@ -99,16 +99,10 @@ def kernel_environment(settings: ContextSettings) -> dict[str, str]:
     Speculation verifies a draft in one step with the next token and takes the drafted tokens the
     model would have picked alone, and batching decodes several requests' tokens in one step:
     both are exact only if a token's logits do not depend on how many tokens its step holds.
-    ggml's CPU backend multiplies K-quant weights by its tiled kernels from 8 tokens a step and by
-    dot products below (and repacked weights by other kernels from 4, which ``LlamaModel`` turns
-    off at load): measured on Gemma 3 270M with flash attention off, logits at 119 of 120
-    positions differed in their last bits between 1 and 4, 8 or 16 tokens a step. The tiled
-    kernels' sums do not depend on the number of tokens, so such a runner takes them at any step
-    (``GGML_CPU_TILED_MM_FORCE``): with the scheduler's pads (every sequence at least two tokens a
-    step, for llamafile's kernels: ``engine.step_shape``), Gemma's logits are the same bit for bit
-    at 2 to 16 tokens a step, and its prompt speed in that mode is a quarter higher than with the
-    dot products (566 against 449 tokens/s, flash attention off). ggml reads these switches once
-    per process."""
-    if not settings.same_logits_at_any_step:
-        return {}
-    return {"GGML_CPU_TILED_MM": "1", "GGML_CPU_TILED_MM_FORCE": "1"}
+    ggml's CPU backend switches K-quant weights to tiled kernels from 8 tokens a step (and
+    repacked weights to other kernels from 4, which ``LlamaModel`` turns off at load): measured on
+    Gemma 3 270M with flash attention off, logits at 119 of 120 positions differed in their last
+    bits between 1 and 4, 8 or 16 tokens a step, and at none without them, for about 10% of its
+    prompt speed. (llamafile's kernels, which take over from 2 tokens, are what the scheduler's
+    pads are for: ``engine.step_shape``.) ggml reads this switch once per process."""
+    return {"GGML_CPU_TILED_MM": "0"} if settings.same_logits_at_any_step else {}
