@@ -8,6 +8,7 @@ llama.cpp's results do not depend on how tokens were batched (see tests/test_spe
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from homeport.engine.prompt_cache import common_prefix
 from tests.conftest import MODEL
 from tests.support.metrics import value
 from tests.support.models import GEMMA, WITH_GEMMA
@@ -130,3 +132,23 @@ def test_a_sliding_window_state_is_restored_only_to_go_on_from_its_end(tmp_path:
             assert again["prompt_eval_count"] >= first["prompt_eval_count"] - 1
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_shared_prefix_is_counted_as_one_token_at_a_time_would(seed: int) -> None:
+    """``common_prefix`` halves ranges of slices; it must agree with the plain loop everywhere,
+    lists against tuples included (the kept states' tokens are tuples)."""
+    def one_at_a_time(a: list[int], b: list[int]) -> int:
+        index = 0
+        while index < min(len(a), len(b)) and a[index] == b[index]:
+            index += 1
+        return index
+
+    chooser = random.Random(seed)
+    for _ in range(2000):
+        first = [chooser.randint(0, 3) for _ in range(chooser.randint(0, 40))]
+        second = (first[:chooser.randint(0, len(first))]
+                  + [chooser.randint(0, 3) for _ in range(chooser.randint(0, 12))])
+        expected = one_at_a_time(first, second)
+        assert common_prefix(first, second) == expected
+        assert common_prefix(tuple(second), first) == expected

@@ -10,8 +10,8 @@ where that has one and from the draft model otherwise, both counted.
 
 Both run without flash attention: llama.cpp's CPU flash attention sums a single token's attention
 in another order than several tokens', so with it a drafted token's logits differ from its logits
-alone in the last bits, as a batched token's do (the engine is built without llamafile's kernels
-for the same reason: ./dev).
+alone in the last bits, as a batched token's do. (llamafile's kernels, which the engine is built
+with, do the same from 2 tokens a step: in this mode a lone token gets a pad, engine.step_shape.)
 """
 
 from __future__ import annotations

@@ -14,11 +14,21 @@ from dataclasses import dataclass
 
 
 def common_prefix(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
-    limit = min(len(a), len(b))
-    index = 0
-    while index < limit and a[index] == b[index]:
-        index += 1
-    return index
+    """How many tokens ``a`` and ``b`` share from the start. Slices are compared (in C, a few
+    microseconds for thousands of tokens), halving the range that holds the first difference:
+    the scheduler and a draft model ask this for every slot's context, the latter every step."""
+    first, second = tuple(a), tuple(b)
+    low, high = 0, min(len(first), len(second))
+    if first[:high] == second[:high]:
+        return high
+    # first[:low] == second[:low], and the first difference lies in [low, high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if first[low:middle] == second[low:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 @dataclass(frozen=True)
