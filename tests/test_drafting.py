@@ -24,6 +24,15 @@ def test_the_tokens_after_the_last_earlier_occurrence_are_drafted() -> None:
     assert drafter.draft(0) == []
 
 
+def test_the_longest_match_wins_over_a_later_shorter_one() -> None:
+    copied = list(range(10, 18))  # eight tokens of the text being copied
+    drafter = NgramDrafter([*copied, 100, 101, 55, 15, 16, 17, 200, 201, *copied])
+    # The last three tokens occurred last before 200, but all eight only before 100.
+    assert drafter.draft(2) == [100, 101]
+    drafter.append(99)  # a token seen nowhere: no n-gram ending in it matches
+    assert drafter.draft(2) == []
+
+
 def test_a_sequence_is_never_its_own_match() -> None:
     drafter = NgramDrafter([5, 6, 7])
     assert drafter.draft(8) == []

@@ -1,11 +1,11 @@
 """Draft tokens for speculative decoding, taken from the request's own tokens.
 
-An inline edit copies most of its prompt: once the model has written a few tokens of a line that
-is in the prompt, the tokens that followed them there are a good guess for what comes next. The
+An inline edit copies most of its prompt: once the model has written a few tokens of a line that is
+in the prompt, the tokens that followed them there are a good guess for what comes next. The
 scheduler appends such a draft after a slot's next token, decodes them all in one step (with the
 other slots' tokens), and keeps the drafted tokens for as long as the model would have sampled
-exactly them. Making a draft costs a dictionary lookup; a wrong one costs the extra positions of
-one batched decode, so the draft length adapts to how often drafts are taken, and drafting pauses
+exactly them. Making a draft costs a few dictionary lookups; a wrong one costs the extra positions
+of one batched decode, so the draft length adapts to how often drafts are taken, and drafting pauses
 for a while after several drafts in a row were refused outright. A policy of its own paces a draft
 model's drafts (``engine.draft_model``, asked when the request's own tokens have none), which are
 also capped at a few tokens a step: each one costs the draft model a decode.
@@ -15,7 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-NGRAM = 3  # how many of the latest tokens must match earlier ones for a draft
+# How many of the latest tokens must match earlier ones for a draft, longest tried first: a short
+# match alone often points at a recent repetition rather than the copied text (on the bench's
+# 600-token edit, 3 tokens alone gave 55% of drafted tokens taken and 125 steps, 16, 8 or 3 gave
+# 83% and 35 steps).
+NGRAMS = (16, 8, 3)
 DRAFT_START = 8
 DRAFT_MIN = 2
 DRAFT_MAX = 32
@@ -26,32 +30,38 @@ DEFAULT_DRAFT_TOKENS = 4  # a draft model's, per step: Ollama's default (draft_n
 
 
 class NgramDrafter:
-    """Finds the latest earlier occurrence of a sequence's last ``NGRAM`` tokens and drafts the
-    tokens that followed it."""
+    """Finds the latest earlier occurrence of the longest of a sequence's last ``NGRAMS`` tokens
+    and drafts the tokens that followed it."""
 
     def __init__(self, tokens: list[int]) -> None:
         self._tokens: list[int] = []
-        # n-gram -> the index of the token that followed its latest occurrence; an n-gram is
-        # indexed once a token follows it, so the sequence's own last n-gram is never its match.
-        self._follows: dict[tuple[int, ...], int] = {}
+        # For each n: n-gram -> the index of the token that followed its latest occurrence; an
+        # n-gram is indexed once a token follows it, so the sequence's own last n tokens are never
+        # their own match.
+        self._follows: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in NGRAMS}
         for token in tokens:
             self.append(token)
 
     def append(self, token: int) -> None:
         tokens = self._tokens
-        if len(tokens) >= NGRAM:
-            self._follows[tuple(tokens[-NGRAM:])] = len(tokens)
+        for n, follows in self._follows.items():
+            if len(tokens) >= n:
+                follows[tuple(tokens[-n:])] = len(tokens)
         tokens.append(token)
 
     def draft(self, limit: int) -> list[int]:
-        """Up to ``limit`` tokens that followed the last n-gram the previous time it occurred."""
+        """Up to ``limit`` tokens that followed the longest matching n-gram the previous time it
+        occurred."""
         tokens = self._tokens
-        if limit <= 0 or len(tokens) < NGRAM:
+        if limit <= 0:
             return []
-        start = self._follows.get(tuple(tokens[-NGRAM:]))
-        if start is None:
-            return []
-        return tokens[start:start + limit]
+        for n, follows in self._follows.items():
+            if len(tokens) < n:
+                continue
+            start = follows.get(tuple(tokens[-n:]))
+            if start is not None:
+                return tokens[start:start + limit]
+        return []
 
 
 @dataclass

@@ -3,16 +3,15 @@
 Each step builds one ``llama_batch``: one decode token for every running request, then prefill
 chunks of newly admitted prompts in the room left, and makes one ``llama_decode`` call (where a
 token's logits must not depend on the step, as many as ``engine.step_shape`` asks, each sampled
-before the next). Every
-request owns a slot (a llama.cpp sequence id). A slot keeps its KV cache when its request ends, and
-a new request goes to the free slot sharing the longest token prefix with its prompt, so a chat whose
-history grows turn by turn evaluates only the new tokens. When another slot's cache, busy or idle,
-shares a longer prefix (the same long system prompt from another editor), the new request's slot
-starts from a copy of that slot's cells instead of evaluating them again; when that prefix is
-still being evaluated for another request (editors that send together), the new request waits for
-it rather than evaluating it a second time beside it. And when a slot is
-taken by another conversation, its state is kept in host memory (``engine.prompt_cache``, within
-a budget) and restored when a prompt with that prefix returns.
+before the next). Every request owns a slot (a llama.cpp sequence id). A slot keeps its KV cache
+when its request ends, and a new request goes to the free slot sharing the longest token prefix with
+its prompt, so a chat whose history grows turn by turn evaluates only the new tokens. When another
+slot's cache, busy or idle, shares a longer prefix (the same long system prompt from another
+editor), the new request's slot starts from a copy of that slot's cells instead of evaluating them
+again; when that prefix is still being evaluated for another request (editors that send together),
+the new request waits for it rather than evaluating it a second time beside it. And when a slot is
+taken by another conversation, its state is kept in host memory (``engine.prompt_cache``, within a
+budget) and restored when a prompt with that prefix returns.
 
 With speculation on, a running request's next token may bring a draft: the tokens that followed
 the same few tokens earlier in its prompt or output (``engine.drafting``), or, when there are none
