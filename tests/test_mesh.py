@@ -175,6 +175,10 @@ def test_eight_streams_for_a_model_on_two_machines_spread_over_both(mesh: Mesh) 
     """Each stream holds its slot until all eight have their first token, so all eight are in
     flight at the gateway at once: routing by load must have sent some to each machine (were
     they all on one, its four slots would hold the other four in its queue)."""
+    # Both machines start equal in the gateway's eyes: a load it read while an earlier test's slot
+    # was still busy would tip the eight to five and three until its next look.
+    assert wait_for(lambda: all(mesh.node(server)["load"] == 0 for server in (mesh.a, mesh.b)),
+                    timeout=30), [mesh.node(server) for server in (mesh.a, mesh.b)]
     before = {server.url: _served_chats(server) for server in (mesh.a, mesh.b)}
     all_started = threading.Barrier(9, timeout=300)
     leave = threading.Event()
