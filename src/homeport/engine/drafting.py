@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # How many of the latest tokens must match earlier ones for a draft, longest tried first: a short
-# match alone often points at a recent repetition rather than the copied text (on the bench's
-# 600-token edit, 3 tokens alone gave 55% of drafted tokens taken and 125 steps, 16, 8 or 3 gave
-# 83% and 35 steps).
+# match alone often points at a recent repetition rather than the copied text (replayed on Gemma's
+# answer to the bench's edit: 3 tokens alone, 55% of drafted tokens taken in 125 steps; 16, 8 or 3,
+# 83% in 35; measured: 106 against 71 tokens/s).
 NGRAMS = (16, 8, 3)
 DRAFT_START = 8
 DRAFT_MIN = 2
