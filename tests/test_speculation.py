@@ -1,6 +1,7 @@
 """Speculative decoding from the request's own text: drafts are made, taken, and change nothing.
 
-Two servers on freshly loaded models, one with speculation (the default) and one with
+Two servers on freshly loaded models, one in the default setup (which speculates on this engine:
+built for the CPU with homeport's patch, flash attention `auto` is off) and one with
 HOMEPORT_SPECULATION=false, get the same greedy requests: an edit that copies code, an ordinary
 chat, and both at once beside a third stream (another batch composition). The answers must match
 token for token, and only the speculating server's /metrics count drafted and accepted tokens.
@@ -8,10 +9,8 @@ The same holds for a model with a draft model (Ollama's DRAFT line): SmolLM2 dra
 which can only change how many tokens a step confirms; its drafts come from the request's own text
 where that has one and from the draft model otherwise, both counted.
 
-Both run without flash attention: llama.cpp's CPU flash attention sums a single token's attention
-in another order than several tokens', so with it a drafted token's logits differ from its logits
-alone in the last bits, as a batched token's do. (llamafile's kernels, which the engine is built
-with, do the same from 2 tokens a step: in this mode a lone token gets a pad, engine.step_shape.)
+That needs each token's logits to be the same at any step size: the runner asks the patched
+engine's kernels for that (``kernel_environment``; tests/test_step_invariance.py measures it).
 """
 
 from __future__ import annotations
@@ -47,11 +46,10 @@ THIRD = {"model": MODEL, "stream": False,
          "options": {"temperature": 0, "num_predict": 48}}
 
 
-def _server(tmp_path_factory: pytest.TempPathFactory, speculation: str) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp(f"speculation-{speculation}"),
-                            env={"HOMEPORT_CONTEXT_LENGTH": "2048",
-                                 "HOMEPORT_FLASH_ATTENTION": "false",
-                                 "HOMEPORT_SPECULATION": speculation, **WITH_GEMMA})
+def _server(tmp_path_factory: pytest.TempPathFactory, name: str,
+            env: dict[str, str]) -> Iterator[ServerProcess]:
+    process = ServerProcess(tmp_path_factory.mktemp(f"speculation-{name}"),
+                            env={"HOMEPORT_CONTEXT_LENGTH": "2048", **env, **WITH_GEMMA})
     process.start()
     yield process
     process.stop()
@@ -59,12 +57,12 @@ def _server(tmp_path_factory: pytest.TempPathFactory, speculation: str) -> Itera
 
 @pytest.fixture(scope="module")
 def speculating(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from _server(tmp_path_factory, "true")
+    yield from _server(tmp_path_factory, "default", {})
 
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from _server(tmp_path_factory, "false")
+    yield from _server(tmp_path_factory, "off", {"HOMEPORT_SPECULATION": "false"})
 
 
 DRAFTED = "smol-drafted"

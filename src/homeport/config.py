@@ -210,7 +210,9 @@ NUM_THREADS = _register(Setting(
 ))
 FLASH_ATTENTION = _register(Setting(
     ("HOMEPORT_FLASH_ATTENTION", "OLLAMA_FLASH_ATTENTION"), "auto", _flash_attention,
-    "Flash attention: auto (llama.cpp decides), true or false (default auto)",
+    "Flash attention: auto, true or false (default auto: off on an engine built for the CPU "
+    "alone where a step's attention scores stay small, so that answers are exact and homeport "
+    "speculates; elsewhere llama.cpp decides)",
 ))
 KV_CACHE_TYPE = _register(Setting(
     ("HOMEPORT_KV_CACHE_TYPE", "OLLAMA_KV_CACHE_TYPE"), "f16", _kv_cache_type,
@@ -225,7 +227,8 @@ SPECULATION = _register(Setting(
     ("HOMEPORT_SPECULATION",), "auto", _speculation,
     "Speculative decoding: draft tokens from the request's own text (an edit's copied lines) and "
     "verify them in one step. auto: on where it cannot change an answer (flash attention off); "
-    "true: also with flash attention, whose kernels may change a near tie (default auto)",
+    "true: also with flash attention, which an engine without homeport's patch makes slower "
+    "(pads) or, on a GPU, may change a near tie (default auto)",
 ))
 CACHE_RAM = _register(Setting(
     ("HOMEPORT_CACHE_RAM",), -1, _byte_size,

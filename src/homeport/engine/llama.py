@@ -47,6 +47,43 @@ def _init_backend() -> None:
         _backend_ready = True
 
 
+_ENGINE_LIBRARIES = Path(llama_cpp.__file__).parent / "lib"
+# ggml's GPU backends, as llama-cpp-python ships them beside the CPU's.
+_GPU_BACKENDS = ("cuda", "hip", "metal", "vulkan", "sycl", "opencl", "musa", "cann")
+
+
+def engine_has_gpu_kernels() -> bool:
+    """Whether the engine was built with a GPU backend (homeport's patch does not reach those)."""
+    return any(next(_ENGINE_LIBRARIES.glob(f"libggml-{name}.*"), None) is not None
+               for name in _GPU_BACKENDS)
+
+
+def _step_invariance_switch() -> Any:
+    """The patched engine's ``homeport_step_invariant`` (``engine-patches/``), or None."""
+    folder = _ENGINE_LIBRARIES
+    for name in ("libggml-cpu.so", "libggml-cpu.dylib"):
+        if (folder / name).exists():
+            switch = getattr(ctypes.CDLL(str(folder / name)), "homeport_step_invariant", None)
+            if switch is not None:
+                switch.restype = ctypes.c_bool
+            return switch
+    return None
+
+
+def engine_can_be_step_invariant() -> bool:
+    """Whether the engine carries homeport's patch, so that a runner that asks for it
+    (``kernel_environment``) computes each token's sums alike at any step size."""
+    return _step_invariance_switch() is not None
+
+
+def step_invariant_kernels() -> bool:
+    """Whether ggml's CPU kernels compute each token's sums the same way whatever the number of
+    tokens in its step (matrix products and flash attention alike): an engine built with
+    homeport's patch in a process that asked for it (``kernel_environment``)."""
+    switch = _step_invariance_switch()
+    return switch is not None and bool(switch())
+
+
 class Batch:
     """A reusable ``llama_batch``: one token per entry, one sequence id each."""
 
@@ -351,6 +388,8 @@ class LlamaModel:
         self._threads = threads
         self._embed_ctx: Any = None
         self._embed_n_ctx = 0
+        # Where this holds, steps that must be exact need no pads (engine.step_shape).
+        self.steps_sum_alike = settings.same_logits_at_any_step and step_invariant_kernels()
 
     def _read_vocabulary(self) -> None:
         """What the text methods need from the loaded ``self.model``."""

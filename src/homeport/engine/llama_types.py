@@ -103,6 +103,13 @@ def kernel_environment(settings: ContextSettings) -> dict[str, str]:
     repacked weights to other kernels from 4, which ``LlamaModel`` turns off at load): measured on
     Gemma 3 270M with flash attention off, logits at 119 of 120 positions differed in their last
     bits between 1 and 4, 8 or 16 tokens a step, and at none without them, for about 10% of its
-    prompt speed. (llamafile's kernels, which take over from 2 tokens, are what the scheduler's
-    pads are for: ``engine.step_shape``.) ggml reads this switch once per process."""
-    return {"GGML_CPU_TILED_MM": "0"} if settings.same_logits_at_any_step else {}
+    prompt speed. The rest the engine ``./dev`` builds mends where ``GGML_CPU_STEP_INVARIANT``
+    asks (``engine-patches/apply.py``): llamafile's kernels, which take over from 2 tokens and sum
+    in another order than ggml's one-token dot products, take one-token steps too, and flash
+    attention computes each query alone (a lone query over 512 or more cells, and 64 or more
+    queries, went other ways). An engine without the patch gets the scheduler's pads instead
+    (``LlamaModel.steps_sum_alike``, ``engine.step_shape``). ggml reads both switches once per
+    process."""
+    if not settings.same_logits_at_any_step:
+        return {}
+    return {"GGML_CPU_TILED_MM": "0", "GGML_CPU_STEP_INVARIANT": "1"}

@@ -224,9 +224,10 @@ class Scheduler:
         # Drafts come from the draft model when there is one, else from the request's own tokens.
         self.draft_model = draft_model if self.speculation else None
         self.prompt_cache = PromptCache(cache_bytes) if cache_bytes > 0 else None
-        # Pads and calls that keep every token's logits what they would be alone (step_shape);
-        # a recurrent model's pad could not be dropped again.
-        self._shaped = model.settings.same_logits_at_any_step and model.can_roll_back
+        # Pads and calls that keep every token's logits what they would be alone (step_shape),
+        # where the kernels do not already; a recurrent model's pad could not be dropped again.
+        self._shaped = (model.settings.same_logits_at_any_step and model.can_roll_back
+                        and not model.steps_sum_alike)
         self.pending: deque[Job] = deque()
         self.embeddings: deque[EmbeddingJob] = deque()
         self._cond = threading.Condition()

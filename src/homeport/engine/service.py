@@ -8,6 +8,7 @@ with one ``Done``. Closing a generation early (the client left) cancels its job 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -20,6 +21,7 @@ from homeport.engine.grammar import json_grammar
 from homeport.engine.llama_types import ContextSettings, SamplingParams, default_threads
 from homeport.engine.manager import ManagerSettings, ModelManager, Runner
 from homeport.engine.memory import (
+    attention_scores_bytes,
     available_memory,
     default_context_length,
     estimate_model_bytes,
@@ -132,6 +134,25 @@ class EngineSettings:
     cache_ram: int = 0  # the RAM prompt cache's budget for each model (prompt_cache_bytes caps it)
     cache_ram_auto: bool = False  # not set by the user: no more than the memory left spares
     template_timeout: float = RENDER_TIMEOUT_SECONDS
+
+
+# Without flash attention llama.cpp keeps a step's attention scores (batch x context x heads, f32)
+# in its compute buffer, which the memory estimate does not count: `auto` turns flash attention
+# off only while they take no more than this (Gemma 3 270M at 4,096 tokens: 32 MiB; an 8B
+# model's 32 heads at 8,192 tokens: 512 MiB, too many).
+FLASH_ATTENTION_OFF_SCORES_LIMIT = 256 * 1024**2
+
+
+@functools.cache
+def exact_engine() -> bool:
+    """Whether this engine gives a runner that asks for it the same logits at any step size at
+    no cost to its plain decoding: built for the CPU alone (GPU kernels are not covered) with
+    homeport's patch (``engine-patches/``). There, with flash attention off (``auto``), decoding
+    runs at the speed of llama.cpp's fastest setup (measured: Gemma 3 270M and SmolLM2, 0.9x-1.1x
+    a step), prompts at about 0.8x, and speculation is exact: the default setup speculates."""
+    from homeport.engine.llama import engine_can_be_step_invariant, engine_has_gpu_kernels
+
+    return not engine_has_gpu_kernels() and engine_can_be_step_invariant()
 
 
 def capabilities(record: ModelRecord) -> list[str]:
@@ -250,20 +271,23 @@ class Engine:
             self.templates.close()
 
     def _context_settings(self, record: ModelRecord, options: ModelOptions) -> ContextSettings:
+        flash_attention = self.settings.flash_attention
+        if (flash_attention == "auto" and self.settings.kv_cache_type == "f16"
+                and attention_scores_bytes(record.gguf, options.num_ctx, options.num_batch)
+                <= FLASH_ATTENTION_OFF_SCORES_LIMIT and exact_engine()):
+            flash_attention = "off"
+        # Without flash attention this engine's runners are exact at any step (README:
+        # speculative decoding), and then drafting cannot change an answer.
         speculation = self.settings.speculation == "on" or (
-            self.settings.speculation == "auto" and self.settings.flash_attention == "off")
+            self.settings.speculation == "auto" and flash_attention == "off")
         settings = ContextSettings(
             n_ctx_per_seq=options.num_ctx,
             n_seq=self.settings.manager.num_parallel,
             n_batch=options.num_batch,
             n_threads=options.num_thread or self.settings.num_threads,
-            flash_attention=self.settings.flash_attention,
+            flash_attention=flash_attention,
             kv_cache_type=self.settings.kv_cache_type,
             num_gpu=options.num_gpu,
-            # llama.cpp's CPU flash attention takes another path for a lone query over 512 or
-            # more cells (the K/V split across threads, partial sums reduced) than for several
-            # queries (each over all cells; tiles from 64): only without it are drafted tokens
-            # exactly what decoding them one by one gives.
             speculation=speculation,
             # Loaded only where it drafts: elsewhere it would cost memory for nothing.
             draft_model=record.draft_path if speculation else None,

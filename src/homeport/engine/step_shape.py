@@ -1,14 +1,13 @@
-"""How a step's tokens go to llama.cpp where a token's logits must not depend on the step.
+"""How a step's tokens go to llama.cpp where a token's logits must not depend on the step and
+the kernels alone do not make them so (``LlamaModel.steps_sum_alike``): an engine without
+homeport's patch (``engine-patches/``; ``kernel_environment`` says what it mends).
 
-The engine is built with llamafile's CPU kernels: ggml multiplies a weight matrix by the vector of
-a single token with its own dot products, and by two or more tokens with llamafile's tiles, which
-sum in another order. Each tile's sums do not depend on how many tokens there are, so a token's
-logits are the same bit for bit at 2, 4, 8 or 16 tokens a step, but not at 1 (measured on
-Gemma 3 270M and SmolLM2-135M, flash attention off: 47 and 48 of 48 positions differ between 1
-token a step and 2 to 16; none once the lone token gets a pad). The output layer may still take
-one token's row alone (a pad wants no logits): for the Q8_0 output layers of these models both
-kernels give the same sums, as the same test shows, and K-quants have no llamafile kernel. Other
-output types (F16, Q4_0) are not measured.
+There ggml multiplies a matrix by the vector of a single token with its own dot products, and by
+two or more tokens with llamafile's tiles, which sum in another order, and flash attention takes
+another path for a lone query over 512 or more cells. Two or more tokens a step take the same
+paths whatever their number (below 64 queries): measured on Gemma 3 270M and SmolLM2-135M, flash
+attention off, 45 to 48 of 48 positions differ between 1 token a step and 2 to 16, none once the
+lone token gets a pad.
 
 With one K/V stream per slot, llama.cpp multiplies attention per sequence and splits a batch
 into ubatches holding the same number of tokens from each of a run of sequences with consecutive
