@@ -18,7 +18,7 @@ from tests.support.server import ServerProcess
 GREEDY = {"temperature": 0, "seed": 42, "num_predict": 24}
 # A function, a comment asking for a changed copy, and the copy's first line, as an edit sends it.
 COPY_PROMPT = ("def add(first, second):\n    total = first + second\n    return total\n\n"
-               "# The same function, renamed to plus:\ndef plus(first, second):\n")
+               "# The same function again, renamed to plus:\ndef plus(first, second):\n")
 
 
 def test_both_bundled_models_are_listed(gemma_server: ServerProcess) -> None:

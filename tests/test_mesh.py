@@ -30,9 +30,9 @@ from tests.support.waiting import wait_for
 SMALL = {"temperature": 0, "seed": 42, "num_predict": 8}
 ENV = {"HOMEPORT_CONTEXT_LENGTH": "2048", "HOMEPORT_UPSTREAM_REFRESH": "500ms"}
 # Greedy decoding makes this model repeat itself until the context (2048) is full: a stream that
-# cannot end before the client leaves (see test_concurrency).
-ENDLESS = {"messages": [{"role": "user", "content": "Write a haiku about ports"}],
-           "options": {"temperature": 0, "seed": 1, "num_predict": -1}}
+# cannot end before the client leaves (see test_concurrency; no drafts, as there).
+ENDLESS = {"messages": [{"role": "user", "content": "Write a haiku about the sea"}],
+           "options": {"temperature": 0, "seed": 1, "num_predict": -1, "draft_num_predict": 0}}
 
 
 

@@ -18,9 +18,10 @@ from tests.support.waiting import wait_for
 RELOADING = "load-time options changed"
 # Greedy decoding makes this small model repeat itself without an end-of-generation token (see
 # test_concurrency's ENDLESS); 4000 tokens in an 8192 context outlast every step below.
-LONG_STREAM = {"model": MODEL, "messages": [{"role": "user", "content": "Write a haiku about ports"}],
+LONG_STREAM = {"model": MODEL, "messages": [{"role": "user", "content": "Write a haiku about the sea"}],
                "keep_alive": -1,
-               "options": {"temperature": 0, "seed": 1, "num_predict": 4000, "num_ctx": 8192}}
+               "options": {"temperature": 0, "seed": 1, "num_predict": 4000, "num_ctx": 8192,
+                           "draft_num_predict": 0}}
 OTHER_CTX = 1024
 
 

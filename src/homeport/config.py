@@ -227,8 +227,8 @@ SPECULATION = _register(Setting(
     ("HOMEPORT_SPECULATION",), "auto", _speculation,
     "Speculative decoding: draft tokens from the request's own text (an edit's copied lines) and "
     "verify them in one step. auto: on where it cannot change an answer (flash attention off); "
-    "true: also with flash attention, which an engine without homeport's patch makes slower "
-    "(pads) or, on a GPU, may change a near tie (default auto)",
+    "true: also with flash attention on (exact on the CPU of the engine ./dev builds, with "
+    "slower prompts; on a GPU a near tie may change) (default auto)",
 ))
 CACHE_RAM = _register(Setting(
     ("HOMEPORT_CACHE_RAM",), -1, _byte_size,

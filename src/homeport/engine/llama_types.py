@@ -110,6 +110,8 @@ def kernel_environment(settings: ContextSettings) -> dict[str, str]:
     queries, went other ways). An engine without the patch gets the scheduler's pads instead
     (``LlamaModel.steps_sum_alike``, ``engine.step_shape``). ggml reads both switches once per
     process."""
-    if not settings.same_logits_at_any_step:
-        return {}
-    return {"GGML_CPU_TILED_MM": "0", "GGML_CPU_STEP_INVARIANT": "1"}
+    return dict(STEP_INVARIANT_KERNELS) if settings.same_logits_at_any_step else {}
+
+
+# What ``kernel_environment`` asks of ggml where a token's sums must not depend on its step.
+STEP_INVARIANT_KERNELS = {"GGML_CPU_TILED_MM": "0", "GGML_CPU_STEP_INVARIANT": "1"}

@@ -147,9 +147,9 @@ FLASH_ATTENTION_OFF_SCORES_LIMIT = 256 * 1024**2
 def exact_engine() -> bool:
     """Whether this engine gives a runner that asks for it the same logits at any step size at
     no cost to its plain decoding: built for the CPU alone (GPU kernels are not covered) with
-    homeport's patch (``engine-patches/``). There, with flash attention off (``auto``), decoding
-    runs at the speed of llama.cpp's fastest setup (measured: Gemma 3 270M and SmolLM2, 0.9x-1.1x
-    a step), prompts at about 0.8x, and speculation is exact: the default setup speculates."""
+    homeport's patch (``engine-patches/``). There, with flash attention off (``auto``), a decode
+    step takes 0.9x-1.2x as long as in llama.cpp's fastest setup (Gemma 3 270M and SmolLM2 on 2
+    cores), prompts go at 0.8x-0.9x, and speculation is exact: the default setup speculates."""
     from homeport.engine.llama import engine_can_be_step_invariant, engine_has_gpu_kernels
 
     return not engine_has_gpu_kernels() and engine_can_be_step_invariant()

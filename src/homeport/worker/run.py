@@ -18,6 +18,7 @@ import sys
 from homeport import __version__, config
 from homeport.engine import rpc
 from homeport.engine.devices import device_of
+from homeport.engine.llama_types import STEP_INVARIANT_KERNELS
 from homeport.errors import ConfigError
 from homeport.humanize import format_bytes
 from homeport.net.binding import open_tcp
@@ -41,6 +42,10 @@ def run_worker(address: ListenAddress, slots: int, threads: int, per_peer: int) 
         listening = open_tcp(address.host, address.port)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {address.endpoint}: {exc.strerror or exc}") from None
+    # A runner that places layers here may need each token's sums to be the same at any step
+    # size, as its own kernels give them (kernel_environment): ggml reads these at its first
+    # matrix product, after this.
+    os.environ.update(STEP_INVARIANT_KERNELS)
     cache = config.data_dir() / "rpc-cache"
     cache.mkdir(parents=True, exist_ok=True)
     pool = Slots(slots, threads, str(cache))
