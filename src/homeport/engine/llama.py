@@ -60,10 +60,10 @@ def engine_has_gpu_kernels() -> bool:
 
 def _step_invariance_switch() -> Any:
     """The patched engine's ``homeport_step_invariant`` (``engine-patches/``), or None."""
-    folder = _ENGINE_LIBRARIES
     for name in ("libggml-cpu.so", "libggml-cpu.dylib"):
-        if (folder / name).exists():
-            switch = getattr(ctypes.CDLL(str(folder / name)), "homeport_step_invariant", None)
+        if (_ENGINE_LIBRARIES / name).exists():
+            library = ctypes.CDLL(str(_ENGINE_LIBRARIES / name))
+            switch = getattr(library, "homeport_step_invariant", None)
             if switch is not None:
                 switch.restype = ctypes.c_bool
             return switch
