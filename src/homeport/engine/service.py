@@ -155,6 +155,16 @@ def exact_engine() -> bool:
     return not engine_has_gpu_kernels() and engine_can_be_step_invariant()
 
 
+def decided_flash_attention(asked: str, kv_cache_type: str, scores_bytes: int) -> str:
+    """``asked`` (HOMEPORT_FLASH_ATTENTION), with ``auto`` decided where homeport decides it: off
+    on an exact engine while a step's attention scores (``scores_bytes``) stay within the limit
+    and the K/V cache is f16 (a quantized one needs flash attention); else left to llama.cpp."""
+    if (asked == "auto" and kv_cache_type == "f16"
+            and scores_bytes <= FLASH_ATTENTION_OFF_SCORES_LIMIT and exact_engine()):
+        return "off"
+    return asked
+
+
 def capabilities(record: ModelRecord) -> list[str]:
     """Ollama's capability names for a model, judged from its file and template."""
     features = template_features(record.chat_template)
@@ -271,11 +281,9 @@ class Engine:
             self.templates.close()
 
     def _context_settings(self, record: ModelRecord, options: ModelOptions) -> ContextSettings:
-        flash_attention = self.settings.flash_attention
-        if (flash_attention == "auto" and self.settings.kv_cache_type == "f16"
-                and attention_scores_bytes(record.gguf, options.num_ctx, options.num_batch)
-                <= FLASH_ATTENTION_OFF_SCORES_LIMIT and exact_engine()):
-            flash_attention = "off"
+        flash_attention = decided_flash_attention(
+            self.settings.flash_attention, self.settings.kv_cache_type,
+            attention_scores_bytes(record.gguf, options.num_ctx, options.num_batch))
         # Without flash attention this engine's runners are exact at any step (README:
         # speculative decoding), and then drafting cannot change an answer.
         speculation = self.settings.speculation == "on" or (
