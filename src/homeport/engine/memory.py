@@ -52,9 +52,7 @@ def estimate_model_bytes(info: GGUFInfo, settings: ContextSettings) -> int:
 def attention_scores_bytes(info: GGUFInfo, n_ctx_per_seq: int, n_batch: int) -> int:
     """What llama.cpp's compute buffer holds for a full step's attention scores without flash
     attention: f32, the batch's tokens x a slot's context x the heads."""
-    heads = info.arch_value("attention.head_count")
-    heads = heads if isinstance(heads, int) and heads > 0 else 1
-    return 4 * n_batch * n_ctx_per_seq * heads
+    return 4 * n_batch * n_ctx_per_seq * info.head_count
 
 
 def draft_model_bytes(settings: ContextSettings) -> int:

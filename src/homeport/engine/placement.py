@@ -154,8 +154,7 @@ def compute_buffer_bytes(info: GGUFInfo, settings: ContextSettings) -> int:
     """A GPU's compute buffer for a full batch: Ollama's estimate for llama-like graphs, the
     larger of the attention scores and the output logits, in f32."""
     embd = info.embedding_length
-    heads = info.arch_value("attention.head_count")
-    heads = heads if isinstance(heads, int) and heads > 0 else 1
+    heads = info.head_count
     batch = min(settings.n_batch, settings.n_ctx_total)
     context = settings.n_ctx_per_seq
     return max(4 * batch * (1 + 4 * embd + context * (1 + heads)),

@@ -130,11 +130,16 @@ class GGUFInfo:
                 return f"unknown({file_type})"
         return "unknown"
 
+    @property
+    def head_count(self) -> int:
+        """Attention heads (1 where the file does not say)."""
+        heads = self.arch_value("attention.head_count")
+        return heads if isinstance(heads, int) and heads > 0 else 1
+
     def kv_cache_bytes_per_token(self) -> int:
         """Bytes of f16 K and V cache one token needs across all layers."""
-        heads = self.arch_value("attention.head_count")
+        heads = self.head_count
         heads_kv = self.arch_value("attention.head_count_kv")
-        heads = heads if isinstance(heads, int) and heads > 0 else 1
         heads_kv = heads_kv if isinstance(heads_kv, int) and heads_kv > 0 else heads
         head_dim = self.embedding_length // heads if self.embedding_length else 128
         key_len = self.arch_value("attention.key_length")
