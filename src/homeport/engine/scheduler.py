@@ -48,6 +48,7 @@ from homeport.engine import step_shape
 from homeport.engine.drafting import DEFAULT_DRAFT_TOKENS, DraftPolicy, DraftRequest, NgramDrafter
 from homeport.engine.llama_types import EngineError, SamplingParams
 from homeport.engine.prompt_cache import PromptCache, SavedState, common_prefix
+from homeport.engine.step_cost import StepCost
 from homeport.engine.stops import StopFinder
 from homeport.errors import HomeportError
 
@@ -223,6 +224,7 @@ class Scheduler:
         self.speculation = speculation and model.can_roll_back
         # Drafts come from the draft model when there is one, else from the request's own tokens.
         self.draft_model = draft_model if self.speculation else None
+        self.step_cost = StepCost()  # what a drafted token's position costs a step, measured
         self.prompt_cache = PromptCache(cache_bytes) if cache_bytes > 0 else None
         # Pads and calls that keep every token's logits what they would be alone (step_shape),
         # where the kernels do not already; a recurrent model's pad could not be dropped again.
@@ -326,11 +328,17 @@ class Scheduler:
         self._admit()
         self._resume_awaiting()
         for call in self._calls(self._plan()):
+            started = time.perf_counter()
             try:
                 outputs = self._decode(call)
             except EngineError as error:
                 self._decode_apart(call, error)
                 continue
+            if self.speculation and all(part.sample and len(part.tokens) == part.drafted + 1
+                                        for part in call):
+                # Every position had logits, as a draft's have: what drafts cost is seen here.
+                self.step_cost.observe(sum(len(part.tokens) for part in call),
+                                       time.perf_counter() - started)
             self._sample(outputs)
 
     def _plan(self) -> list[Part]:
@@ -370,8 +378,9 @@ class Scheduler:
         of the batch. The request's own tokens are asked first: copying needs no model."""
         drafts: dict[int, tuple[list[int], bool]] = {}
         requests: list[DraftRequest] = []
+        break_even = self.step_cost.break_even(len(decoding)) if decoding else 0.0
         for slot in decoding:
-            limit = self._draft_limit(slot, room, slot.policy)
+            limit = self._draft_limit(slot, room, slot.policy, break_even)
             draft = slot.drafter.draft(limit) if slot.drafter is not None and limit > 0 else []
             if draft:
                 drafts[slot.seq_id] = (draft, False)
@@ -379,7 +388,7 @@ class Scheduler:
                 continue
             if self.draft_model is None:
                 continue
-            limit = self._draft_limit(slot, room, slot.model_policy)
+            limit = self._draft_limit(slot, room, slot.model_policy, break_even)
             if slot.job is not None and slot.job.draft_limit < 0:
                 # Each of a draft model's tokens costs it a decode: a request that sets no limit
                 # gets Ollama's default for separate draft models.
@@ -402,9 +411,9 @@ class Scheduler:
             self.draft_model.reset()
             return {}
 
-    def _draft_limit(self, slot: Slot, room: int, policy: DraftPolicy) -> int:
-        """The longest draft the slot may verify this step (0: none); counts a paused step of
-        ``policy``."""
+    def _draft_limit(self, slot: Slot, room: int, policy: DraftPolicy, break_even: float) -> int:
+        """The longest draft the slot may verify this step (0: none), of tokens each with at
+        least a ``break_even`` chance of being confirmed; counts a paused step of ``policy``."""
         job = slot.job
         if slot.drafter is None or job is None or job.draft_limit == 0:
             return 0
@@ -417,7 +426,7 @@ class Scheduler:
             limit = min(limit, job.draft_limit)
         if limit <= 0:
             return 0
-        return min(limit, policy.allowed())
+        return min(limit, policy.allowed(break_even))
 
     def _calls(self, parts: list[Part]) -> list[list[Part]]:
         """The step's ``llama_decode`` calls: one, or, where a token's logits must not depend on
