@@ -1,10 +1,11 @@
 """Speculative decoding from the request's own text: drafts are made, taken, and change nothing.
 
 Two servers on freshly loaded models, one in the default setup (which speculates on this engine:
-built for the CPU with homeport's patch, flash attention `auto` is off) and one with
-HOMEPORT_SPECULATION=false, get the same greedy requests: an edit that copies code, an ordinary
-chat, and both at once beside a third stream (another batch composition). The answers must match
-token for token, and only the speculating server's /metrics count drafted and accepted tokens.
+built for the CPU with homeport's patch, its runners ask for kernels whose sums do not move with
+the step) and one with HOMEPORT_SPECULATION=false (the same kernels), get the same greedy
+requests: an edit that copies code, an ordinary chat, and both at once beside a third stream
+(another batch composition). The answers must match token for token, and only the
+speculating server's /metrics count drafted and accepted tokens.
 The same holds for a model with a draft model (Ollama's DRAFT line): SmolLM2 drafting for itself,
 which can only change how many tokens a step confirms; its drafts come from the request's own text
 where that has one and from the draft model otherwise, both counted.
@@ -141,9 +142,9 @@ def test_a_draft_model_changes_no_greedy_answer(speculating: ServerProcess,
 def test_gemma_copies_the_same_with_and_without_speculation(speculating: ServerProcess,
                                                              plain: ServerProcess) -> None:
     """Gemma's Q4_K and Q6_K weights have kernels of their own for 4 and for 8 tokens a step
-    (repacked weights, tiled matmuls): a runner that speculates or runs without flash attention
-    keeps them off, so a draft changes none of its logits either, alone or beside another stream.
-    (With them, the bench's 600-token copy differed with and without speculation.)"""
+    (repacked weights, tiled matmuls): a runner that must be exact keeps them off, so a draft
+    changes none of its logits either, alone or beside another stream. (With them, the bench's
+    600-token copy differed with and without speculation.)"""
 
     async def copies(url: str) -> list[str]:
         async with httpx.AsyncClient(base_url=url, timeout=600) as http:
@@ -159,7 +160,7 @@ def test_gemma_copies_the_same_with_and_without_speculation(speculating: ServerP
     assert len(with_drafts[0]) > 200
     drafted, accepted = _drafted(speculating.url, GEMMA)
     assert 100 < accepted <= drafted  # much of the copy came from drafts
-    # The runners, still loaded: both without the tiled kernels (flash attention is off).
+    # The runners, still loaded: both without the tiled kernels (both exact).
     for server in (speculating, plain):
         runner = psutil.Process(runner_pids(server)[GEMMA])
         assert runner.environ().get("GGML_CPU_TILED_MM") == "0"

@@ -210,9 +210,10 @@ NUM_THREADS = _register(Setting(
 ))
 FLASH_ATTENTION = _register(Setting(
     ("HOMEPORT_FLASH_ATTENTION", "OLLAMA_FLASH_ATTENTION"), "auto", _flash_attention,
-    "Flash attention: auto, true or false (default auto: off on an engine built for the CPU "
-    "alone where a step's attention scores stay small, so that answers are exact and homeport "
-    "speculates; elsewhere llama.cpp decides)",
+    "Flash attention: auto, true or false (default auto: llama.cpp decides; on an engine built "
+    "for the CPU alone with homeport's patch, runners then ask for kernels whose answers do not "
+    "move with the batch, and homeport speculates. true: llama.cpp's fastest kernels, for "
+    "speed alone)",
 ))
 KV_CACHE_TYPE = _register(Setting(
     ("HOMEPORT_KV_CACHE_TYPE", "OLLAMA_KV_CACHE_TYPE"), "f16", _kv_cache_type,
@@ -226,9 +227,10 @@ def _speculation(raw: str) -> str:
 SPECULATION = _register(Setting(
     ("HOMEPORT_SPECULATION",), "auto", _speculation,
     "Speculative decoding: draft tokens from the request's own text (an edit's copied lines) and "
-    "verify them in one step. auto: on where it cannot change an answer (flash attention off); "
-    "true: also with flash attention on (exact on the CPU of the engine ./dev builds, with "
-    "slower prompts; on a GPU a near tie may change) (default auto)",
+    "verify them in one step. auto: on where it cannot change an answer (the default setup on "
+    "the CPU engine ./dev builds, or flash attention off); true: also with "
+    "HOMEPORT_FLASH_ATTENTION=true (exact on that engine, with slower prompts; on a GPU a near "
+    "tie may change) (default auto)",
 ))
 CACHE_RAM = _register(Setting(
     ("HOMEPORT_CACHE_RAM",), -1, _byte_size,

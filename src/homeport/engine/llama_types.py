@@ -37,6 +37,7 @@ class ContextSettings:
     speculation: bool = True  # draft tokens from the request's own text (engine.drafting)
     cache_ram: int = 0  # bytes of slot states kept for returning conversations (prompt_cache)
     draft_model: Path | None = None  # a model that drafts tokens (engine.draft_model)
+    exact: bool = False  # the same logits at any step though nothing below asks (the default)
 
     @property
     def n_ctx_total(self) -> int:
@@ -45,9 +46,10 @@ class ContextSettings:
     @property
     def same_logits_at_any_step(self) -> bool:
         """Whether a token's logits must not depend on how many tokens its step holds: where
+        asked (``exact``: then neither speculation nor batching changes an answer), where
         speculation verifies drafts, and without flash attention, the setting that keeps answers
-        exact under batching (see ``kernel_environment``)."""
-        return self.speculation or self.flash_attention == "off"
+        exact under batching on an engine without homeport's patch (see ``kernel_environment``)."""
+        return self.exact or self.speculation or self.flash_attention == "off"
 
 
 @dataclass(frozen=True)

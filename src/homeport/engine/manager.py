@@ -220,9 +220,8 @@ class ModelManager:
                           self.settings.gpu_overhead, self.settings.spread,
                           host_room=self._budget() - draft_bytes)
         if record.draft_path is not None and settings.draft_model is None:
-            log.info("%s names a draft model, left unloaded: speculation is off (flash attention "
-                     "is on; HOMEPORT_FLASH_ATTENTION=off or HOMEPORT_SPECULATION=on uses it)",
-                     record.name.display)
+            log.info("%s names a draft model, left unloaded: speculation is off "
+                     "(HOMEPORT_SPECULATION=on uses it)", record.name.display)
         log.info("placing %s: %s%s", record.name.display, placement.describe(),
                  f", and its draft model in {format_bytes(draft_bytes)} of host memory"
                  if draft_bytes else "")

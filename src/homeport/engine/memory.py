@@ -49,12 +49,6 @@ def estimate_model_bytes(info: GGUFInfo, settings: ContextSettings) -> int:
     return _fixed_bytes(info, settings.n_seq) + kv_cache_bytes(info, settings) + settings.cache_ram
 
 
-def attention_scores_bytes(info: GGUFInfo, n_ctx_per_seq: int, n_batch: int) -> int:
-    """What llama.cpp's compute buffer holds for a full step's attention scores without flash
-    attention: f32, the batch's tokens x a slot's context x the heads."""
-    return 4 * n_batch * n_ctx_per_seq * info.head_count
-
-
 def draft_model_bytes(settings: ContextSettings) -> int:
     """What the draft model ``settings`` name takes beside the model (0 without one): its
     weights and a K/V cache as long as the model's, in host memory."""

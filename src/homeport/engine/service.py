@@ -21,7 +21,6 @@ from homeport.engine.grammar import json_grammar
 from homeport.engine.llama_types import ContextSettings, SamplingParams, default_threads
 from homeport.engine.manager import ManagerSettings, ModelManager, Runner
 from homeport.engine.memory import (
-    attention_scores_bytes,
     available_memory,
     default_context_length,
     estimate_model_bytes,
@@ -130,39 +129,30 @@ class EngineSettings:
     num_threads: int = 0
     flash_attention: str = "auto"
     kv_cache_type: str = "f16"
-    speculation: str = "auto"  # on, off, or auto: on where exact (without flash attention)
+    speculation: str = "auto"  # on, off, or auto: on where exact (exact_by_default, or no FA)
     cache_ram: int = 0  # the RAM prompt cache's budget for each model (prompt_cache_bytes caps it)
     cache_ram_auto: bool = False  # not set by the user: no more than the memory left spares
     template_timeout: float = RENDER_TIMEOUT_SECONDS
 
 
-# Without flash attention llama.cpp keeps a step's attention scores (batch x context x heads, f32)
-# in its compute buffer, which the memory estimate does not count: `auto` turns flash attention
-# off only while they take no more than this (Gemma 3 270M at 4,096 tokens: 32 MiB; an 8B
-# model's 32 heads at 8,192 tokens: 512 MiB, too many).
-FLASH_ATTENTION_OFF_SCORES_LIMIT = 256 * 1024**2
-
-
 @functools.cache
 def exact_engine() -> bool:
     """Whether this engine gives a runner that asks for it the same logits at any step size at
-    no cost to its plain decoding: built for the CPU alone (GPU kernels are not covered) with
-    homeport's patch (``engine-patches/``). There, with flash attention off (``auto``), a decode
-    step takes 0.9x-1.2x as long as in llama.cpp's fastest setup (Gemma 3 270M and SmolLM2 on 2
-    cores), prompts go at 0.8x-0.9x, and speculation is exact: the default setup speculates."""
+    no cost to its decoding: built for the CPU alone (GPU kernels are not covered) with homeport's
+    patch (``engine-patches/``). Measured on 2 cores with SmolLM2 and Gemma 3 270M against
+    llama.cpp's fastest setup (flash attention's tiles, repacked weights): decode steps as fast
+    (0.96x-1.02x), prompts 0.64x-0.76x as fast (flash attention's per-query path)."""
     from homeport.engine.llama import engine_can_be_step_invariant, engine_has_gpu_kernels
 
     return not engine_has_gpu_kernels() and engine_can_be_step_invariant()
 
 
-def decided_flash_attention(asked: str, kv_cache_type: str, scores_bytes: int) -> str:
-    """``asked`` (HOMEPORT_FLASH_ATTENTION), with ``auto`` decided where homeport decides it: off
-    on an exact engine while a step's attention scores (``scores_bytes``) stay within the limit
-    and the K/V cache is f16 (a quantized one needs flash attention); else left to llama.cpp."""
-    if (asked == "auto" and kv_cache_type == "f16"
-            and scores_bytes <= FLASH_ATTENTION_OFF_SCORES_LIMIT and exact_engine()):
-        return "off"
-    return asked
+def exact_by_default(flash_attention: str) -> bool:
+    """Whether runners ask for the same logits at any step though nothing else needs it: on an
+    exact engine, unless flash attention was asked for by name (``HOMEPORT_FLASH_ATTENTION=true``:
+    llama.cpp's fastest kernels, whose answers move with the batch). Then the default setup
+    speculates, and turning speculation off changes no answer either."""
+    return flash_attention == "auto" and exact_engine()
 
 
 def capabilities(record: ModelRecord) -> list[str]:
@@ -281,13 +271,12 @@ class Engine:
             self.templates.close()
 
     def _context_settings(self, record: ModelRecord, options: ModelOptions) -> ContextSettings:
-        flash_attention = decided_flash_attention(
-            self.settings.flash_attention, self.settings.kv_cache_type,
-            attention_scores_bytes(record.gguf, options.num_ctx, options.num_batch))
-        # Without flash attention this engine's runners are exact at any step (README:
-        # speculative decoding), and then drafting cannot change an answer.
+        flash_attention = self.settings.flash_attention
+        exact = exact_by_default(flash_attention)
+        # Where a runner is exact at any step (README: speculative decoding), drafting cannot
+        # change an answer: on an exact engine, and without flash attention on any engine.
         speculation = self.settings.speculation == "on" or (
-            self.settings.speculation == "auto" and flash_attention == "off")
+            self.settings.speculation == "auto" and (exact or flash_attention == "off"))
         settings = ContextSettings(
             n_ctx_per_seq=options.num_ctx,
             n_seq=self.settings.manager.num_parallel,
@@ -299,6 +288,7 @@ class Engine:
             speculation=speculation,
             # Loaded only where it drafts: elsewhere it would cost memory for nothing.
             draft_model=record.draft_path if speculation else None,
+            exact=exact,
         )
         budget = prompt_cache_bytes(record.gguf, settings, self.settings.cache_ram)
         if self.settings.cache_ram_auto:
