@@ -22,8 +22,9 @@ from bench.results import (
 )
 
 HOMEPORT = "homeport"
-# homeport's default on this engine (flash attention off, speculation on: README) against its
-# setup for speed alone (flash attention on: answers may change with the batch, no speculation).
+# homeport's default on this engine (step-invariant kernels, speculation on: README) against its
+# setup for speed alone (llama.cpp's flash attention and kernels: answers may change with the
+# batch, no speculation).
 HOMEPORT_FLASH = "homeport flash attention on"
 HOMEPORT_NO_SPECULATION = "homeport speculation off"
 LLAMA_SERVER = "llama-server"  # the default setup of every workload

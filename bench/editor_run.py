@@ -69,7 +69,7 @@ class EditorOptions:
     levels: tuple[int, ...] = (1, 4)
 
 
-# homeport's default speculates where it is exact (flash attention off on this engine: README);
+# homeport's default speculates where it is exact (the step-invariant kernels: README);
 # beside it, its setup for speed alone, and for the edit the default without speculation, whose
 # text must be the same.
 FLASH = {"HOMEPORT_FLASH_ATTENTION": "true"}
