@@ -35,13 +35,11 @@ class StepCost:
 
     def observe(self, positions: int, seconds: float) -> None:
         """One decode step of ``positions`` positions, each with logits, took ``seconds``."""
-        for name in ("weight", "positions", "seconds", "positions_squared", "positions_seconds"):
-            setattr(self, name, getattr(self, name) * DECAY)
-        self.weight += 1
-        self.positions += positions
-        self.seconds += seconds
-        self.positions_squared += positions * positions
-        self.positions_seconds += positions * seconds
+        self.weight = self.weight * DECAY + 1
+        self.positions = self.positions * DECAY + positions
+        self.seconds = self.seconds * DECAY + seconds
+        self.positions_squared = self.positions_squared * DECAY + positions * positions
+        self.positions_seconds = self.positions_seconds * DECAY + positions * seconds
 
     def position_share(self) -> float:
         """One more position's cost as a share of a step's fixed cost (the fit's slope over its
