@@ -10,6 +10,7 @@ A ``LlamaModel`` is used from one thread at a time: its scheduler's.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import math
 import threading
@@ -58,8 +59,10 @@ def engine_has_gpu_kernels() -> bool:
                for name in _GPU_BACKENDS)
 
 
+@functools.cache
 def _step_invariance_switch() -> Any:
-    """The patched engine's ``homeport_step_invariant`` (``engine-patches/``), or None."""
+    """The patched engine's ``homeport_step_invariant`` (``engine-patches/``), or None; looked up
+    once per process (the engine's library does not change under it)."""
     for name in ("libggml-cpu.so", "libggml-cpu.dylib"):
         if (_ENGINE_LIBRARIES / name).exists():
             library = ctypes.CDLL(str(_ENGINE_LIBRARIES / name))

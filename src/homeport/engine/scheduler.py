@@ -378,7 +378,7 @@ class Scheduler:
         of the batch. The request's own tokens are asked first: copying needs no model."""
         drafts: dict[int, tuple[list[int], bool]] = {}
         requests: list[DraftRequest] = []
-        break_even = self.step_cost.break_even(len(decoding)) if decoding else 0.0
+        break_even = self.step_cost.break_even(len(decoding))
         for slot in decoding:
             limit = self._draft_limit(slot, room, slot.policy, break_even)
             draft = slot.drafter.draft(limit) if slot.drafter is not None and limit > 0 else []
