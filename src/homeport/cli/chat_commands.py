@@ -15,6 +15,7 @@ from rich.markdown import Markdown
 from rich.markup import escape
 
 from homeport import config
+from homeport.cli.interrupts import Interrupts
 from homeport.cli.render import AnswerView
 from homeport.cli.strategy import notify, open_for
 from homeport.client.adapters import ADAPTERS
@@ -90,8 +91,9 @@ class Repl:
         turn = self.session.ask(text)
         started = time.monotonic()
         try:
-            with AnswerView(self.console, markdown=True) as view:
+            with Interrupts() as interrupts, AnswerView(self.console, markdown=True) as view:
                 for event in turn.events():
+                    interrupts.check()  # a Ctrl-C that a finaliser swallowed
                     view.feed(event)
         except KeyboardInterrupt:
             turn.stop()
