@@ -148,21 +148,31 @@ def test_each_rpc_worker_and_whether_the_server_last_found_it_accepting(tmp_path
             # The server probes its configured workers as it starts.
             assert wait_for(probed), server.log()[-3000:]
             code, report = doctor("--no-measure", "--endpoint", server.url)
-        assert code == 0  # a worker that does not accept warns; loads go without it
-        found = checks(report)
-        status, detail = found[f"worker {worker.endpoint}"]
-        assert status == "ok"
-        assert detail.startswith("configured, accepting connections (checked ")
-        status, detail = found[f"worker {silent}"]
-        assert status == "warn"
-        assert detail.startswith("configured, not accepting connections (checked ")
-        assert "not seen accepting since the node started" in detail
-        assert "start `homeport worker` on that machine, or check that its policy allows this " \
-               "node" in detail
-        assert f"RPC worker {silent} (configured) does not accept connections" in server.log()
-        assert f"RPC worker {worker.endpoint} (configured) does not" not in server.log()
-    names = [check["name"] for check in report["checks"]]
-    assert names.index(f"worker {worker.endpoint}") + 1 == names.index(f"worker {silent}")
+            assert code == 0  # a worker that does not accept warns; loads go without it
+            found = checks(report)
+            status, detail = found[f"worker {worker.endpoint}"]
+            assert status == "ok"
+            assert detail.startswith("configured, accepting connections (checked ")
+            status, detail = found[f"worker {silent}"]
+            assert status == "warn"
+            assert detail.startswith("configured, not accepting connections (checked ")
+            assert "not seen accepting since the node started" in detail
+            assert "start `homeport worker` on that machine, or check that its policy allows " \
+                   "this node" in detail
+            assert f"RPC worker {silent} (configured) does not accept connections" in server.log()
+            assert f"RPC worker {worker.endpoint} (configured) does not" not in server.log()
+            names = [check["name"] for check in report["checks"]]
+            assert names.index(f"worker {worker.endpoint}") + 1 == names.index(f"worker {silent}")
+
+            # A worker started on the silent address since: the server's own next probe is a
+            # backoff (30 s at least) away, but doctor has it probed again first.
+            host, _, port = silent.rpartition(":")
+            with WorkerProcess(tmp_path / "late", host=host, port=int(port)):
+                code, report = doctor("--no-measure", "--endpoint", server.url)
+                status, detail = checks(report)[f"worker {silent}"]
+                assert status == "ok", detail
+                assert detail.startswith("configured, accepting connections (checked just now")
+                assert f"RPC worker {silent} (configured) accepts connections again" in server.log()
 
 
 @pytest.mark.parametrize(("text", "billions"), [("134.52M", 0.13452), ("7.2B", 7.2),

@@ -93,6 +93,17 @@ def test_nodes_endpoint_reports_each_upstream(gateway: Gateway) -> None:
     assert "connection" in dead["last_error"].lower()
 
 
+def test_nodes_endpoint_rechecks_only_workers(gateway: Gateway) -> None:
+    url = f"{gateway.g.url}/api/homeport/nodes"
+    # A gateway runs no models, so it has no workers to probe: the answer is the usual one.
+    checked = httpx.get(url, params={"recheck": "workers"}, timeout=10)
+    assert checked.status_code == 200
+    assert checked.json()["workers"] == []
+    refused = httpx.get(url, params={"recheck": "upstreams"}, timeout=10)
+    assert refused.status_code == 400
+    assert "recheck" in refused.json()["error"]
+
+
 def test_homeport_nodes_command_names_both_with_their_states(gateway: Gateway) -> None:
     result = homeport("nodes", "--endpoint", gateway.g.url)
     assert result.returncode == 0, result.stderr

@@ -110,6 +110,7 @@ def _find_workers(parts: AppParts, workers: WorkerList, tailnet: bool) -> None:
         check = ConfiguredWorkerCheck(workers, config.PEER_DISCOVERY_INTERVAL.get())
         parts.on_startup.append(check.start)
         parts.on_shutdown.append(check.close)
+        parts.recheck_workers = check.recheck
     if not tailnet or not config.DISCOVER_WORKERS.get():
         return
     discovery = WorkerDiscovery(LocalAPI(config.tailscaled_socket()), workers,

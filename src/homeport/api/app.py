@@ -88,6 +88,8 @@ class AppParts:
     upstreams: Upstreams | None = None
     engine_enabled: bool = True  # False: a gateway node (serve --no-engine), nothing runs here
     workers: WorkerList | None = None  # the RPC workers loads may use, configured and found
+    # Probes the configured workers last seen not accepting, now (GET /api/homeport/nodes?recheck)
+    recheck_workers: Callable[[], Awaitable[None]] | None = None
     middleware: list[Middleware] = field(default_factory=list)
     routes: list[BaseRoute] = field(default_factory=list)
     on_startup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -102,7 +104,7 @@ async def _run_hooks(hooks: list[Callable[[], Awaitable[None]]]) -> None:
 def create_app(parts: AppParts) -> Starlette:
     state = AppState(store=parts.store, engine=parts.engine, max_body_bytes=parts.max_body_bytes,
                      upstreams=parts.upstreams, engine_enabled=parts.engine_enabled,
-                     workers=parts.workers)
+                     workers=parts.workers, recheck_workers=parts.recheck_workers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

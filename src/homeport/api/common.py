@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,7 @@ class AppState:
     upstreams: Upstreams | None = None  # other machines whose models are listed here too
     engine_enabled: bool = True  # False: a gateway node (serve --no-engine)
     workers: WorkerList | None = None  # RPC workers: configured, and found on the tailnet
+    recheck_workers: Callable[[], Awaitable[None]] | None = None  # see AppParts
 
 
 def state_of(request: Request) -> AppState:

@@ -1,7 +1,9 @@
 """``GET /api/homeport/nodes``: this node's upstreams as the refresher last saw them, whether
 it runs models itself, and the RPC workers its loads may place layers on, configured or found on
-the tailnet, each with how its last probe went (read-only; ``homeport nodes`` and ``homeport
-doctor`` print it). Behind the guard like every route."""
+the tailnet, each with how its last probe went (``homeport nodes`` and ``homeport doctor`` print
+it). ``?recheck=workers`` first probes again, now, the configured workers last seen not accepting
+(``homeport doctor`` asks: a worker started since is not reported down for minutes of backoff).
+Behind the guard like every route."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from starlette.routing import Route
 
 from homeport.api.common import rfc3339, state_of
 from homeport.engine.worker_list import Worker
+from homeport.errors import BadRequestError
 from homeport.mesh.upstreams import Upstream
 
 NODES_PATH = "/api/homeport/nodes"
@@ -62,6 +65,11 @@ def worker_summary(worker: Worker) -> dict[str, Any]:
 
 async def nodes(request: Request) -> JSONResponse:
     state = state_of(request)
+    recheck = request.query_params.get("recheck")
+    if recheck not in (None, "workers"):
+        raise BadRequestError("recheck: the only thing to check again is 'workers'")
+    if recheck and state.recheck_workers is not None and state.engine_enabled:
+        await state.recheck_workers()
     upstreams = state.upstreams.all if state.upstreams else []
     workers = state.workers.listing() if state.workers is not None and state.engine_enabled else []
     return JSONResponse({"engine": state.engine_enabled,

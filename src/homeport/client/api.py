@@ -145,9 +145,11 @@ class HomeportClient:
         """The server's upstreams and their state (homeport only: Ollama has no such route)."""
         return list(self.node().get("nodes", []))
 
-    def node(self) -> dict[str, Any]:
-        """The node's upstreams (``nodes``) and whether it runs models itself (``engine``)."""
-        result: dict[str, Any] = self._json("GET", "/api/homeport/nodes")
+    def node(self, recheck_workers: bool = False) -> dict[str, Any]:
+        """The node's upstreams (``nodes``), whether it runs models itself (``engine``) and its RPC
+        workers (``workers``), those last seen not accepting probed again first where asked."""
+        path = "/api/homeport/nodes" + ("?recheck=workers" if recheck_workers else "")
+        result: dict[str, Any] = self._json("GET", path)
         return result
 
     def running(self) -> list[dict[str, Any]]:

@@ -3,8 +3,9 @@
 Checks in order (each a line with ok / warn / fail): the config file, the endpoint and its source,
 the server and its version, access (token), models, on a homeport node which node it is (this
 machine's or another's, a gateway or not), each of its upstreams as the node last saw them
-(one down fails the check) and each of its RPC workers as its last probe found it (one that did
-not accept is a warning), the default model, the Anthropic key.
+(one down fails the check) and each of its RPC workers as a probe found it (the node probes those
+it last saw not accepting again first; one that does not accept is a warning), the default model,
+the Anthropic key.
 Then a bounded measurement: round-trip latency (a few tiny requests) and one short streamed
 answer, timed on both sides: the server's own tokens/s against the tokens/s that arrive here.
 From those, an estimate of how fast models of other sizes would feel over this link.
@@ -163,9 +164,9 @@ def _server_checks(report: Report, client: HomeportClient) -> list[dict[str, Any
 
 def _node_checks(report: Report, client: HomeportClient) -> None:
     """Which node this is, then one line per upstream, as its refresher last saw them, and one per
-    RPC worker, as its last probe found it (none: no line)."""
+    RPC worker, as a probe found it (one not seen accepting is probed again now; none: no line)."""
     try:
-        node = client.node()
+        node = client.node(recheck_workers=True)
     except ServerError as exc:  # an older homeport without the route: nothing to check
         report.add("node", "warn", f"{where(client.endpoint.url)}; its upstreams are not listed "
                                    f"({exc.message})")
@@ -228,8 +229,8 @@ def _worker_check(worker: dict[str, Any]) -> tuple[Status, str]:
     last = worker.get("last_accepted")
     accepted = f"last accepted {_ago(last)}" if last else "not seen accepting since the node started"
     return "warn", (f"{found}, not accepting connections ({checked}, {accepted}): start "
-                    "`homeport worker` on that machine, or check that its policy allows this node "
-                    "(the node asks again at least every 10 minutes); loads go without it")
+                    "`homeport worker` on that machine, or check that its policy allows this node; "
+                    "loads go without it")
 
 
 def _default_model(report: Report, settings: ClientSettings, models: list[dict[str, Any]]

@@ -6,8 +6,9 @@ At startup and then every ``interval`` seconds each configured worker that is du
 ``worker_probe.accepts_connection`` (a bare connect its gate expects, never reaching ggml); one
 that did not accept is asked less and less often (``worker_probe.ProbeBackoff``: at most every 10
 minutes), so a worker whose gate refuses this node does not log a refusal every look. A worker
-that starts accepting is seen within about 11 minutes. Loads do not wait for this: they use every
-configured worker, and one that fails is placed without (``engine.devices``).
+that starts accepting is seen within about 11 minutes, or at once when asked (``recheck``: ``homeport
+doctor`` asks, so that it never reports a worker down that was started since). Loads do not wait for
+this: they use every configured worker, and one that fails is placed without (``engine.devices``).
 """
 
 from __future__ import annotations
@@ -48,10 +49,24 @@ class ConfiguredWorkerCheck(Periodic):
     async def check(self) -> None:
         """One look: probe the workers that are due, and say when one starts or stops
         accepting."""
-        due = [endpoint for endpoint in self.workers.configured if self.backoff.due(endpoint)]
+        await self._probe([endpoint for endpoint in self.workers.configured
+                           if self.backoff.due(endpoint)])
+
+    async def recheck(self) -> None:
+        """Probe now, whatever the backoff, every configured worker not seen accepting at its
+        last probe (one that accepts is probed at every look anyway); a few seconds at most."""
+        await self._probe([endpoint for endpoint in self.workers.configured
+                           if not self._accepting(endpoint)])
+
+    def _accepting(self, endpoint: str) -> bool:
+        seen = self.workers.seen(endpoint)
+        return seen is not None and seen.accepting
+
+    async def _probe(self, endpoints: list[str]) -> None:
         answers = await asyncio.gather(*(
-            accepts_connection(endpoint, self.connect_timeout, self.settle) for endpoint in due))
-        for endpoint, up in zip(due, answers, strict=True):
+            accepts_connection(endpoint, self.connect_timeout, self.settle)
+            for endpoint in endpoints))
+        for endpoint, up in zip(endpoints, answers, strict=True):
             before = self.workers.seen(endpoint)
             self.backoff.record(endpoint, up)
             self.workers.saw(endpoint, up)
