@@ -212,8 +212,9 @@ FLASH_ATTENTION = _register(Setting(
     ("HOMEPORT_FLASH_ATTENTION", "OLLAMA_FLASH_ATTENTION"), "auto", _flash_attention,
     "Flash attention: auto, true or false (default auto: llama.cpp decides; on an engine built "
     "for the CPU alone with homeport's patch, runners then ask for kernels whose answers do not "
-    "move with the batch, and homeport speculates. true: llama.cpp's fastest kernels, for "
-    "speed alone)",
+    "move with the batch, and homeport speculates. HOMEPORT_FLASH_ATTENTION=true: llama.cpp's "
+    "fastest kernels, for speed alone; OLLAMA_FLASH_ATTENTION=1 keeps the default there, which "
+    "has flash attention on)",
 ))
 KV_CACHE_TYPE = _register(Setting(
     ("HOMEPORT_KV_CACHE_TYPE", "OLLAMA_KV_CACHE_TYPE"), "f16", _kv_cache_type,

@@ -59,7 +59,8 @@ def prompt_cache_budget(configured: int, memory_limit: int) -> int:
 def engine_settings(workers: WorkerList | None = None) -> EngineSettings:
     """The engine's settings from the environment; ``workers`` are the RPC workers loads read
     (by default those configured in HOMEPORT_RPC_WORKERS)."""
-    flash_attention, kv_cache_type = config.FLASH_ATTENTION.get(), config.KV_CACHE_TYPE.get()
+    flash_attention, flash_attention_source = config.FLASH_ATTENTION.lookup()
+    kv_cache_type = config.KV_CACHE_TYPE.get()
     if kv_cache_type != "f16" and flash_attention == "off":
         log.warning("a %s K/V cache needs flash attention, which is turned off: using f16",
                     kv_cache_type)
@@ -79,6 +80,7 @@ def engine_settings(workers: WorkerList | None = None) -> EngineSettings:
         default_num_ctx=config.CONTEXT_LENGTH.get() or None,  # 0: chosen per model
         num_threads=config.NUM_THREADS.get(),
         flash_attention=flash_attention,
+        flash_attention_by_name=flash_attention_source != "OLLAMA_FLASH_ATTENTION",
         kv_cache_type=kv_cache_type,
         speculation=config.SPECULATION.get(),
         cache_ram=prompt_cache_budget(config.CACHE_RAM.get(), config.MEMORY_LIMIT.get()),

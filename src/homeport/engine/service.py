@@ -128,6 +128,8 @@ class EngineSettings:
     default_num_ctx: int | None  # None: chosen per model from its trained context and the memory
     num_threads: int = 0
     flash_attention: str = "auto"
+    # False: set by Ollama's OLLAMA_FLASH_ATTENTION rather than by homeport's name (chosen_flash_attention)
+    flash_attention_by_name: bool = True
     kv_cache_type: str = "f16"
     speculation: str = "auto"  # on, off, or auto: on where exact (exact_by_default, or no FA)
     cache_ram: int = 0  # the RAM prompt cache's budget for each model (prompt_cache_bytes caps it)
@@ -145,6 +147,16 @@ def exact_engine() -> bool:
     from homeport.engine.llama import engine_can_be_step_invariant, engine_has_gpu_kernels
 
     return not engine_has_gpu_kernels() and engine_can_be_step_invariant()
+
+
+def chosen_flash_attention(setting: str, by_name: bool) -> str:
+    """The flash attention setting runners get. Ollama's ``OLLAMA_FLASH_ATTENTION=1`` (common
+    advice, and needed there for a quantized K/V cache) asks for flash attention, which the default
+    already has on an exact engine: there it keeps the default (exact kernels, speculation) rather
+    than turning into the setup for speed alone that ``HOMEPORT_FLASH_ATTENTION=true`` names."""
+    if setting == "on" and not by_name and exact_engine():
+        return "auto"
+    return setting
 
 
 def exact_by_default(flash_attention: str) -> bool:
@@ -271,7 +283,8 @@ class Engine:
             self.templates.close()
 
     def _context_settings(self, record: ModelRecord, options: ModelOptions) -> ContextSettings:
-        flash_attention = self.settings.flash_attention
+        flash_attention = chosen_flash_attention(self.settings.flash_attention,
+                                                 self.settings.flash_attention_by_name)
         exact = exact_by_default(flash_attention)
         # Where a runner is exact at any step (README: speculative decoding), drafting cannot
         # change an answer: on an exact engine, and without flash attention on any engine.
