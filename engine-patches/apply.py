@@ -21,11 +21,19 @@ logits do not change with the step. Two places change them, and the patch mends 
 The engine exports ``homeport_step_invariant()``: whether both the patch and the request are there
 (``engine/llama.py`` reads it).
 
+It also adds a kernel of homeport's own (``homeport_wide_q0.inc``, for x86 with AVX-512 VNNI): Q8_0
+and Q5_0 weights times two or more tokens, two tokens to a 512-bit register and the weights read
+once for all of them. Each element takes the same steps as in llamafile's tiles, so it changes no
+result (the logits are the same to the bit), only the time: measured on Gemma 3 270M, whose
+262,144-row Q8_0 output layer is most of a step of many tokens, a step of 33 tokens took 0.9x as
+long and the bench's edit (steps of up to 33 tokens) went 1.2x as fast.
+
     python engine-patches/apply.py path/to/llama_cpp_python-X.Y.Z
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -80,6 +88,8 @@ static void ggml_compute_forward_flash_attn_ext_f16(
  * Performs optimized matrix multiplication on CPU.
 """,
      """\
+#include "homeport_wide_q0.inc"
+
 extern "C" bool homeport_step_invariant(void);  // ops.cpp
 
 // homeport: whether a one-token step of an ``type`` matrix goes to the tiles below, so that its
@@ -99,10 +109,44 @@ static bool one_token_step_here(int type) {
 /**
  * Performs optimized matrix multiplication on CPU.
 """),
+    (CPU / "llamafile" / "sgemm.cpp",
+     """\
+    case GGML_TYPE_Q8_0: {
+        if (Btype != GGML_TYPE_Q8_0)
+           return false;
+""",
+     """\
+    case GGML_TYPE_Q8_0: {
+        if (Btype != GGML_TYPE_Q8_0)
+           return false;
+#if defined(HOMEPORT_WIDE_Q0)
+        if (homeport_wide_sgemm<block_q8_0>(params, m, n, k, A, lda, B, ldb, C, ldc))
+            return true;
+#endif
+"""),
+    (CPU / "llamafile" / "sgemm.cpp",
+     """\
+    case GGML_TYPE_Q5_0: {
+        if (Btype != GGML_TYPE_Q8_0)
+            return false;
+""",
+     """\
+    case GGML_TYPE_Q5_0: {
+        if (Btype != GGML_TYPE_Q8_0)
+            return false;
+#if defined(HOMEPORT_WIDE_Q0)
+        if (homeport_wide_sgemm<block_q5_0>(params, m, n, k, A, lda, B, ldb, C, ldc))
+            return true;
+#endif
+"""),
 ]
+# homeport's own kernels, which the changes above include.
+OWN_FILES = [(Path(__file__).with_name("homeport_wide_q0.inc"), CPU / "llamafile")]
 
 
 def patch(source_root: Path) -> None:
+    for own, folder in OWN_FILES:
+        shutil.copyfile(own, source_root / folder / own.name)
     for relative, before, after in CHANGES:
         path = source_root / relative
         text = path.read_text()
