@@ -38,6 +38,22 @@ import sys
 from pathlib import Path
 
 CPU = Path("vendor/llama.cpp/ggml/src/ggml-cpu")
+
+
+def _to_wide_kernel(type_name: str, block: str, return_indent: int) -> tuple[Path, str, str]:
+    """The change that sends llamafile's product of ``type_name`` weights to homeport's own kernel
+    first (``homeport_wide_q0.inc``), which declines it (false) where it does not take it. The
+    indent of the case's ``return false`` differs between the types in llama.cpp's source."""
+    case = (f"    case GGML_TYPE_{type_name}: {{\n"
+            "        if (Btype != GGML_TYPE_Q8_0)\n"
+            f"{' ' * return_indent}return false;\n")
+    return (CPU / "llamafile" / "sgemm.cpp", case,
+            case + "#if defined(HOMEPORT_WIDE_Q0)\n"
+            f"        if (homeport_wide_sgemm<{block}>(params, m, n, k, A, lda, B, ldb, C, ldc))\n"
+            "            return true;\n"
+            "#endif\n")
+
+
 # (file, text that must be there once, its replacement)
 CHANGES = [
     (CPU / "ops.cpp",
@@ -109,36 +125,8 @@ static bool one_token_step_here(int type) {
 /**
  * Performs optimized matrix multiplication on CPU.
 """),
-    (CPU / "llamafile" / "sgemm.cpp",
-     """\
-    case GGML_TYPE_Q8_0: {
-        if (Btype != GGML_TYPE_Q8_0)
-           return false;
-""",
-     """\
-    case GGML_TYPE_Q8_0: {
-        if (Btype != GGML_TYPE_Q8_0)
-           return false;
-#if defined(HOMEPORT_WIDE_Q0)
-        if (homeport_wide_sgemm<block_q8_0>(params, m, n, k, A, lda, B, ldb, C, ldc))
-            return true;
-#endif
-"""),
-    (CPU / "llamafile" / "sgemm.cpp",
-     """\
-    case GGML_TYPE_Q5_0: {
-        if (Btype != GGML_TYPE_Q8_0)
-            return false;
-""",
-     """\
-    case GGML_TYPE_Q5_0: {
-        if (Btype != GGML_TYPE_Q8_0)
-            return false;
-#if defined(HOMEPORT_WIDE_Q0)
-        if (homeport_wide_sgemm<block_q5_0>(params, m, n, k, A, lda, B, ldb, C, ldc))
-            return true;
-#endif
-"""),
+    _to_wide_kernel("Q8_0", "block_q8_0", return_indent=11),
+    _to_wide_kernel("Q5_0", "block_q5_0", return_indent=12),
 ]
 # homeport's own kernels, which the changes above include.
 OWN_FILES = [(Path(__file__).with_name("homeport_wide_q0.inc"), CPU / "llamafile")]
