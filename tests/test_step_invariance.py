@@ -28,17 +28,18 @@ from tests.support.server import PROJECT_SRC
 
 
 def _step_logits(step: int, *, speculation: str, flash_attention: str,
-                 pad: bool = True, unpatched: bool = False) -> dict[str, Any]:
+                 pad: bool = True, unpatched: bool = False, positions: int = 48) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, "-m", "tests.support.step_logits", str(gemma_gguf()),
          "--speculation", speculation, "--flash-attention", flash_attention, "--step", str(step),
+         "--positions", str(positions),
          *([] if pad else ["--no-pad"]), *(["--unpatched"] if unpatched else [])],
         capture_output=True, text=True, timeout=600, check=True,
         env={**{name: value for name, value in os.environ.items()
                 if not name.startswith("GGML_")},
              "PYTHONPATH": f"{PROJECT_SRC}:{PROJECT_SRC.parent}"})
     outcome: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    assert outcome["positions"] == 48
+    assert outcome["positions"] == positions
     return outcome
 
 
@@ -67,6 +68,13 @@ def test_without_the_patch_and_the_pad_they_do() -> None:
 def test_with_flash_attention_neither(step: int) -> None:
     outcome = _step_logits(step, speculation="true", flash_attention="on")
     assert outcome == {"positions": 48, "differ": 0, "padded": False}
+
+
+def test_nor_in_a_step_longer_than_the_kernels_span() -> None:
+    """The engine's own Q8_0/Q5_0 kernel packs a step's tokens 64 at a time
+    (``engine-patches/homeport_wide_q0.inc``): 96 positions in one step cross that boundary."""
+    outcome = _step_logits(96, speculation="true", flash_attention="on", positions=96)
+    assert outcome == {"positions": 96, "differ": 0, "padded": False}
 
 
 def test_with_flash_attention_an_engine_without_the_patch_pads() -> None:

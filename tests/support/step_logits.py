@@ -8,7 +8,7 @@ settings ask for the same logits at any step and the loaded model's kernels do n
 
     python -m tests.support.step_logits MODEL.gguf --speculation true --flash-attention off --step 8
 
-prints one JSON object: {"positions": N, "differ": D, "padded": P}.
+prints one JSON object: {"positions": N, "differ": D, "padded": P}; ``--positions`` sets N (48).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 
 PROMPT = (Path(__file__).resolve().parents[2] / "src" / "homeport" / "engine"
           / "drafting.py").read_text()[:2400]
-CONTINUATION = 48
 
 
 def main() -> None:
@@ -30,6 +29,7 @@ def main() -> None:
     parser.add_argument("--speculation", choices=("true", "false"), required=True)
     parser.add_argument("--flash-attention", choices=("on", "off"), required=True)
     parser.add_argument("--step", type=int, default=8)
+    parser.add_argument("--positions", type=int, default=48, help="continuation tokens compared")
     parser.add_argument("--no-pad", action="store_true", help="decode a lone token alone anyway")
     parser.add_argument("--unpatched", action="store_true",
                         help="as an engine without the patch computes")
@@ -76,18 +76,18 @@ def main() -> None:
     evaluate_prompt()
     continuation = [int(model.logits(batch.n_tokens - 1).argmax())]
     alone: list[str] = []
-    for _ in range(CONTINUATION):
+    for _ in range(args.positions):
         [digest] = decode([continuation[-1]], len(prompt) + len(continuation) - 1)
         alone.append(digest)
         continuation.append(int(model.logits(0).argmax()))
 
     evaluate_prompt()
     stepped: list[str] = []
-    for start in range(0, CONTINUATION, args.step):
-        tokens = continuation[start:min(start + args.step, CONTINUATION)]
+    for start in range(0, args.positions, args.step):
+        tokens = continuation[start:min(start + args.step, args.positions)]
         stepped += decode(tokens, len(prompt) + start)
     model.close()
-    print(json.dumps({"positions": CONTINUATION,
+    print(json.dumps({"positions": args.positions,
                       "differ": sum(a != b for a, b in zip(alone, stepped, strict=True)),
                       "padded": needs_pads and not args.no_pad}))
 
