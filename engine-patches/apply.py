@@ -29,6 +29,11 @@ Gemma 3 270M, whose 262,144-row Q8_0 output layer is most of a step of many toke
 tokens took 0.4x as long as with llamafile's kernel, one of 33 tokens 0.6x, a 512-token prompt
 1.2x as fast.
 
+And llamafile's own tiles for legacy quants fetch the weights of a later tile ahead (the CPU's
+prefetcher does not follow four rows read side by side): the same sums, sooner. Measured on this
+CPU with the engine built for AVX2 alone (as on most laptops), Gemma 3 270M: a step of 4 tokens
+17 against 32 ms, 33 tokens 134 against 156 ms.
+
     python engine-patches/apply.py path/to/llama_cpp_python-X.Y.Z
 """
 
@@ -126,6 +131,25 @@ static bool one_token_step_here(int type) {
 /**
  * Performs optimized matrix multiplication on CPU.
 """),
+    # llamafile's 4-row tiles of legacy quants (its kernel for Q4_0 and IQ4_NL everywhere, and for
+    # Q8_0 and Q5_0 where homeport's own kernel is not built: x86 without AVX-512 VNNI) fetch the
+    # rows of a later tile ahead; the sums are untouched.
+    (CPU / "llamafile" / "sgemm.cpp",
+     """\
+            __m256 Cv[RN][4] = {};
+""",
+     """\
+            __m256 Cv[RN][4] = {};
+            // homeport: the rows a later tile reads, fetched ahead (engine-patches/apply.py)
+            const int64_t ahead = std::min<int64_t>(ii + 8, m - 4);
+"""),
+    (CPU / "llamafile" / "sgemm.cpp",
+     """\
+                uint64_t a_delta = ((uint64_t)A[lda * (ii + 3) + l].d << 48)""",
+     """\
+                for (int64_t i = 0; i < 4; ++i)
+                    _mm_prefetch((const char *)(A + lda * (ahead + i) + l), _MM_HINT_T0);
+                uint64_t a_delta = ((uint64_t)A[lda * (ii + 3) + l].d << 48)"""),
     _to_wide_kernel("Q8_0", "block_q8_0", return_indent=11),
     _to_wide_kernel("Q5_0", "block_q5_0", return_indent=12),
 ]
